@@ -1,0 +1,72 @@
+// CKVM: the small C layer under Swiftlet.
+//
+// Swift cannot call the variadic ioctl(2) or expand the _IO/_IOR/_IOW/_IOWR macros that build
+// KVM's request numbers, so this header does exactly two things:
+//   1. exports every KVM request number Swiftlet uses as a `static const unsigned long`, and
+//   2. declares fixed-signature wrappers for ioctl(2) and eventfd(2).
+// The kernel structs (struct kvm_regs, struct kvm_run, ...) and the KVM_EXIT_* / KVM_CAP_*
+// constants come straight from <linux/kvm.h>. Nothing else lives in C.
+#ifndef SWIFTLET_CKVM_H
+#define SWIFTLET_CKVM_H
+
+#include <linux/kvm.h>
+#include <stdint.h>
+
+// ---- /dev/kvm (system) requests ----
+static const unsigned long SWL_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
+static const unsigned long SWL_KVM_CREATE_VM = KVM_CREATE_VM;
+static const unsigned long SWL_KVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+static const unsigned long SWL_KVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+static const unsigned long SWL_KVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+static const unsigned long SWL_KVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+
+// ---- VM requests ----
+static const unsigned long SWL_KVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+static const unsigned long SWL_KVM_CREATE_VCPU = KVM_CREATE_VCPU;
+static const unsigned long SWL_KVM_CREATE_IRQCHIP = KVM_CREATE_IRQCHIP;
+static const unsigned long SWL_KVM_CREATE_PIT2 = KVM_CREATE_PIT2;
+static const unsigned long SWL_KVM_SET_TSS_ADDR = KVM_SET_TSS_ADDR;
+static const unsigned long SWL_KVM_SET_IDENTITY_MAP_ADDR = KVM_SET_IDENTITY_MAP_ADDR;
+static const unsigned long SWL_KVM_IRQFD = KVM_IRQFD;
+static const unsigned long SWL_KVM_IOEVENTFD = KVM_IOEVENTFD;
+static const unsigned long SWL_KVM_IRQ_LINE = KVM_IRQ_LINE;
+static const unsigned long SWL_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long SWL_KVM_GET_CLOCK = KVM_GET_CLOCK;
+
+// ---- vCPU requests ----
+static const unsigned long SWL_KVM_RUN = KVM_RUN;
+static const unsigned long SWL_KVM_GET_REGS = KVM_GET_REGS;
+static const unsigned long SWL_KVM_SET_REGS = KVM_SET_REGS;
+static const unsigned long SWL_KVM_GET_SREGS = KVM_GET_SREGS;
+static const unsigned long SWL_KVM_SET_SREGS = KVM_SET_SREGS;
+static const unsigned long SWL_KVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long SWL_KVM_SET_FPU = KVM_SET_FPU;
+static const unsigned long SWL_KVM_GET_MSRS = KVM_GET_MSRS;
+static const unsigned long SWL_KVM_SET_MSRS = KVM_SET_MSRS;
+static const unsigned long SWL_KVM_SET_CPUID2 = KVM_SET_CPUID2;
+static const unsigned long SWL_KVM_GET_CPUID2 = KVM_GET_CPUID2;
+static const unsigned long SWL_KVM_GET_LAPIC = KVM_GET_LAPIC;
+static const unsigned long SWL_KVM_SET_LAPIC = KVM_SET_LAPIC;
+static const unsigned long SWL_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
+static const unsigned long SWL_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+
+// ---- ioctl wrappers ----
+// Each returns what ioctl(2) returns; on -1 the caller reads errno. None retries on EINTR:
+// for KVM_RUN an EINTR is meaningful (the vCPU was kicked), and the others never block.
+
+/// ioctl(fd, request) with no argument.
+int swl_ioctl_none(int fd, unsigned long request);
+/// ioctl(fd, request, value) with an integer argument (KVM_CREATE_VCPU, KVM_SET_TSS_ADDR, ...).
+int swl_ioctl_value(int fd, unsigned long request, unsigned long value);
+/// ioctl(fd, request, pointer) with a pointer to a kernel struct.
+int swl_ioctl_pointer(int fd, unsigned long request, void *argument);
+
+// ---- eventfd helpers ----
+/// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK when nonblocking != 0). Returns the fd or -1.
+int swl_eventfd_create(int nonblocking);
+/// Adds 1 to the eventfd counter. Returns 0 or -1 (errno set).
+int swl_eventfd_signal(int fd);
+/// Reads and clears the counter into *value. Returns 0, or -1 (errno set; EAGAIN when empty).
+int swl_eventfd_consume(int fd, uint64_t *value);
+
+#endif

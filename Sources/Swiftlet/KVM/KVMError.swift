@@ -1,0 +1,45 @@
+import Glibc
+
+/// A failed system call: which operation failed and the `errno` it failed with.
+///
+/// Every KVM, memory and file operation in Swiftlet reports failures with this type, so an
+/// error message always names what was attempted ("KVM_CREATE_VM", "mmap guest memory", ...)
+/// and why the kernel refused it.
+public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// What was attempted, e.g. `"KVM_SET_USER_MEMORY_REGION"` or `"open /dev/kvm"`.
+    public let operation: String
+    /// The `errno` value the kernel returned.
+    public let errno: Int32
+
+    public init(_ operation: String, errno: Int32) {
+        self.operation = operation
+        self.errno = errno
+    }
+
+    /// Captures the calling thread's current `errno`.
+    static func current(_ operation: String) -> SystemError {
+        SystemError(operation, errno: Glibc.errno)
+    }
+
+    public var description: String {
+        "\(operation) failed: \(String(cString: strerror(errno))) (errno \(errno))"
+    }
+}
+
+/// A KVM host that lacks something Swiftlet needs (an API version, a capability).
+public struct KVMUnsupportedError: Error, Equatable, CustomStringConvertible, Sendable {
+    public let requirement: String
+    public let detail: String
+    public var description: String { "KVM host does not support \(requirement): \(detail)" }
+}
+
+/// Retries `body` while it fails with EINTR; returns its result or throws `SystemError`.
+@inline(__always)
+func retryingOnInterrupt(_ operation: @autoclosure () -> String, _ body: () -> Int32) throws(SystemError) -> Int32 {
+    while true {
+        let result = body()
+        if result >= 0 { return result }
+        if Glibc.errno == EINTR { continue }
+        throw SystemError.current(operation())
+    }
+}

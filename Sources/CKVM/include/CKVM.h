@@ -11,6 +11,8 @@
 
 #include <linux/kvm.h>
 #include <stdint.h>
+// Re-exported for Swift: Glibc's module map does not cover these headers.
+#include <sys/epoll.h>
 
 // ---- /dev/kvm (system) requests ----
 static const unsigned long SWL_KVM_GET_API_VERSION = KVM_GET_API_VERSION;
@@ -49,6 +51,11 @@ static const unsigned long SWL_KVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long SWL_KVM_SET_LAPIC = KVM_SET_LAPIC;
 static const unsigned long SWL_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long SWL_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+
+// ---- struct kvm_run offsets ----
+// Swift reaches the members of kvm_run's anonymous union only through computed accessors that
+// copy; the MMIO data bytes are read and written in place through this offset instead.
+static const unsigned long SWL_KVM_RUN_MMIO_DATA_OFFSET = __builtin_offsetof(struct kvm_run, mmio.data);
 
 // ---- ioctl wrappers ----
 // Each returns what ioctl(2) returns; on -1 the caller reads errno. None retries on EINTR:

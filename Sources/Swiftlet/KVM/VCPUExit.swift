@@ -35,7 +35,7 @@ public enum VCPUExit {
                     port: io.port, isWrite: io.direction == UInt8(KVM_EXIT_IO_OUT),
                     size: Int(io.size), count: Int(io.count), data: data))
         case KVM_EXIT_MMIO:
-            let data = UnsafeMutableRawPointer(run.pointer(to: \.mmio.data)!)
+            let data = UnsafeMutableRawPointer(run) + Int(SWL_KVM_RUN_MMIO_DATA_OFFSET)
             let length = min(Int(run.pointee.mmio.len), 8)
             self = .mmio(
                 MMIOExit(

@@ -1,0 +1,181 @@
+/// The kernel image formats Swiftlet loads.
+public enum KernelFormat: String, CaseIterable, Sendable {
+    /// Recognise ELF by its magic number; anything else is refused.
+    case automatic = "auto"
+    /// An ELF64 x86-64 executable (a `vmlinux`, or a tiny test guest): PT_LOAD segments go to
+    /// their physical addresses and the vCPU starts at `e_entry` in 64-bit long mode.
+    case elf
+    /// A flat binary loaded at 0x10000 and started in 16-bit real mode at 1000:0000.
+    case flatRealMode = "flat-real-mode"
+}
+
+/// Why a kernel image was refused.
+public enum KernelLoadError: Error, Equatable, CustomStringConvertible, Sendable {
+    case unreadable(SystemError)
+    case unrecognizedFormat(path: String)
+    case notLoadable(path: String, reason: String)
+    case doesNotFit(path: String, address: GuestAddress, size: UInt64)
+    case overlapsReserved(path: String, address: GuestAddress, size: UInt64)
+    case empty(path: String)
+
+    public var description: String {
+        switch self {
+        case .unreadable(let error): "cannot read kernel: \(error)"
+        case .unrecognizedFormat(let path):
+            "\(path) is not an ELF64 x86-64 kernel; pass --format flat-real-mode for a flat real-mode binary"
+        case .notLoadable(let path, let reason): "\(path) cannot be loaded: \(reason)"
+        case .doesNotFit(let path, let address, let size):
+            "\(path) needs \(size) bytes at \(address), which is not inside guest RAM (use more --memory)"
+        case .overlapsReserved(let path, let address, let size):
+            "\(path) wants \(size) bytes at \(address), which overlaps the VMM's boot area below \(X86Layout.highMemoryStart)"
+        case .empty(let path): "\(path) is empty"
+        }
+    }
+}
+
+/// Where and how a loaded kernel starts.
+public struct LoadedKernel: Equatable, Sendable {
+    public let format: KernelFormat
+    public let entry: X86EntryMode
+    /// The highest guest physical address the image occupies (exclusive).
+    public let end: GuestAddress
+}
+
+/// Loads kernel images into guest memory.
+public enum KernelLoader {
+    /// Loads `path` in `format` into `memory`.
+    public static func load(_ path: String, format: KernelFormat, into memory: GuestMemory) throws(KernelLoadError) -> LoadedKernel {
+        let file: ImageFile
+        do { file = try ImageFile(path: path) } catch { throw .unreadable(error) }
+        guard file.size > 0 else { throw .empty(path: path) }
+        let header: [UInt8]
+        do { header = try file.bytes(at: 0, count: 64) } catch { throw .unreadable(error) }
+        let isELF = header.starts(with: ELF64.magic)
+        switch format {
+        case .automatic, .elf:
+            guard isELF else { throw .unrecognizedFormat(path: path) }
+            return try loadELF(file, into: memory)
+        case .flatRealMode:
+            return try loadFlat(file, into: memory)
+        }
+    }
+
+    static func loadFlat(_ file: ImageFile, into memory: GuestMemory) throws(KernelLoadError) -> LoadedKernel {
+        let base = X86Layout.realModeLoadAddress
+        // A real-mode image must fit its 64 KiB code segment.
+        guard file.size <= 0x10000 else {
+            throw .notLoadable(path: file.path, reason: "a flat real-mode image must be at most 64 KiB (it is \(file.size) bytes)")
+        }
+        try copy(file, offset: 0, count: file.size, to: base, memory: memory)
+        return LoadedKernel(
+            format: .flatRealMode, entry: .realMode(segment: UInt16(base.rawValue >> 4), offset: 0, stackPointer: 0xFFF0),
+            end: GuestAddress(base.rawValue + file.size))
+    }
+
+    static func loadELF(_ file: ImageFile, into memory: GuestMemory) throws(KernelLoadError) -> LoadedKernel {
+        let headerBytes: [UInt8]
+        do { headerBytes = try file.bytes(at: 0, count: ELF64.headerSize) } catch { throw .unreadable(error) }
+        let header: ELF64.Header
+        do { header = try ELF64.Header(headerBytes) } catch { throw .notLoadable(path: file.path, reason: error.reason) }
+        let tableSize = Int(header.programHeaderCount) * ELF64.programHeaderSize
+        guard header.programHeaderOffset <= file.size, UInt64(tableSize) <= file.size - header.programHeaderOffset else {
+            throw .notLoadable(path: file.path, reason: "program header table lies outside the file")
+        }
+        let table: [UInt8]
+        do { table = try file.bytes(at: header.programHeaderOffset, count: tableSize) } catch { throw .unreadable(error) }
+        var end: UInt64 = 0
+        var loaded = 0
+        for index in 0..<Int(header.programHeaderCount) {
+            let segment = ELF64.ProgramHeader(table, at: index * ELF64.programHeaderSize)
+            guard segment.type == ELF64.loadableSegment, segment.memorySize > 0 else { continue }
+            guard segment.fileSize <= segment.memorySize,
+                segment.offset <= file.size, segment.fileSize <= file.size - segment.offset
+            else { throw .notLoadable(path: file.path, reason: "segment \(index) lies outside the file") }
+            let address = GuestAddress(segment.physicalAddress)
+            guard address >= X86Layout.highMemoryStart else {
+                throw .overlapsReserved(path: file.path, address: address, size: segment.memorySize)
+            }
+            guard segment.memorySize <= UInt64(Int.max),
+                memory.contains(address, count: Int(segment.memorySize))
+            else { throw .doesNotFit(path: file.path, address: address, size: segment.memorySize) }
+            try copy(file, offset: segment.offset, count: segment.fileSize, to: address, memory: memory)
+            let bssStart = GuestAddress(address.rawValue + segment.fileSize)
+            do { try memory.fill(bssStart, count: Int(segment.memorySize - segment.fileSize), with: 0) } catch {
+                throw .doesNotFit(path: file.path, address: address, size: segment.memorySize)
+            }
+            end = max(end, address.rawValue + segment.memorySize)
+            loaded += 1
+        }
+        guard loaded > 0 else { throw .notLoadable(path: file.path, reason: "it has no PT_LOAD segment") }
+        return LoadedKernel(
+            format: .elf, entry: .longMode(entry: header.entry, zeroPage: X86Layout.zeroPageAddress.rawValue),
+            end: GuestAddress(end))
+    }
+
+    static func copy(_ file: ImageFile, offset: UInt64, count: UInt64, to address: GuestAddress, memory: GuestMemory) throws(KernelLoadError) {
+        guard count > 0 else { return }
+        let target: UnsafeMutableRawPointer
+        do { target = try memory.hostPointer(address, count: Int(count)) } catch {
+            throw .doesNotFit(path: file.path, address: address, size: count)
+        }
+        do { try file.read(at: offset, count: Int(count), into: target) } catch { throw .unreadable(error) }
+    }
+}
+
+/// The parts of the ELF64 format the loader reads (System V gABI, x86-64 psABI).
+enum ELF64 {
+    static let magic: [UInt8] = [0x7F, 0x45, 0x4C, 0x46]
+    static let headerSize = 64
+    static let programHeaderSize = 56
+    static let loadableSegment: UInt32 = 1
+    static let machineX86_64: UInt16 = 62
+
+    struct FormatError: Error { let reason: String }
+
+    struct Header {
+        let entry: UInt64
+        let programHeaderOffset: UInt64
+        let programHeaderCount: UInt16
+
+        init(_ bytes: [UInt8]) throws(FormatError) {
+            guard bytes.count >= ELF64.headerSize, bytes.starts(with: ELF64.magic) else {
+                throw FormatError(reason: "truncated ELF header")
+            }
+            guard bytes[4] == 2 else { throw FormatError(reason: "not a 64-bit ELF (class \(bytes[4]))") }
+            guard bytes[5] == 1 else { throw FormatError(reason: "not little-endian") }
+            let type = bytes.le16(16)
+            guard type == 2 else { throw FormatError(reason: "not an executable (ELF type \(type))") }
+            let machine = bytes.le16(18)
+            guard machine == ELF64.machineX86_64 else { throw FormatError(reason: "not x86-64 (machine \(machine))") }
+            guard bytes.le16(54) == UInt16(ELF64.programHeaderSize) else {
+                throw FormatError(reason: "unexpected program header size \(bytes.le16(54))")
+            }
+            entry = bytes.le64(24)
+            programHeaderOffset = bytes.le64(32)
+            programHeaderCount = bytes.le16(56)
+        }
+    }
+
+    struct ProgramHeader {
+        let type: UInt32
+        let offset: UInt64
+        let physicalAddress: UInt64
+        let fileSize: UInt64
+        let memorySize: UInt64
+
+        init(_ table: [UInt8], at base: Int) {
+            type = table.le32(base)
+            offset = table.le64(base + 8)
+            physicalAddress = table.le64(base + 24)
+            fileSize = table.le64(base + 32)
+            memorySize = table.le64(base + 40)
+        }
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Little-endian integers at byte offset `i` (the caller checked the bounds).
+    func le16(_ i: Int) -> UInt16 { UInt16(self[i]) | UInt16(self[i + 1]) << 8 }
+    func le32(_ i: Int) -> UInt32 { UInt32(le16(i)) | UInt32(le16(i + 2)) << 16 }
+    func le64(_ i: Int) -> UInt64 { UInt64(le32(i)) | UInt64(le32(i + 4)) << 32 }
+}

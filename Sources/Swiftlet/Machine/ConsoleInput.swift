@@ -1,0 +1,96 @@
+import CKVM
+import Glibc
+import Synchronization
+
+/// Host terminal input → the guest's UART, on the event-loop thread.
+///
+/// Bytes are read from the terminal only while the UART's receive FIFO has room; what does not
+/// fit waits here (and the terminal is left unread) until the guest drains the FIFO, so typing
+/// or pasting never loses input.
+final class ConsoleInput: Sendable {
+    private struct State {
+        var escape = ConsoleEscape()
+        var pending: [UInt8] = []
+        var paused = false
+        /// The input is a regular file (not pollable): read it from the poller instead.
+        var readFromPoller = false
+        var endOfInput = false
+    }
+
+    let terminal: HostTerminal
+    let serial: SerialPort
+    let loop: EventLoop
+    let onStop: @Sendable () -> Void
+    private let state = Mutex(State())
+
+    init(terminal: HostTerminal, serial: SerialPort, loop: EventLoop, onStop: @escaping @Sendable () -> Void) {
+        self.terminal = terminal
+        self.serial = serial
+        self.loop = loop
+        self.onStop = onStop
+    }
+
+    /// Starts watching the terminal.
+    func attach() throws(SystemError) {
+        do {
+            try loop.add(terminal.inputDescriptor, events: EPOLLIN.rawValue) { [self] events in readable(events) }
+        } catch where error.errno == EPERM {
+            // Regular files and /dev/null cannot be polled; they are always readable.
+            state.withLock { $0.readFromPoller = true }
+        }
+        loop.addPoller { [self] in
+            let readNow = state.withLock { $0.readFromPoller && !$0.endOfInput && $0.pending.isEmpty }
+            if readNow { readable(0) }
+            return flushPending() || state.withLock { $0.readFromPoller && !$0.endOfInput }
+        }
+        loop.wake()
+    }
+
+    private func readable(_ events: UInt32) {
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let count = buffer.withUnsafeMutableBytes { read(terminal.inputDescriptor, $0.baseAddress, $0.count) }
+        if count <= 0 {
+            if count < 0 && (Glibc.errno == EINTR || Glibc.errno == EAGAIN) { return }
+            // End of input (or an error): stop watching; the guest keeps running.
+            let polled = state.withLock { state -> Bool in
+                state.endOfInput = true
+                return !state.readFromPoller
+            }
+            if polled { loop.modify(terminal.inputDescriptor, events: 0) }
+            return
+        }
+        var stop = false
+        state.withLock { state in
+            for byte in buffer[0..<count] {
+                switch state.escape.feed(byte) {
+                case .forward(let bytes): state.pending.append(contentsOf: bytes)
+                case .stop: stop = true
+                }
+            }
+        }
+        if stop {
+            onStop()
+            return
+        }
+        _ = flushPending()
+    }
+
+    /// Moves pending bytes into the UART; pauses or resumes reading the terminal. Returns
+    /// whether bytes are still waiting.
+    private func flushPending() -> Bool {
+        let (waiting, changePause) = state.withLock { state -> (Bool, Bool?) in
+            if !state.pending.isEmpty {
+                let taken = serial.enqueueInput(state.pending)
+                state.pending.removeFirst(taken)
+            }
+            let waiting = !state.pending.isEmpty
+            guard waiting != state.paused else { return (waiting, nil) }
+            state.paused = waiting
+            return (waiting, waiting)
+        }
+        if let pause = changePause, !state.withLock({ $0.readFromPoller }) {
+            loop.modify(terminal.inputDescriptor, events: pause ? 0 : EPOLLIN.rawValue)
+        }
+        return waiting
+    }
+}

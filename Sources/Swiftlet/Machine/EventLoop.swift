@@ -1,0 +1,112 @@
+import CKVM
+import Glibc
+import Synchronization
+
+/// The machine's event-loop thread: epoll over host file descriptors (the console's stdin,
+/// later virtio queue eventfds, taps and disks). Blocking host I/O happens here, never on a
+/// vCPU thread.
+final class EventLoop: Sendable {
+    /// Called with the epoll event bits when its descriptor is ready.
+    typealias Handler = @Sendable (UInt32) -> Void
+
+    private let epoll: OwnedFileDescriptor
+    private let wakeup: EventFD
+    private let handlers = Mutex<[Int32: Handler]>([:])
+    /// Called about every `pollInterval` while it returns true (work waiting for room elsewhere).
+    private let pollers = Mutex<[@Sendable () -> Bool]>([])
+    private let stopped = Atomic<Bool>(false)
+    /// A one-shot action at a CLOCK_MONOTONIC time in nanoseconds (the machine's deadline).
+    private let deadline = Mutex<(at: UInt64, action: @Sendable () -> Void)?>(nil)
+    static let pollIntervalMilliseconds: Int32 = 5
+
+    init() throws(SystemError) {
+        let fd = epoll_create1(Int32(EPOLL_CLOEXEC))
+        if fd < 0 { throw SystemError.current("epoll_create1") }
+        epoll = OwnedFileDescriptor(taking: fd)
+        wakeup = try EventFD()
+        try add(wakeup.rawValue, events: EPOLLIN.rawValue) { _ in }
+    }
+
+    /// Watches `fd` for `events` (EPOLLIN, ...), calling `handler` on the loop thread.
+    func add(_ fd: Int32, events: UInt32, handler: @escaping Handler) throws(SystemError) {
+        handlers.withLock { $0[fd] = handler }
+        var event = epoll_event()
+        event.events = events
+        event.data.fd = fd
+        if epoll_ctl(epoll.rawValue, EPOLL_CTL_ADD, fd, &event) != 0 {
+            handlers.withLock { _ = $0.removeValue(forKey: fd) }
+            throw SystemError.current("epoll_ctl add fd \(fd)")
+        }
+    }
+
+    /// Changes which events `fd` is watched for (0 pauses it).
+    func modify(_ fd: Int32, events: UInt32) {
+        var event = epoll_event()
+        event.events = events
+        event.data.fd = fd
+        _ = epoll_ctl(epoll.rawValue, EPOLL_CTL_MOD, fd, &event)
+    }
+
+    /// Adds a poller, called on the loop thread every few milliseconds while any poller says
+    /// it still has work.
+    func addPoller(_ poller: @escaping @Sendable () -> Bool) {
+        pollers.withLock { $0.append(poller) }
+    }
+
+    /// Calls `action` on the loop thread `seconds` from now (replacing an earlier deadline).
+    func setDeadline(after seconds: Double, _ action: @escaping @Sendable () -> Void) {
+        let delay = UInt64(max(0, min(seconds, 1e9)) * 1e9)
+        deadline.withLock { $0 = (monotonicNanoseconds() + delay, action) }
+        wake()
+    }
+
+    /// Runs until `stop()`; call on the loop's own thread.
+    func run() {
+        var events = [epoll_event](repeating: epoll_event(), count: 16)
+        var pollersBusy = true
+        while !stopped.load(ordering: .acquiring) {
+            var timeout = pollersBusy ? EventLoop.pollIntervalMilliseconds : -1
+            if let due = deadline.withLock({ $0?.at }) {
+                let now = monotonicNanoseconds()
+                if now >= due {
+                    deadline.withLock { $0 }?.action()
+                    deadline.withLock { $0 = nil }
+                    continue
+                }
+                let untilDue = Int32(clamping: (due - now + 999_999) / 1_000_000)
+                timeout = timeout < 0 ? untilDue : min(timeout, untilDue)
+            }
+            let count = events.withUnsafeMutableBufferPointer {
+                epoll_wait(epoll.rawValue, $0.baseAddress, Int32($0.count), timeout)
+            }
+            if count < 0 && Glibc.errno != EINTR { return }
+            for i in 0..<max(0, Int(count)) {
+                let fd = events[i].data.fd
+                if fd == wakeup.rawValue {
+                    _ = try? wakeup.consume()
+                    continue
+                }
+                if let handler = handlers.withLock({ $0[fd] }) { handler(events[i].events) }
+            }
+            let current = pollers.withLock { $0 }
+            pollersBusy = false
+            for poller in current where poller() { pollersBusy = true }
+        }
+    }
+
+    /// Makes `run()` return (from any thread).
+    func stop() {
+        stopped.store(true, ordering: .releasing)
+        try? wakeup.signal()
+    }
+
+    /// Wakes the loop so pollers run now (from any thread).
+    func wake() { try? wakeup.signal() }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+}

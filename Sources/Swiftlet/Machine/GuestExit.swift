@@ -1,0 +1,83 @@
+import CKVM
+
+/// How a guest ended: what `Machine.wait()` returns and what the CLI's exit code says.
+public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
+    /// The guest asked for a reset (i8042 0xFE, or a KVM reset system event). Reboot = end.
+    case reset
+    /// The guest powered off (a KVM shutdown system event).
+    case powerOff
+    /// A vCPU executed `hlt` with nothing to wake it (only without an in-kernel irqchip).
+    case halted(vcpu: UInt32, rip: UInt64)
+    /// The guest reported a crash (a KVM crash system event, or a guest kernel panic).
+    case guestPanic(vcpu: UInt32)
+    /// A triple fault: the CPU shut down (`KVM_EXIT_SHUTDOWN`).
+    case tripleFault(vcpu: UInt32, rip: UInt64)
+    /// KVM could not emulate an instruction or deliver an event (`KVM_EXIT_INTERNAL_ERROR`).
+    case internalError(vcpu: UInt32, suberror: UInt32, rip: UInt64)
+    /// VM entry failed (`KVM_EXIT_FAIL_ENTRY`) with a hardware reason code.
+    case entryFailure(vcpu: UInt32, reason: UInt64, rip: UInt64)
+    /// An exit Swiftlet does not handle.
+    case unhandledExit(vcpu: UInt32, reason: UInt32, rip: UInt64)
+    /// `KVM_RUN` or another vCPU call failed.
+    case vcpuFailed(vcpu: UInt32, error: SystemError)
+    /// The host stopped the VM: `Machine.stop()`, the console escape, or a deadline.
+    case stopped(HostStopReason)
+
+    /// Whether the guest ended the way a guest is meant to (reset, power-off, host request).
+    public var isClean: Bool {
+        switch self {
+        case .reset, .powerOff, .halted, .stopped(.requested): true
+        default: false
+        }
+    }
+
+    /// The process exit code the CLI uses (documented in README and `swiftlet boot --help`).
+    public var exitCode: Int32 {
+        switch self {
+        case .reset, .powerOff, .halted, .stopped(.requested): 0
+        case .tripleFault: 3
+        case .internalError: 4
+        case .entryFailure: 5
+        case .unhandledExit: 6
+        case .vcpuFailed: 7
+        case .guestPanic: 8
+        case .stopped(.deadline): 124
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .reset: "guest requested a reset"
+        case .powerOff: "guest powered off"
+        case .halted(let vcpu, let rip): "vCPU \(vcpu) halted at RIP \(hex(rip))"
+        case .guestPanic(let vcpu): "guest panicked (reported on vCPU \(vcpu))"
+        case .tripleFault(let vcpu, let rip): "triple fault (KVM_EXIT_SHUTDOWN) on vCPU \(vcpu) at RIP \(hex(rip))"
+        case .internalError(let vcpu, let suberror, let rip):
+            "KVM internal error \(suberror) (\(internalErrorName(suberror))) on vCPU \(vcpu) at RIP \(hex(rip))"
+        case .entryFailure(let vcpu, let reason, let rip):
+            "VM entry failed (hardware reason \(hex(reason))) on vCPU \(vcpu) at RIP \(hex(rip))"
+        case .unhandledExit(let vcpu, let reason, let rip): "unhandled KVM exit \(reason) on vCPU \(vcpu) at RIP \(hex(rip))"
+        case .vcpuFailed(let vcpu, let error): "vCPU \(vcpu): \(error)"
+        case .stopped(.requested): "stopped by the host"
+        case .stopped(.deadline): "stopped: deadline reached"
+        }
+    }
+}
+
+/// Why the host stopped a VM.
+public enum HostStopReason: Equatable, Sendable {
+    case requested
+    case deadline
+}
+
+func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+
+func internalErrorName(_ suberror: UInt32) -> String {
+    switch Int32(suberror) {
+    case KVM_INTERNAL_ERROR_EMULATION: "instruction emulation failed"
+    case KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception"
+    case KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failed"
+    case KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "unexpected exit reason"
+    default: "unknown"
+    }
+}

@@ -1,0 +1,219 @@
+import CKVM
+import Glibc
+import Synchronization
+
+/// A step of building a machine; a failure names the step it happened in.
+public enum BuildStep: String, Sendable {
+    case validateConfiguration = "validate the configuration"
+    case openKVM = "open /dev/kvm"
+    case createVM = "create the VM"
+    case configureVM = "set up the in-kernel irqchip and timer"
+    case allocateMemory = "allocate guest memory"
+    case registerMemory = "register guest memory with KVM"
+    case loadKernel = "load the kernel"
+    case writeBootStructures = "write the boot structures"
+    case createDevices = "create the devices"
+    case createVCPUs = "create the vCPUs"
+    case configureVCPUs = "set up the vCPU registers"
+    case startThreads = "start the VMM threads"
+}
+
+/// Building or starting a machine failed.
+public struct MachineError: Error, CustomStringConvertible, Sendable {
+    public let step: BuildStep
+    public let underlying: any Error & Sendable
+
+    public var description: String { "cannot \(step.rawValue): \(underlying)" }
+}
+
+/// A microVM: built from a `MachineConfiguration`, started, waited for, torn down.
+///
+/// Lifecycle: `init` builds everything (KVM VM, memory, devices, vCPUs, boot state) in
+/// ordered steps; `start()` starts one thread per vCPU and the event-loop thread; `wait()`
+/// blocks until the guest ends and returns how; `stop()` ends it from any thread. Resources
+/// are released when the machine is deinitialised.
+public final class Machine: @unchecked Sendable {
+    public let configuration: MachineConfiguration
+    public let kvm: KVM
+    public let vm: VirtualMachine
+    public let memory: GuestMemory
+    public let vcpus: [VCPU]
+    public let serial: SerialPort
+    public let kernel: LoadedKernel
+    let dispatcher: ExitDispatcher
+    let control: RunControl
+    let eventLoop: EventLoop
+    let terminal: HostTerminal?
+    private let threads = Mutex<[NativeThread]>([])
+    private let eventThread = Mutex<NativeThread?>(nil)
+    private let finished = Mutex<GuestExit?>(nil)
+
+    /// Builds the machine described by `configuration`.
+    public init(_ configuration: MachineConfiguration) throws(MachineError) {
+        self.configuration = configuration
+        try step(.validateConfiguration) { () throws(ConfigurationError) in try configuration.validate() }
+        let kvm = try step(.openKVM) { () throws in
+            let kvm = try KVM()
+            try kvm.require([(KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"), (KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
+                             (KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"), (KVM_CAP_PIT2, "KVM_CAP_PIT2"),
+                             (KVM_CAP_IRQFD, "KVM_CAP_IRQFD"), (KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD")])
+            return kvm
+        }
+        self.kvm = kvm
+        let vm = try step(.createVM) { () throws(SystemError) in try kvm.createVirtualMachine() }
+        self.vm = vm
+        try step(.configureVM) { () throws(SystemError) in
+            try vm.setIdentityMapAddress(X86Layout.identityMapPageAddress)
+            try vm.setTSSAddress(X86Layout.tssAddress)
+            try vm.createIRQChip()
+            try vm.createPIT2()
+        }
+        let memory = try step(.allocateMemory) { () throws in
+            try GuestMemory(regions: X86MemoryMap.ramRegions(size: configuration.memorySize))
+        }
+        self.memory = memory
+        try step(.registerMemory) { () throws(SystemError) in try memory.registerSlots(with: vm) }
+        let kernel = try step(.loadKernel) { () throws(KernelLoadError) in
+            try KernelLoader.load(configuration.kernelPath, format: configuration.kernelFormat, into: memory)
+        }
+        self.kernel = kernel
+        try step(.writeBootStructures) { () throws(GuestMemoryError) in
+            try BootGDT.write(to: memory)
+            try IdentityPageTables.write(to: memory)
+        }
+
+        let vcpus = try step(.createVCPUs) { () throws(SystemError) in
+            try (0..<configuration.vcpuCount).map { (id) throws(SystemError) in try vm.createVCPU(id: UInt32(id)) }
+        }
+        self.vcpus = vcpus
+        let eventLoop = try step(.createDevices) { () throws(SystemError) in try EventLoop() }
+        self.eventLoop = eventLoop
+        // The control's finish hook stops the event loop; it is created before the devices that
+        // end the machine (the i8042) so they can hold it.
+        let control = RunControl(vcpus: vcpus) { _ in eventLoop.stop() }
+        self.control = control
+
+        let output: any SerialOutput
+        switch configuration.console {
+        case .terminal:
+            output = FileDescriptorSerialOutput(fileDescriptor: STDOUT_FILENO)
+            terminal = HostTerminal()
+        case .output(let sink):
+            output = sink
+            terminal = nil
+        case .none:
+            output = DiscardingSerialOutput()
+            terminal = nil
+        }
+        let serial = SerialPort(output: output, interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ))
+        self.serial = serial
+        var portIO = Bus()
+        var mmio = Bus()
+        try step(.createDevices) { () throws(BusError) in
+            try portIO.register(serial, base: UInt64(X86Layout.serialPort), length: 8, name: "serial (COM1)")
+            try portIO.register(
+                I8042Device(resetHandler: { control.finish(.reset) }), base: UInt64(X86Layout.i8042DataPort), length: 5,
+                name: "i8042")
+            try mmio.register(
+                MMIOTestDevice(), base: X86Layout.mmioTestDeviceAddress.rawValue, length: X86Layout.mmioTestDeviceSize,
+                name: "MMIO test device")
+        }
+        dispatcher = ExitDispatcher(portIO: portIO, mmio: mmio)
+
+        try step(.configureVCPUs) { () throws(SystemError) in
+            let cpuid = try kvm.supportedCPUID()
+            for vcpu in vcpus {
+                try vcpu.setCPUID(cpuid)
+                if vcpu.id == 0 { try X86VCPUSetup.configure(vcpu, for: kernel.entry) }
+            }
+        }
+    }
+
+    /// Starts the vCPU threads and the event-loop thread (console input).
+    public func start() throws(MachineError) {
+        _ = VCPUKick.installed
+        let control = self.control
+        let dispatcher = self.dispatcher
+        if let terminal {
+            terminal.enterRawMode()
+            let input = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop) { control.finish(.stopped(.requested)) }
+            try step(.startThreads) { () throws(SystemError) in try input.attach() }
+        }
+        let loop = eventLoop
+        try step(.startThreads) { () throws(SystemError) in
+            let thread = try NativeThread(name: "event loop") { loop.run() }
+            eventThread.withLock { $0 = thread }
+            for vcpu in vcpus {
+                let thread = try NativeThread(name: "vcpu \(vcpu.id)") {
+                    VCPUKick.unblock()
+                    control.register(thread: pthread_self())
+                    VCPULoop.run(vcpu, dispatcher: dispatcher, control: control)
+                }
+                threads.withLock { $0.append(thread) }
+            }
+        }
+    }
+
+    /// Waits for the guest to end; returns how it ended. Joins every thread and restores the
+    /// terminal before returning.
+    public func wait() -> GuestExit {
+        let vcpuThreads = threads.withLock { $0 }
+        for thread in vcpuThreads { thread.join() }
+        eventLoop.stop()
+        eventThread.withLock { $0?.join() }
+        terminal?.restore()
+        return control.exit ?? .stopped(.requested)
+    }
+
+    /// Stops the guest with reason `.deadline` if it is still running `seconds` from now.
+    /// Any test or caller that must not hang on a stuck guest sets one before `wait()`.
+    public func setDeadline(after seconds: Double) {
+        eventLoop.setDeadline(after: seconds) { [control] in control.finish(.stopped(.deadline)) }
+    }
+
+    /// Stops the guest from any thread; `wait()` then returns `.stopped(reason)` unless the
+    /// guest had already ended.
+    public func stop(_ reason: HostStopReason = .requested) {
+        control.finish(.stopped(reason))
+    }
+
+    /// Builds nothing new: starts the machine and waits for it.
+    public func run() throws(MachineError) -> GuestExit {
+        try start()
+        return wait()
+    }
+
+    deinit {
+        stop()
+        _ = wait()
+    }
+}
+
+/// Runs `body`, attributing any error to `step`.
+@inline(__always)
+func step<T, E: Error & Sendable>(_ step: BuildStep, _ body: () throws(E) -> T) throws(MachineError) -> T {
+    do { return try body() } catch { throw MachineError(step: step, underlying: error) }
+}
+
+/// An interrupt line of the in-kernel irqchip driven with `KVM_IRQ_LINE`.
+struct KVMInterruptLine: InterruptLine {
+    let vm: VirtualMachine
+    let gsi: UInt32
+    func setLevel(_ high: Bool) { try? vm.setIRQLine(gsi, high: high) }
+}
+
+/// Serial output that goes nowhere.
+struct DiscardingSerialOutput: SerialOutput {
+    func write(_ bytes: UnsafeRawBufferPointer) {}
+}
+
+/// The guest RAM layout of an x86_64 machine of a given size: below the MMIO gap, and the rest
+/// above 4 GiB.
+public enum X86MemoryMap {
+    public static func ramRegions(size: UInt64) -> [(start: GuestAddress, size: UInt64)] {
+        let below = min(size, X86Layout.mmioGapStart.rawValue)
+        var regions = [(start: GuestAddress(0), size: below)]
+        if size > below { regions.append((start: X86Layout.ramAbove4GStart, size: size - below)) }
+        return regions
+    }
+}

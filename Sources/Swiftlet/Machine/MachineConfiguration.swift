@@ -1,0 +1,81 @@
+/// Everything needed to build a machine, as a plain value.
+public struct MachineConfiguration: Sendable {
+    /// Path of the kernel image.
+    public var kernelPath: String
+    /// How to interpret the kernel image.
+    public var kernelFormat: KernelFormat
+    /// Guest RAM in bytes (a multiple of 4 KiB).
+    public var memorySize: UInt64
+    /// Number of vCPUs.
+    public var vcpuCount: Int
+    /// Where the serial console goes.
+    public var console: ConsoleConfiguration
+
+    public static let defaultMemorySize: UInt64 = 128 << 20
+    public static let minimumMemorySize: UInt64 = 2 << 20
+    public static let maximumVCPUs = 254
+
+    public init(
+        kernelPath: String, kernelFormat: KernelFormat = .automatic, memorySize: UInt64 = defaultMemorySize,
+        vcpuCount: Int = 1, console: ConsoleConfiguration = .terminal
+    ) {
+        self.kernelPath = kernelPath
+        self.kernelFormat = kernelFormat
+        self.memorySize = memorySize
+        self.vcpuCount = vcpuCount
+        self.console = console
+    }
+
+    /// Checks the values that can be checked without touching the host.
+    public func validate() throws(ConfigurationError) {
+        guard memorySize >= Self.minimumMemorySize else { throw .memoryTooSmall(memorySize) }
+        guard memorySize % 4096 == 0 else { throw .memoryNotPageAligned(memorySize) }
+        guard (1...Self.maximumVCPUs).contains(vcpuCount) else { throw .vcpuCount(vcpuCount) }
+        guard !kernelPath.isEmpty else { throw .missingKernel }
+    }
+}
+
+/// Where the guest's serial console is connected.
+public enum ConsoleConfiguration: Sendable {
+    /// The host terminal: output to stdout, stdin to the guest (raw mode on a terminal).
+    case terminal
+    /// Output to `output`; no input.
+    case output(any SerialOutput)
+    /// Output discarded; no input.
+    case none
+}
+
+/// A configuration that cannot describe a machine.
+public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
+    case memoryTooSmall(UInt64)
+    case memoryNotPageAligned(UInt64)
+    case vcpuCount(Int)
+    case missingKernel
+
+    public var description: String {
+        switch self {
+        case .memoryTooSmall(let size):
+            "guest memory of \(size) bytes is too small (at least \(MachineConfiguration.minimumMemorySize >> 20) MiB)"
+        case .memoryNotPageAligned(let size): "guest memory of \(size) bytes is not a multiple of 4 KiB"
+        case .vcpuCount(let count): "\(count) vCPUs requested; between 1 and \(MachineConfiguration.maximumVCPUs) are supported"
+        case .missingKernel: "no kernel image given"
+        }
+    }
+}
+
+/// Parses sizes such as `128M`, `1G`, `512K`, `65536` (bytes); binary units.
+public func parseMemorySize(_ text: String) -> UInt64? {
+    guard let last = text.last else { return nil }
+    let shift: UInt64
+    var digits = Substring(text)
+    switch last {
+    case "K", "k": shift = 10
+    case "M", "m": shift = 20
+    case "G", "g": shift = 30
+    default: shift = 0
+    }
+    if shift != 0 { digits = digits.dropLast() }
+    guard !digits.isEmpty, digits.allSatisfy(\.isASCII), let value = UInt64(digits) else { return nil }
+    let (result, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
+    return overflow ? nil : result
+}

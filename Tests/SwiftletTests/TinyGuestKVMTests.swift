@@ -1,0 +1,146 @@
+import Glibc
+import Synchronization
+import Testing
+
+@testable import Swiftlet
+
+/// Boots the tiny guests from Guests/ on the host's /dev/kvm and checks what they print and how
+/// they end. Each run has a deadline, so a hung guest fails its test instead of hanging CI.
+@Suite("KVM: tiny guests", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized)
+struct TinyGuestKVMTests {
+    struct Run {
+        let exit: GuestExit
+        let output: String
+    }
+
+    static func boot(
+        _ guest: String, format: KernelFormat = .automatic, cpus: Int = 1,
+        while running: (Machine) throws -> Void = { _ in }
+    ) throws -> Run {
+        let console = BufferSerialOutput()
+        let machine = try Machine(
+            MachineConfiguration(
+                kernelPath: try TestSupport.guest(guest), kernelFormat: format, memorySize: 128 << 20,
+                vcpuCount: cpus, console: .output(console)))
+        try machine.start()
+        machine.setDeadline(after: TestSupport.guestDeadline)
+        try running(machine)
+        let exit = machine.wait()
+        return Run(exit: exit, output: console.text)
+    }
+
+    @Test("a real-mode flat binary prints over serial and resets")
+    func realModeHello() throws {
+        let run = try Self.boot("realmode-hello.bin", format: .flatRealMode)
+        #expect(run.output == "Hello from real mode\n")
+        #expect(run.exit == .reset)
+    }
+
+    @Test("a 64-bit ELF guest entered in long mode prints and resets")
+    func longModeHello() throws {
+        let run = try Self.boot("longmode-hello.elf")
+        #expect(run.output == "Hello from 64-bit long mode\n")
+        #expect(run.exit == .reset)
+    }
+
+    @Test("a guest reads and writes the MMIO test device and reports what it read")
+    func mmioTestDevice() throws {
+        let run = try Self.boot("mmio-test.elf")
+        #expect(run.output == "mmio-test: id=53574c54 scratch1=a5a5f00d scratch2=12345678 writes=2\n")
+        #expect(run.exit == .reset)
+    }
+
+    @Test("host input reaches the guest through the UART receive FIFO")
+    func consoleInput() throws {
+        let run = try Self.boot("realmode-echo.bin", format: .flatRealMode) { machine in
+            // More than the 64-byte FIFO: the rest must wait, not be dropped.
+            let text = Array(String(repeating: "abcdefgh", count: 5).utf8)
+            var offset = 0
+            let deadline = monotonicNanoseconds() + 10_000_000_000
+            while offset < text.count && monotonicNanoseconds() < deadline {
+                offset += machine.serial.enqueueInput(text[offset...])
+                usleep(1000)
+            }
+            while machine.serial.enqueueInput([UInt8(ascii: "q")]) == 0 && monotonicNanoseconds() < deadline {
+                usleep(1000)
+            }
+        }
+        #expect(run.output == "echo ready\n" + String(repeating: "abcdefgh", count: 5))
+        #expect(run.exit == .reset)
+    }
+
+    @Test("a triple fault ends the VM with the exit reason and RIP")
+    func tripleFault() throws {
+        let run = try Self.boot("triple-fault.elf")
+        #expect(run.output == "triple-fault: faulting now\n")
+        guard case .tripleFault(let vcpu, let rip) = run.exit else {
+            Issue.record("expected a triple fault, got \(run.exit)")
+            return
+        }
+        #expect(vcpu == 0)
+        #expect(rip >= 0x100_0000 && rip < 0x100_1000, "RIP \(rip) should be inside the guest image")
+        #expect(run.exit.exitCode == 3)
+    }
+
+    @Test("the host stops a guest that spins forever")
+    func stopSpinningGuest() throws {
+        let started = monotonicNanoseconds()
+        let run = try Self.boot("realmode-spin.bin", format: .flatRealMode) { machine in
+            usleep(200_000)
+            machine.stop()
+        }
+        #expect(run.exit == .stopped(.requested))
+        #expect(monotonicNanoseconds() - started < 10_000_000_000)
+    }
+
+    @Test("a deadline stops a guest that spins forever")
+    func deadlineStopsGuest() throws {
+        let console = BufferSerialOutput()
+        let machine = try Machine(
+            MachineConfiguration(
+                kernelPath: try TestSupport.guest("realmode-spin.bin"), kernelFormat: .flatRealMode,
+                memorySize: 64 << 20, console: .output(console)))
+        try machine.start()
+        machine.setDeadline(after: 0.3)
+        #expect(machine.wait() == .stopped(.deadline))
+        #expect(GuestExit.stopped(.deadline).exitCode == 124)
+    }
+
+    @Test("with two vCPUs the machine ends when the boot vCPU's guest resets")
+    func twoVCPUs() throws {
+        let run = try Self.boot("longmode-hello.elf", cpus: 2)
+        #expect(run.output == "Hello from 64-bit long mode\n")
+        #expect(run.exit == .reset)
+    }
+
+    @Test("two machines run in one process at once")
+    func twoMachines() throws {
+        let first = BufferSerialOutput()
+        let second = BufferSerialOutput()
+        let a = try Machine(
+            MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .output(first)))
+        let b = try Machine(
+            MachineConfiguration(
+                kernelPath: try TestSupport.guest("realmode-hello.bin"), kernelFormat: .flatRealMode,
+                console: .output(second)))
+        try a.start()
+        try b.start()
+        a.setDeadline(after: TestSupport.guestDeadline)
+        b.setDeadline(after: TestSupport.guestDeadline)
+        #expect(a.wait() == .reset)
+        #expect(b.wait() == .reset)
+        #expect(first.text == "Hello from 64-bit long mode\n")
+        #expect(second.text == "Hello from real mode\n")
+    }
+
+    @Test("building fails with the step and the reason for a missing kernel")
+    func missingKernel() {
+        do {
+            _ = try Machine(MachineConfiguration(kernelPath: "/nonexistent/kernel", console: .none))
+            Issue.record("a missing kernel was accepted")
+        } catch {
+            #expect(error.step == .loadKernel)
+            #expect("\(error)" == "cannot load the kernel: cannot read kernel: open /nonexistent/kernel failed: No such file or directory (errno 2)")
+        }
+    }
+}

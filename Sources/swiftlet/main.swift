@@ -69,6 +69,8 @@ struct Boot: ParsableCommand {
     }
 
     func run() throws {
+        // Console output may go to a pipe that closes early: get EPIPE, not a fatal signal.
+        signal(SIGPIPE, SIG_IGN)
         let configuration = MachineConfiguration(
             kernelPath: kernel, kernelFormat: KernelFormat(rawValue: format)!, memorySize: parseMemorySize(memory)!,
             vcpuCount: cpus, console: .terminal)

@@ -58,10 +58,13 @@ struct TinyGuestKVMTests {
             var offset = 0
             let deadline = monotonicNanoseconds() + 10_000_000_000
             while offset < text.count && monotonicNanoseconds() < deadline {
-                offset += machine.serial.enqueueInput(text[offset...])
+                let room = min(machine.serial.inputSpace, text.count - offset)
+                offset += machine.serial.enqueueInput(text[offset..<(offset + room)])
                 usleep(1000)
             }
-            while machine.serial.enqueueInput([UInt8(ascii: "q")]) == 0 && monotonicNanoseconds() < deadline {
+            while (machine.serial.inputSpace == 0 || machine.serial.enqueueInput([UInt8(ascii: "q")]) == 0)
+                && monotonicNanoseconds() < deadline
+            {
                 usleep(1000)
             }
         }

@@ -80,7 +80,9 @@ final class ConsoleInput: Sendable {
     private func flushPending() -> Bool {
         let (waiting, changePause) = state.withLock { state -> (Bool, Bool?) in
             if !state.pending.isEmpty {
-                let taken = serial.enqueueInput(state.pending)
+                // Offer only what fits: the UART flags an overrun for bytes it must drop.
+                let room = min(serial.inputSpace, state.pending.count)
+                let taken = room > 0 ? serial.enqueueInput(state.pending[0..<room]) : 0
                 state.pending.removeFirst(taken)
             }
             let waiting = !state.pending.isEmpty

@@ -1,10 +1,13 @@
 /// The kernel image formats Swiftlet loads.
 public enum KernelFormat: String, CaseIterable, Sendable {
-    /// Recognise ELF by its magic number; anything else is refused.
+    /// Recognise ELF and bzImage by their magic numbers; anything else is refused.
     case automatic = "auto"
     /// An ELF64 x86-64 executable (a `vmlinux`, or a tiny test guest): PT_LOAD segments go to
     /// their physical addresses and the vCPU starts at `e_entry` in 64-bit long mode.
     case elf
+    /// A Linux `bzImage` (boot protocol 2.12 or later with a 64-bit entry): the protected-mode
+    /// kernel goes to 1 MiB and the vCPU starts at its 64-bit entry, 0x200 bytes in.
+    case bzImage = "bzimage"
     /// A flat binary loaded at 0x10000 and started in 16-bit real mode at 1000:0000.
     case flatRealMode = "flat-real-mode"
 }
@@ -22,7 +25,7 @@ public enum KernelLoadError: Error, Equatable, CustomStringConvertible, Sendable
         switch self {
         case .unreadable(let error): "cannot read kernel: \(error)"
         case .unrecognizedFormat(let path):
-            "\(path) is not an ELF64 x86-64 kernel; pass --format flat-real-mode for a flat real-mode binary"
+            "\(path) is neither an ELF64 x86-64 kernel (vmlinux) nor a bzImage; pass --format flat-real-mode for a flat real-mode binary"
         case .notLoadable(let path, let reason): "\(path) cannot be loaded: \(reason)"
         case .doesNotFit(let path, let address, let size):
             "\(path) needs \(size) bytes at \(address), which is not inside guest RAM (use more --memory)"
@@ -33,12 +36,22 @@ public enum KernelLoadError: Error, Equatable, CustomStringConvertible, Sendable
     }
 }
 
-/// Where and how a loaded kernel starts.
+/// Where and how a loaded kernel starts, and what it accepts from the boot loader.
 public struct LoadedKernel: Equatable, Sendable {
     public let format: KernelFormat
     public let entry: X86EntryMode
-    /// The highest guest physical address the image occupies (exclusive).
+    /// The highest guest physical address the kernel occupies or needs while it starts
+    /// (exclusive). Nothing else (the initrd) is placed below it.
     public let end: GuestAddress
+    /// A bzImage's setup header (image bytes 0x1F1 up to the header's end), copied into the zero
+    /// page; nil for other formats.
+    public var setupHeader: [UInt8]? = nil
+    /// The longest command line the kernel accepts, without the terminating NUL.
+    public var commandLineLimit: Int = X86Layout.commandLineMaxSize - 1
+    /// The highest address the initrd may occupy (`initrd_addr_max`).
+    public var initrdAddressMax: UInt64 = BzImage.defaultInitrdAddressMax
+    /// Whether the kernel reads a Linux zero page (bzImage and ELF) or not (flat binaries).
+    public var usesZeroPage: Bool { format != .flatRealMode }
 }
 
 /// Loads kernel images into guest memory.
@@ -52,9 +65,14 @@ public enum KernelLoader {
         do { header = try file.bytes(at: 0, count: 64) } catch { throw .unreadable(error) }
         let isELF = header.starts(with: ELF64.magic)
         switch format {
-        case .automatic, .elf:
+        case .automatic where isELF, .elf:
             guard isELF else { throw .unrecognizedFormat(path: path) }
             return try loadELF(file, into: memory)
+        case .automatic, .bzImage:
+            let setup: [UInt8]
+            do { setup = try file.bytes(at: 0, count: BzImage.headerReadSize) } catch { throw .unreadable(error) }
+            guard BzImage.hasSetupHeader(setup) else { throw .unrecognizedFormat(path: path) }
+            return try loadBzImage(file, setup: setup, into: memory)
         case .flatRealMode:
             return try loadFlat(file, into: memory)
         }
@@ -70,6 +88,30 @@ public enum KernelLoader {
         return LoadedKernel(
             format: .flatRealMode, entry: .realMode(segment: UInt16(base.rawValue >> 4), offset: 0, stackPointer: 0xFFF0),
             end: GuestAddress(base.rawValue + file.size))
+    }
+
+    static func loadBzImage(_ file: ImageFile, setup: [UInt8], into memory: GuestMemory) throws(KernelLoadError) -> LoadedKernel {
+        let header: BzImage.Header
+        do { header = try BzImage.Header(setup) } catch { throw .notLoadable(path: file.path, reason: error.reason) }
+        let offset = header.protectedModeOffset
+        guard offset < file.size else {
+            throw .notLoadable(path: file.path, reason: "the setup code (\(offset) bytes) fills the whole file")
+        }
+        let payload = file.size - offset
+        let base = X86Layout.highMemoryStart
+        // The kernel decompresses in place and needs init_size bytes from its load address.
+        let needed = max(payload, UInt64(header.initSize))
+        guard needed <= UInt64(Int.max), memory.contains(base, count: Int(needed)) else {
+            throw .doesNotFit(path: file.path, address: base, size: needed)
+        }
+        try copy(file, offset: offset, count: payload, to: base, memory: memory)
+        return LoadedKernel(
+            format: .bzImage,
+            entry: .longMode(entry: base.rawValue + BzImage.entry64Offset, zeroPage: X86Layout.zeroPageAddress.rawValue),
+            end: GuestAddress(base.rawValue + needed),
+            setupHeader: setup,
+            commandLineLimit: min(Int(header.commandLineSize), X86Layout.commandLineMaxSize - 1),
+            initrdAddressMax: UInt64(header.initrdAddressMax))
     }
 
     static func loadELF(_ file: ImageFile, into memory: GuestMemory) throws(KernelLoadError) -> LoadedKernel {
@@ -178,4 +220,50 @@ extension Array where Element == UInt8 {
     func le16(_ i: Int) -> UInt16 { UInt16(self[i]) | UInt16(self[i + 1]) << 8 }
     func le32(_ i: Int) -> UInt32 { UInt32(le16(i)) | UInt32(le16(i + 2)) << 16 }
     func le64(_ i: Int) -> UInt64 { UInt64(le32(i)) | UInt64(le32(i + 4)) << 32 }
+}
+
+/// The parts of the Linux x86 boot protocol's setup header (boot.rst) the bzImage loader reads.
+public enum BzImage {
+    /// Enough of the image to hold the whole setup header.
+    static let headerReadSize = 0x280
+    /// The oldest protocol with `xloadflags` (and so a declared 64-bit entry point): 2.12.
+    public static let minimumProtocol: UInt16 = 0x020C
+    public static let entry64Offset: UInt64 = 0x200
+    public static let defaultInitrdAddressMax: UInt64 = 0x37FF_FFFF
+    static let xlfKernel64: UInt16 = 1 << 0
+
+    static func hasSetupHeader(_ bytes: [UInt8]) -> Bool {
+        bytes.count >= 0x208 && bytes.le16(0x1FE) == BootParams.bootFlag && bytes.le32(0x202) == BootParams.headerMagic
+    }
+
+    struct Header {
+        let setupSectors: Int
+        let version: UInt16
+        let initrdAddressMax: UInt32
+        let commandLineSize: UInt32
+        let initSize: UInt32
+
+        var protectedModeOffset: UInt64 { UInt64(setupSectors + 1) * 512 }
+
+        init(_ bytes: [UInt8]) throws(ELF64.FormatError) {
+            guard bytes.count >= BzImage.headerReadSize, BzImage.hasSetupHeader(bytes) else {
+                throw ELF64.FormatError(reason: "truncated setup header")
+            }
+            version = bytes.le16(0x206)
+            guard version >= BzImage.minimumProtocol else {
+                throw ELF64.FormatError(
+                    reason: "boot protocol \(version >> 8).\(version & 0xFF) is too old (2.12 or later has a 64-bit entry)")
+            }
+            guard bytes[0x211] & BootParams.loadedHigh != 0 else {
+                throw ELF64.FormatError(reason: "not a bzImage (the kernel does not load at 1 MiB)")
+            }
+            guard bytes.le16(0x236) & BzImage.xlfKernel64 != 0 else {
+                throw ELF64.FormatError(reason: "the kernel has no 64-bit entry point (xloadflags)")
+            }
+            setupSectors = bytes[0x1F1] == 0 ? 4 : Int(bytes[0x1F1])
+            initrdAddressMax = bytes.le32(0x22C)
+            commandLineSize = bytes.le32(0x238)
+            initSize = bytes.le32(0x260)
+        }
+    }
 }

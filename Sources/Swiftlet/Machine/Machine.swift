@@ -40,6 +40,10 @@ public final class Machine: @unchecked Sendable {
     public let vcpus: [VCPU]
     public let serial: SerialPort
     public let kernel: LoadedKernel
+    /// The zero page given to the kernel (nil for flat real-mode images).
+    public let bootParams: BootParams?
+    /// The boot-timer device; `bootTimer.bootNanoseconds` is the guest's boot time.
+    public let bootTimer: BootTimer
     let dispatcher: ExitDispatcher
     let control: RunControl
     let eventLoop: EventLoop
@@ -81,6 +85,16 @@ public final class Machine: @unchecked Sendable {
             try BootGDT.write(to: memory)
             try IdentityPageTables.write(to: memory)
         }
+        if kernel.usesZeroPage {
+            bootParams = try step(.writeBootStructures) { () throws(BootSetupError) in
+                try LinuxBoot.write(
+                    kernel: kernel,
+                    commandLine: LinuxBoot.commandLine(base: configuration.commandLine, cpuidMask: configuration.cpuidMask),
+                    initrdPath: configuration.initrdPath, vcpuCount: configuration.vcpuCount, memory: memory)
+            }
+        } else {
+            bootParams = nil
+        }
 
         let vcpus = try step(.createVCPUs) { () throws(SystemError) in
             try (0..<configuration.vcpuCount).map { (id) throws(SystemError) in try vm.createVCPU(id: UInt32(id)) }
@@ -105,7 +119,9 @@ public final class Machine: @unchecked Sendable {
             output = DiscardingSerialOutput()
             terminal = nil
         }
-        let serial = SerialPort(output: output, interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ))
+        let bootTimer = BootTimer()
+        self.bootTimer = bootTimer
+        let serial = SerialPort(output: PanicWatchingOutput(output, control: control), interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ))
         self.serial = serial
         var portIO = Bus()
         var mmio = Bus()
@@ -114,6 +130,7 @@ public final class Machine: @unchecked Sendable {
             try portIO.register(
                 I8042Device(resetHandler: { control.finish(.reset) }), base: UInt64(X86Layout.i8042DataPort), length: 5,
                 name: "i8042")
+            try portIO.register(bootTimer, base: UInt64(X86Layout.bootTimerPort), length: 1, name: "boot timer")
             try mmio.register(
                 MMIOTestDevice(), base: X86Layout.mmioTestDeviceAddress.rawValue, length: X86Layout.mmioTestDeviceSize,
                 name: "MMIO test device")
@@ -121,9 +138,15 @@ public final class Machine: @unchecked Sendable {
         dispatcher = ExitDispatcher(portIO: portIO, mmio: mmio)
 
         try step(.configureVCPUs) { () throws(SystemError) in
-            let cpuid = try kvm.supportedCPUID()
+            let supported = try kvm.supportedCPUID()
             for vcpu in vcpus {
-                try vcpu.setCPUID(cpuid)
+                try vcpu.setCPUID(
+                    X86CPUID.table(
+                        supported: supported, vcpu: vcpu.id, of: vcpus.count, mask: configuration.cpuidMask))
+                try vcpu.setMSRs(BootMSRs.values)
+                try vcpu.setLocalAPIC(LocalAPICSetup.configure(try vcpu.localAPIC()))
+                try vcpu.setFPU(X86VCPUSetup.floatingPointState())
+                // Application processors stay in wait-for-SIPI; the guest starts them.
                 if vcpu.id == 0 { try X86VCPUSetup.configure(vcpu, for: kernel.entry) }
             }
         }

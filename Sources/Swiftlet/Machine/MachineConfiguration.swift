@@ -10,6 +10,12 @@ public struct MachineConfiguration: Sendable {
     public var vcpuCount: Int
     /// Where the serial console goes.
     public var console: ConsoleConfiguration
+    /// The kernel command line; nil means `LinuxBoot.defaultCommandLine`.
+    public var commandLine: String?
+    /// Path of an initrd / initramfs image, if any.
+    public var initrdPath: String?
+    /// CPUID features hidden from the guest (see `CPUIDFeature.parseMask`).
+    public var cpuidMask: [CPUIDFeature]
 
     public static let defaultMemorySize: UInt64 = 128 << 20
     public static let minimumMemorySize: UInt64 = 2 << 20
@@ -17,8 +23,12 @@ public struct MachineConfiguration: Sendable {
 
     public init(
         kernelPath: String, kernelFormat: KernelFormat = .automatic, memorySize: UInt64 = defaultMemorySize,
-        vcpuCount: Int = 1, console: ConsoleConfiguration = .terminal
+        vcpuCount: Int = 1, console: ConsoleConfiguration = .terminal, commandLine: String? = nil,
+        initrdPath: String? = nil, cpuidMask: [CPUIDFeature] = []
     ) {
+        self.commandLine = commandLine
+        self.initrdPath = initrdPath
+        self.cpuidMask = cpuidMask
         self.kernelPath = kernelPath
         self.kernelFormat = kernelFormat
         self.memorySize = memorySize

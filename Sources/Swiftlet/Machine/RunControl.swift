@@ -6,6 +6,8 @@ import Synchronization
 final class RunControl: Sendable {
     private struct State {
         var exit: GuestExit?
+        /// The guest printed a kernel panic; a reset that follows is reported as a panic.
+        var panicked = false
         var threads: [pthread_t] = []
     }
 
@@ -35,18 +37,24 @@ final class RunControl: Sendable {
         if stopNow { _ = pthread_kill(thread, VCPUKick.signal) }
     }
 
+    /// Notes that the guest reported a kernel panic on its console.
+    func notePanic() { state.withLock { $0.panicked = true } }
+
     /// Records `exit` if nothing was recorded yet, then stops every vCPU.
     func finish(_ exit: GuestExit) {
         let (first, threads) = state.withLock { state -> (Bool, [pthread_t]) in
             let first = state.exit == nil
-            if first { state.exit = exit }
+            if first {
+                let rebootAfterPanic = state.panicked && (exit == .reset || exit == .powerOff)
+                state.exit = rebootAfterPanic ? .guestPanic(vcpu: 0) : exit
+            }
             return (first, state.threads)
         }
         guard first else { return }
         stopping.store(true, ordering: .releasing)
         for vcpu in vcpus { vcpu.requestImmediateExit(true) }
         for thread in threads { _ = pthread_kill(thread, VCPUKick.signal) }
-        onFinish(exit)
+        onFinish(state.withLock { $0.exit! })
     }
 }
 

@@ -58,4 +58,6 @@ public enum X86Layout {
     /// i8042 keyboard controller data (0x60) and command/status (0x64) ports.
     public static let i8042DataPort: UInt16 = 0x60
     public static let i8042CommandPort: UInt16 = 0x64
+    /// Boot timer (`BootTimer`): the guest writes the byte 123 here when it is ready.
+    public static let bootTimerPort: UInt16 = 0x440
 }

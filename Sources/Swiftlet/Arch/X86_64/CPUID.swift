@@ -1,0 +1,190 @@
+import CKVM
+
+/// A CPUID feature bit by the name Linux uses for it (`/proc/cpuinfo`, `clearcpuid=`).
+public struct CPUIDFeature: Equatable, Sendable {
+    public enum Register: Sendable { case eax, ebx, ecx, edx }
+
+    public let name: String
+    public let leaf: UInt32
+    public let subleaf: UInt32
+    public let register: Register
+    public let bit: Int
+
+    /// The features `--cpuid-mask` knows, by name.
+    public static let known: [CPUIDFeature] = [
+        .init(name: "ssse3", leaf: 1, subleaf: 0, register: .ecx, bit: 9),
+        .init(name: "fma", leaf: 1, subleaf: 0, register: .ecx, bit: 12),
+        .init(name: "cx16", leaf: 1, subleaf: 0, register: .ecx, bit: 13),
+        .init(name: "pcid", leaf: 1, subleaf: 0, register: .ecx, bit: 17),
+        .init(name: "sse4_1", leaf: 1, subleaf: 0, register: .ecx, bit: 19),
+        .init(name: "sse4_2", leaf: 1, subleaf: 0, register: .ecx, bit: 20),
+        .init(name: "x2apic", leaf: 1, subleaf: 0, register: .ecx, bit: 21),
+        .init(name: "movbe", leaf: 1, subleaf: 0, register: .ecx, bit: 22),
+        .init(name: "popcnt", leaf: 1, subleaf: 0, register: .ecx, bit: 23),
+        .init(name: "tsc_deadline_timer", leaf: 1, subleaf: 0, register: .ecx, bit: 24),
+        .init(name: "aes", leaf: 1, subleaf: 0, register: .ecx, bit: 25),
+        .init(name: "xsave", leaf: 1, subleaf: 0, register: .ecx, bit: 26),
+        .init(name: "avx", leaf: 1, subleaf: 0, register: .ecx, bit: 28),
+        .init(name: "f16c", leaf: 1, subleaf: 0, register: .ecx, bit: 29),
+        .init(name: "rdrand", leaf: 1, subleaf: 0, register: .ecx, bit: 30),
+        .init(name: "fsgsbase", leaf: 7, subleaf: 0, register: .ebx, bit: 0),
+        .init(name: "bmi1", leaf: 7, subleaf: 0, register: .ebx, bit: 3),
+        .init(name: "avx2", leaf: 7, subleaf: 0, register: .ebx, bit: 5),
+        .init(name: "smep", leaf: 7, subleaf: 0, register: .ebx, bit: 7),
+        .init(name: "bmi2", leaf: 7, subleaf: 0, register: .ebx, bit: 8),
+        .init(name: "erms", leaf: 7, subleaf: 0, register: .ebx, bit: 9),
+        .init(name: "invpcid", leaf: 7, subleaf: 0, register: .ebx, bit: 10),
+        .init(name: "avx512f", leaf: 7, subleaf: 0, register: .ebx, bit: 16),
+        .init(name: "rdseed", leaf: 7, subleaf: 0, register: .ebx, bit: 18),
+        .init(name: "adx", leaf: 7, subleaf: 0, register: .ebx, bit: 19),
+        .init(name: "smap", leaf: 7, subleaf: 0, register: .ebx, bit: 20),
+        .init(name: "umip", leaf: 7, subleaf: 0, register: .ecx, bit: 2),
+        .init(name: "pku", leaf: 7, subleaf: 0, register: .ecx, bit: 3),
+        .init(name: "ospke", leaf: 7, subleaf: 0, register: .ecx, bit: 4),
+        .init(name: "fsrm", leaf: 7, subleaf: 0, register: .edx, bit: 4),
+    ]
+
+    /// Named sets of features for `--cpuid-mask`.
+    public static let templates: [String: [String]] = [
+        // What a kernel must not use on a KVM that emulates guest kernel code without these
+        // instructions (see Docs/DESIGN.md, "CPUID").
+        "emulated": [
+            "cx16", "popcnt", "rdrand", "rdseed", "movbe", "fsgsbase", "smap", "smep", "umip", "pku", "ospke",
+            "invpcid", "bmi1", "bmi2", "avx", "avx2", "avx512f", "erms", "fsrm", "pcid",
+        ],
+    ]
+
+    /// Resolves a comma-separated mask: feature names and template names.
+    public static func parseMask(_ text: String) throws(CPUIDMaskError) -> [CPUIDFeature] {
+        var features: [CPUIDFeature] = []
+        for item in text.split(separator: ",").map(String.init) where !item.isEmpty {
+            let names = templates[item] ?? [item]
+            for name in names {
+                guard let feature = known.first(where: { $0.name == name }) else { throw .unknownFeature(name) }
+                if !features.contains(feature) { features.append(feature) }
+            }
+        }
+        return features
+    }
+}
+
+/// A `--cpuid-mask` item that names no known feature or template.
+public enum CPUIDMaskError: Error, Equatable, CustomStringConvertible, Sendable {
+    case unknownFeature(String)
+    public var description: String {
+        "unknown CPUID feature '\(unknownFeatureName)'; known: \(CPUIDFeature.templates.keys.sorted().joined(separator: ", ")) (templates), "
+            + CPUIDFeature.known.map(\.name).joined(separator: ", ")
+    }
+    private var unknownFeatureName: String {
+        switch self { case .unknownFeature(let name): name }
+    }
+}
+
+/// Builds each vCPU's CPUID table from what KVM supports.
+public enum X86CPUID {
+    public static let hypervisorPresentBit: UInt32 = 1 << 31
+    public static let htt: UInt32 = 1 << 28
+
+    /// The table for vCPU `id` of `count`: APIC IDs and processor counts in leaves 1, 4 and 0xB,
+    /// the hypervisor-present bit, and every feature in `mask` cleared.
+    public static func table(
+        supported: [kvm_cpuid_entry2], vcpu id: UInt32, of count: Int, mask: [CPUIDFeature]
+    ) -> [kvm_cpuid_entry2] {
+        let threadBits = UInt32(count <= 1 ? 0 : (32 - UInt32(count - 1).leadingZeroBitCount))
+        return supported.map { original in
+            var entry = original
+            switch entry.function {
+            case 1:
+                entry.ebx = (entry.ebx & 0x0000_FFFF) | (id << 24) | (UInt32(min(count, 255)) << 16)
+                entry.ecx |= hypervisorPresentBit
+                if count > 1 { entry.edx |= htt } else { entry.edx &= ~htt }
+            case 4:
+                // Cores per package - 1 in EAX[31:26]; one vCPU = one core.
+                if entry.eax & 0x1F != 0 {
+                    entry.eax = (entry.eax & 0x03FF_FFFF) | (UInt32(min(count, 64) - 1) << 26)
+                }
+            case 0xB:
+                // x2APIC topology: level 0 SMT (1 thread), level 1 core (count cores).
+                switch entry.index {
+                case 0:
+                    entry.eax = 0
+                    entry.ebx = 1
+                    entry.ecx = (1 << 8) | 0
+                case 1:
+                    entry.eax = threadBits
+                    entry.ebx = UInt32(count)
+                    entry.ecx = (2 << 8) | 1
+                default:
+                    entry.eax = 0
+                    entry.ebx = 0
+                    entry.ecx = entry.index
+                }
+                entry.edx = id
+            default:
+                break
+            }
+            for feature in mask where feature.leaf == entry.function && feature.subleaf == entry.index {
+                let clear = ~(UInt32(1) << UInt32(feature.bit))
+                switch feature.register {
+                case .eax: entry.eax &= clear
+                case .ebx: entry.ebx &= clear
+                case .ecx: entry.ecx &= clear
+                case .edx: entry.edx &= clear
+                }
+            }
+            return entry
+        }
+    }
+}
+
+/// The model-specific registers a Linux guest expects at its 64-bit entry.
+public enum BootMSRs {
+    public static let sysenterCS: UInt32 = 0x174
+    public static let sysenterESP: UInt32 = 0x175
+    public static let sysenterEIP: UInt32 = 0x176
+    public static let star: UInt32 = 0xC000_0081
+    public static let lstar: UInt32 = 0xC000_0082
+    public static let cstar: UInt32 = 0xC000_0083
+    public static let syscallMask: UInt32 = 0xC000_0084
+    public static let kernelGSBase: UInt32 = 0xC000_0102
+    public static let tsc: UInt32 = 0x10
+    public static let miscEnable: UInt32 = 0x1A0
+    public static let mtrrDefType: UInt32 = 0x2FF
+
+    /// SYSCALL/SYSENTER state cleared, TSC 0, fast strings on, MTRRs enabled with write-back as
+    /// the default memory type.
+    public static let values: [(index: UInt32, value: UInt64)] = [
+        (sysenterCS, 0), (sysenterESP, 0), (sysenterEIP, 0),
+        (star, 0), (lstar, 0), (cstar, 0), (syscallMask, 0), (kernelGSBase, 0),
+        (tsc, 0),
+        (miscEnable, 1),  // fast-string enable
+        (mtrrDefType, (1 << 11) | 6),  // MTRRs enabled, default type write-back
+    ]
+}
+
+/// The local APIC's local interrupt pins, as Linux expects them from a PC: LINT0 delivers the
+/// 8259's interrupts (ExtINT), LINT1 is the NMI line.
+public enum LocalAPICSetup {
+    public static let lint0Register = 0x350
+    public static let lint1Register = 0x360
+    public static let deliveryModeExtINT: UInt32 = 0x7 << 8
+    public static let deliveryModeNMI: UInt32 = 0x4 << 8
+
+    /// `state` with LINT0 = ExtINT and LINT1 = NMI (other LVT bits kept, masks cleared).
+    public static func configure(_ state: kvm_lapic_state) -> kvm_lapic_state {
+        var result = state
+        withUnsafeMutableBytes(of: &result.regs) { regs in
+            for (offset, mode) in [(lint0Register, deliveryModeExtINT), (lint1Register, deliveryModeNMI)] {
+                var value = regs.loadUnaligned(fromByteOffset: offset, as: UInt32.self)
+                value = (value & ~UInt32(0x0001_0700)) | mode
+                regs.storeBytes(of: value, toByteOffset: offset, as: UInt32.self)
+            }
+        }
+        return result
+    }
+
+    /// The LVT register at `offset` of `state`.
+    public static func register(_ offset: Int, of state: kvm_lapic_state) -> UInt32 {
+        withUnsafeBytes(of: state.regs) { $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self) }
+    }
+}

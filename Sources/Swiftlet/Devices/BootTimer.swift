@@ -1,0 +1,50 @@
+import Synchronization
+
+/// The boot-timer device: the guest writes `BootTimer.magic` to the boot-timer port
+/// (`X86Layout.bootTimerPort`) when its workload is ready, and Swiftlet records how long it
+/// has been since the VMM process started (`ProcessClock`). The first such write counts.
+public final class BootTimer: BusDevice {
+    /// The value the guest writes (one byte) to mark "booted".
+    public static let magic: UInt8 = 123
+
+    /// Plain-value state (snapshot-ready): nanoseconds from process start, once recorded.
+    public struct State: Equatable, Codable, Sendable {
+        public var bootNanoseconds: UInt64?
+        public init() {}
+    }
+
+    private let state = Mutex(State())
+    private let startNanoseconds: UInt64
+
+    /// A timer measuring from `startNanoseconds` (CLOCK_MONOTONIC).
+    public init(startNanoseconds: UInt64 = ProcessClock.startNanoseconds) {
+        self.startNanoseconds = startNanoseconds
+    }
+
+    /// Nanoseconds from process start to the guest's mark, if the guest has written it.
+    public var bootNanoseconds: UInt64? { state.withLock { $0.bootNanoseconds } }
+
+    public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        data.initializeMemory(as: UInt8.self, repeating: 0)
+    }
+
+    public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
+        guard offset == 0, data.count >= 1, data[0] == BootTimer.magic else { return }
+        let now = monotonicNanoseconds()
+        state.withLock { state in
+            if state.bootNanoseconds == nil { state.bootNanoseconds = now &- startNanoseconds }
+        }
+    }
+}
+
+/// The moment the process started, as the boot timer measures from it.
+///
+/// A front end calls `ProcessClock.markStart()` first thing in `main`; only the dynamic loader's
+/// work before `main` is then missed. Without that call the reference is the first use of this
+/// type (when the first machine is built).
+public enum ProcessClock {
+    public static let startNanoseconds: UInt64 = monotonicNanoseconds()
+
+    /// Fixes the reference point now (idempotent).
+    public static func markStart() { _ = startNanoseconds }
+}

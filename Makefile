@@ -1,8 +1,13 @@
 # Swiftlet: build, test and run.
-#   make run     install what is missing, build, boot the long-mode tiny guest
-#   make test    install what is missing, build the tiny guests, run every test suite
-#   make guests  build the tiny test guests (Guests/build/)
-#   make build   debug build;  make release: the optimised build users install
+#   make run              install what is missing, build Swiftlet, the guest kernel and the
+#                         initramfs, and boot Linux into a shell on this terminal
+#   make run-tiny         boot the 64-bit tiny guest (seconds, not minutes)
+#   make test             install what is missing, build the tiny guests, run every test suite
+#   make guests           build the tiny test guests (Guests/build/)
+#   make guest-kernel     build vmlinux and bzImage from Debian's linux-source (cached)
+#   make guest-initramfs  build the busybox initramfs with Swiftlet's init (cached)
+#   make check-linux      boot the guest kernel with the initramfs to the init banner, timed
+#   make build            debug build;  make release: the optimised build users install
 
 SWIFT ?= swift
 SWIFTLET_DEBUG := .build/debug/swiftlet
@@ -10,7 +15,23 @@ SWIFTLET_RELEASE := .build/release/swiftlet
 # Debian packages the build, the guests and the tests need.
 APT_PACKAGES := gcc binutils make libc6-dev
 
-.PHONY: all deps build release guests test run clean
+.PHONY: all deps build release guests test run run-tiny guest-kernel guest-initramfs check-linux clean
+
+# Guest kernel and initramfs are cached outside the work tree (see Guests/linux/build-kernel.sh).
+export SWIFTLET_CACHE ?= /var/cache/swiftlet
+# The int3 self-test patch (Guests/linux/0001-skip-int3-selftest.patch) is applied when asked
+# (EMULATION_PATCH=1). It defaults to 1 where /dev/kvm is PVM (kvm_pvm), whose emulator lacks
+# int3 in guest kernel mode; elsewhere to 0.
+EMULATED_KVM := $(if $(wildcard /sys/module/kvm_pvm),1,0)
+EMULATION_PATCH ?= $(EMULATED_KVM)
+# Kernel options for a KVM that emulates guest kernel code (Docs/LINUX.md explains each).
+LINUX_EMULATED_ARGS := noxsave tsc=reliable no_timer_check nowatchdog mitigations=off 8250.nr_uarts=1
+LINUX_ARGS := console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd \
+	$(if $(filter 1,$(EMULATED_KVM)),$(LINUX_EMULATED_ARGS))
+LINUX_CPUID_MASK := $(if $(filter 1,$(EMULATED_KVM)),--cpuid-mask emulated)
+KERNEL_DIR = $(SWIFTLET_CACHE)/kernel-current
+INITRAMFS = $(SWIFTLET_CACHE)/initramfs.cpio
+CHECK_LINUX_TIMEOUT ?= 300
 
 all: build guests
 
@@ -35,8 +56,22 @@ guests: deps
 test: deps guests
 	$(SWIFT) test
 
-run: build guests
+run-tiny: build guests
 	$(SWIFTLET_DEBUG) boot --kernel Guests/build/longmode-hello.elf
+
+guest-kernel:
+	SWIFTLET_KERNEL_EMULATION_PATCH=$(EMULATION_PATCH) Guests/linux/build-kernel.sh
+
+guest-initramfs:
+	Guests/initramfs/build-initramfs.sh
+
+run: build guest-kernel guest-initramfs
+	$(SWIFTLET_DEBUG) boot --kernel $(KERNEL_DIR)/bzImage --initrd $(INITRAMFS) --memory 256M \
+	  --cmdline "$(LINUX_ARGS)" $(LINUX_CPUID_MASK)
+
+check-linux: build guest-kernel guest-initramfs
+	Guests/check-linux.sh $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(INITRAMFS) $(CHECK_LINUX_TIMEOUT) \
+	  "$(LINUX_ARGS)" $(LINUX_CPUID_MASK)
 
 clean:
 	$(MAKE) -C Guests clean

@@ -1,5 +1,6 @@
 import Glibc
 import Swiftlet
+import Testing
 
 /// Shared helpers for the test suites.
 enum TestSupport {
@@ -32,4 +33,23 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-import Testing
+/// A file in /tmp with the given contents, removed when the value goes away.
+final class TemporaryFile {
+    let path: String
+
+    init(contents: [UInt8]) throws {
+        var template = Array("/tmp/swiftlet-test-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { throw TestFailure("mkstemp failed: errno \(errno)") }
+        defer { close(fd) }
+        path = String(cString: template)
+        var written = 0
+        while written < contents.count {
+            let n = contents.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, $0.count - written) }
+            guard n > 0 else { throw TestFailure("writing \(path) failed: errno \(errno)") }
+            written += n
+        }
+    }
+
+    deinit { unlink(path) }
+}

@@ -5,6 +5,10 @@
  * identity-mapped low 4 GiB). The guest uses its own stack in the image's
  * bss rather than the VMM's RSP, clears its bss, calls guest_main() and
  * ends the VM with guest_exit().
+ *
+ * RSI at entry (the zero page address, Linux boot_params) is passed on as
+ * guest_main's first argument: guest_main(uint64_t boot_params). Guests that
+ * declare guest_main(void) simply ignore it.
  */
     .code64
     .section .text.start, "ax", @progbits
@@ -13,6 +17,7 @@
 _start:
     cli
     cld
+    mov     %rsi, %rbx                  /* boot_params address from the VMM */
     lea     stack_top(%rip), %rsp       /* 16-byte aligned */
 
     /* Zero .bss (normally empty or a few bytes; the stack is excluded). */
@@ -23,6 +28,7 @@ _start:
     rep stosb
 
     xor     %ebp, %ebp
+    mov     %rbx, %rdi                  /* guest_main(boot_params) */
     call    guest_main
     call    guest_exit                  /* does not return */
 1:  cli

@@ -64,6 +64,8 @@ public enum LinuxBoot {
         try params.setE820(E820Map.entries(memorySize: memory.totalSize))
         try writeOrFail(params.bytes, at: X86Layout.zeroPageAddress, memory: memory)
         try writeOrFail(try MPTable.bytes(vcpuCount: vcpuCount), at: MPTable.floatingPointerAddress, memory: memory)
+        let ebdaSegment = UInt16(X86Layout.ebdaStart.rawValue >> 4)
+        try writeOrFail([UInt8(ebdaSegment & 0xFF), UInt8(ebdaSegment >> 8)], at: X86Layout.biosDataAreaEBDASegment, memory: memory)
         return params
     }
 

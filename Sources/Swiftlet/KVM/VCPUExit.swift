@@ -26,7 +26,7 @@ public enum VCPUExit {
 
     @inline(__always)
     init(_ run: UnsafeMutablePointer<kvm_run>) {
-        switch Int32(run.pointee.exit_reason) {
+        switch Int32(bitPattern: run.pointee.exit_reason) {
         case KVM_EXIT_IO:
             let io = run.pointee.io
             let data = UnsafeMutableRawPointer(run) + Int(io.data_offset)

@@ -70,7 +70,7 @@ public struct ExitDispatcher: Sendable {
         case .halt: .halted(vcpu: vcpu, rip: rip)
         case .shutdown: .tripleFault(vcpu: vcpu, rip: rip)
         case .systemEvent(let type):
-            switch Int32(type) {
+            switch Int32(bitPattern: type) {
             case KVM_SYSTEM_EVENT_SHUTDOWN: .powerOff
             case KVM_SYSTEM_EVENT_RESET: .reset
             case KVM_SYSTEM_EVENT_CRASH: .guestPanic(vcpu: vcpu)

@@ -73,7 +73,7 @@ public enum HostStopReason: Equatable, Sendable {
 func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
 
 func internalErrorName(_ suberror: UInt32) -> String {
-    switch Int32(suberror) {
+    switch Int32(bitPattern: suberror) {
     case KVM_INTERNAL_ERROR_EMULATION: "instruction emulation failed"
     case KVM_INTERNAL_ERROR_SIMUL_EX: "exception while delivering an exception"
     case KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery failed"

@@ -19,6 +19,8 @@ public struct MachineConfiguration: Sendable {
 
     public static let defaultMemorySize: UInt64 = 128 << 20
     public static let minimumMemorySize: UInt64 = 2 << 20
+    /// 1 TiB: far above what a microVM needs, well inside what x86_64 guests can address.
+    public static let maximumMemorySize: UInt64 = 1 << 40
     public static let maximumVCPUs = 254
 
     public init(
@@ -39,6 +41,7 @@ public struct MachineConfiguration: Sendable {
     /// Checks the values that can be checked without touching the host.
     public func validate() throws(ConfigurationError) {
         guard memorySize >= Self.minimumMemorySize else { throw .memoryTooSmall(memorySize) }
+        guard memorySize <= Self.maximumMemorySize else { throw .memoryTooLarge(memorySize) }
         guard memorySize % 4096 == 0 else { throw .memoryNotPageAligned(memorySize) }
         guard (1...Self.maximumVCPUs).contains(vcpuCount) else { throw .vcpuCount(vcpuCount) }
         guard !kernelPath.isEmpty else { throw .missingKernel }
@@ -58,6 +61,7 @@ public enum ConsoleConfiguration: Sendable {
 /// A configuration that cannot describe a machine.
 public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
     case memoryTooSmall(UInt64)
+    case memoryTooLarge(UInt64)
     case memoryNotPageAligned(UInt64)
     case vcpuCount(Int)
     case missingKernel
@@ -66,6 +70,8 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
         switch self {
         case .memoryTooSmall(let size):
             "guest memory of \(size) bytes is too small (at least \(MachineConfiguration.minimumMemorySize >> 20) MiB)"
+        case .memoryTooLarge(let size):
+            "guest memory of \(size) bytes is too large (at most \(MachineConfiguration.maximumMemorySize >> 30) GiB)"
         case .memoryNotPageAligned(let size): "guest memory of \(size) bytes is not a multiple of 4 KiB"
         case .vcpuCount(let count): "\(count) vCPUs requested; between 1 and \(MachineConfiguration.maximumVCPUs) are supported"
         case .missingKernel: "no kernel image given"
@@ -85,7 +91,7 @@ public func parseMemorySize(_ text: String) -> UInt64? {
     default: shift = 0
     }
     if shift != 0 { digits = digits.dropLast() }
-    guard !digits.isEmpty, digits.allSatisfy(\.isASCII), let value = UInt64(digits) else { return nil }
+    guard !digits.isEmpty, digits.allSatisfy({ $0 >= "0" && $0 <= "9" }), let value = UInt64(digits) else { return nil }
     let (result, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
     return overflow ? nil : result
 }

@@ -40,7 +40,7 @@ public final class GuestMemory: @unchecked Sendable {
         }
         let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
         for (start, size) in layout.sorted(by: { $0.start < $1.start }) {
-            guard size > 0, start.rawValue % page == 0, size % page == 0,
+            guard size > 0, size <= UInt64(Int.max), start.rawValue % page == 0, size % page == 0,
                 start.adding(size) != nil
             else { throw GuestMemoryLayoutError.misaligned(start: start, size: size) }
             if let last = mapped.last, last.end > start.rawValue {
@@ -73,6 +73,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// The host pointer for `count` bytes at `address`; the whole range must lie in one region.
     public func hostPointer(_ address: GuestAddress, count: Int) throws(GuestMemoryError) -> UnsafeMutableRawPointer {
+        guard count >= 0 else { throw GuestMemoryError(address: address, length: 0) }
         let length = UInt64(count)
         for region in regions where address.rawValue >= region.start.rawValue {
             let offset = address.rawValue - region.start.rawValue

@@ -32,6 +32,8 @@ public enum X86Layout {
     public static let commandLineAddress = GuestAddress(0x20000)
     public static let commandLineMaxSize = 0x10000
     public static let ebdaStart = GuestAddress(0x9FC00)
+    /// The BIOS data area word holding the EBDA's segment (0x9FC00 >> 4), as a PC BIOS sets it.
+    public static let biosDataAreaEBDASegment = GuestAddress(0x40E)
     public static let highMemoryStart = GuestAddress(0x10_0000)
 
     /// Guest RAM ends at the MMIO gap; larger guests continue at `ramAbove4GStart`.

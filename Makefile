@@ -13,7 +13,7 @@ SWIFT ?= swift
 SWIFTLET_DEBUG := .build/debug/swiftlet
 SWIFTLET_RELEASE := .build/release/swiftlet
 # Debian packages the build, the guests and the tests need.
-APT_PACKAGES := gcc binutils make libc6-dev
+APT_PACKAGES := gcc binutils make libc6-dev libfdt-dev device-tree-compiler
 
 .PHONY: all deps build release guests test run run-tiny guest-kernel guest-initramfs check-linux clean
 

@@ -50,7 +50,7 @@ public final class Machine: @unchecked Sendable {
     let terminal: HostTerminal?
     private let threads = Mutex<[NativeThread]>([])
     private let eventThread = Mutex<NativeThread?>(nil)
-    private let finished = Mutex<GuestExit?>(nil)
+    private let waiting = Mutex<Void>(())
 
     /// Builds the machine described by `configuration`.
     public init(_ configuration: MachineConfiguration) throws(MachineError) {
@@ -180,11 +180,14 @@ public final class Machine: @unchecked Sendable {
     /// Waits for the guest to end; returns how it ended. Joins every thread and restores the
     /// terminal before returning.
     public func wait() -> GuestExit {
-        let vcpuThreads = threads.withLock { $0 }
-        for thread in vcpuThreads { thread.join() }
-        eventLoop.stop()
-        eventThread.withLock { $0?.join() }
-        terminal?.restore()
+        // One waiter joins; concurrent waiters block on the lock until it is done.
+        waiting.withLock { _ in
+            let vcpuThreads = threads.withLock { $0 }
+            for thread in vcpuThreads { thread.join() }
+            eventLoop.stop()
+            eventThread.withLock { $0?.join() }
+            terminal?.restore()
+        }
         return control.exit ?? .stopped(.requested)
     }
 

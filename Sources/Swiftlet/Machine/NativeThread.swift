@@ -32,6 +32,13 @@ final class NativeThread: @unchecked Sendable {
         pthread_join(handle, nil)
     }
 
+    /// Lets the thread's resources go when it ends; it can no longer be joined.
+    func detach() {
+        guard !joined else { return }
+        joined = true
+        pthread_detach(handle)
+    }
+
     /// Sends `signal` to the thread.
     func send(_ signal: Int32) {
         _ = pthread_kill(handle, signal)

@@ -1,8 +1,8 @@
 import Glibc
 import Synchronization
 
-/// Shared by a machine's vCPU threads: the first way the guest ended, and the means to stop
-/// every vCPU once it has.
+/// Shared by a machine's vCPU threads: the first way the guest ended, the means to stop every
+/// vCPU once it has, and pausing (every vCPU parked outside `KVM_RUN` until resumed).
 final class RunControl: Sendable {
     private struct State {
         var exit: GuestExit?
@@ -14,6 +14,9 @@ final class RunControl: Sendable {
     private let state = Mutex(State())
     /// Read on the vCPU loop's slow path (after an interrupted KVM_RUN).
     private let stopping = Atomic<Bool>(false)
+    private let paused = Atomic<Bool>(false)
+    /// Where paused vCPU threads wait; counts them so `pause()` can wait until all are parked.
+    private let gate = ParkingGate()
     let vcpus: [VCPU]
     /// Called once, on the thread that ends the machine, after `exit` is recorded.
     let onFinish: @Sendable (GuestExit) -> Void
@@ -23,7 +26,45 @@ final class RunControl: Sendable {
         self.onFinish = onFinish
     }
 
-    var isStopping: Bool { stopping.load(ordering: .acquiring) }
+    var isStopping: Bool { stopping.load(ordering: .sequentiallyConsistent) }
+    var isPaused: Bool { paused.load(ordering: .sequentiallyConsistent) }
+
+    /// Parks every vCPU outside `KVM_RUN` and returns once every vCPU thread started so far is
+    /// parked (or the machine has ended). vCPU threads that start later park before they run
+    /// any guest code, because `immediate_exit` is already set for them.
+    func pause() {
+        paused.store(true, ordering: .sequentiallyConsistent)
+        let threads = state.withLock { $0.threads }
+        for vcpu in vcpus { vcpu.requestImmediateExit(true) }
+        for thread in threads { _ = pthread_kill(thread, VCPUKick.signal) }
+        gate.waitUntil { parked in parked >= threads.count || self.isStopping }
+    }
+
+    /// Lets parked vCPUs run again.
+    func resume() {
+        paused.store(false, ordering: .sequentiallyConsistent)
+        gate.wakeAll()
+    }
+
+    /// Called by a vCPU thread after an interrupted `KVM_RUN`: parks while paused, then clears
+    /// `immediate_exit` so the vCPU can run. Returns false when the vCPU must end instead.
+    ///
+    /// `finish` and `pause` set their flag before `immediate_exit`; this clears `immediate_exit`
+    /// before reading the flags again (with a full fence between), so a stop or pause that
+    /// races with a resume is never lost: either it is seen here, or its `immediate_exit` write
+    /// comes after the clear and the next `KVM_RUN` returns at once.
+    func continueAfterInterrupt(_ vcpu: VCPU) -> Bool {
+        while true {
+            if isStopping { return false }
+            if isPaused {
+                gate.park { self.isPaused && !self.isStopping }
+                continue
+            }
+            vcpu.requestImmediateExit(false)
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
+            if !isStopping && !isPaused { return true }
+        }
+    }
 
     /// How the guest ended, once it has.
     var exit: GuestExit? { state.withLock { $0.exit } }
@@ -51,7 +92,8 @@ final class RunControl: Sendable {
             return (first, state.threads)
         }
         guard first else { return }
-        stopping.store(true, ordering: .releasing)
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        gate.wakeAll()
         for vcpu in vcpus { vcpu.requestImmediateExit(true) }
         for thread in threads { _ = pthread_kill(thread, VCPUKick.signal) }
         onFinish(state.withLock { $0.exit! })
@@ -76,12 +118,66 @@ enum VCPULoop {
             case .resume:
                 continue
             case .interrupted:
-                if control.isStopping { return }
+                if !control.continueAfterInterrupt(vcpu) { return }
             case .stop(let cause):
                 let rip = (try? vcpu.registers().rip) ?? 0
                 control.finish(ExitDispatcher.guestExit(for: cause, vcpu: vcpu.id, rip: rip))
                 return
             }
         }
+    }
+}
+
+/// A condition variable with a count of parked threads (POSIX mutex and condition, heap
+/// allocated so they never move).
+final class ParkingGate: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var parked = 0
+
+    init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Waits, counted as parked, while `stayParked()` is true.
+    func park(while stayParked: () -> Bool) {
+        pthread_mutex_lock(mutex)
+        parked += 1
+        pthread_cond_broadcast(condition)
+        while stayParked() { pthread_cond_wait(condition, mutex) }
+        parked -= 1
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Waits until `done(parkedCount)` is true; re-checked whenever the gate changes and every
+    /// 10 ms (the machine may end without anyone parking).
+    func waitUntil(_ done: (Int) -> Bool) {
+        pthread_mutex_lock(mutex)
+        while !done(parked) {
+            var deadline = timespec()
+            clock_gettime(CLOCK_REALTIME, &deadline)
+            deadline.tv_nsec += 10_000_000
+            if deadline.tv_nsec >= 1_000_000_000 {
+                deadline.tv_sec += 1
+                deadline.tv_nsec -= 1_000_000_000
+            }
+            pthread_cond_timedwait(condition, mutex, &deadline)
+        }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Wakes every parked or waiting thread so it re-checks its condition.
+    func wakeAll() {
+        pthread_mutex_lock(mutex)
+        pthread_cond_broadcast(condition)
+        pthread_mutex_unlock(mutex)
     }
 }

@@ -1,0 +1,126 @@
+import Glibc
+import Swiftlet
+import Testing
+
+/// The embedding API, used exactly as a Swift program would: plain `import Swiftlet`, no
+/// internal access.
+@Suite("Public API", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized)
+struct PublicAPITests {
+    /// A real-mode guest that increments the 32-bit counter at guest physical 0x11000 forever
+    /// (mov ax, cs; mov ds, ax; 1: inc dword [0x1000]; jmp 1b).
+    static let counterGuest: [UInt8] = [0x8C, 0xC8, 0x8E, 0xD8, 0x66, 0xFF, 0x06, 0x00, 0x10, 0xEB, 0xF9]
+    static let counterAddress = GuestAddress(0x11000)
+
+    @Test("start, await the end asynchronously, read the console")
+    func startAndAwait() async throws {
+        let console = BufferSerialOutput()
+        let machine = try Machine(
+            MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .output(console)))
+        try machine.start()
+        machine.setDeadline(after: TestSupport.guestDeadline)
+        let exit = await machine.waitUntilExit()
+        #expect(exit == .reset)
+        #expect(exit.isClean)
+        #expect(exit.exitCode == 0)
+        #expect(console.text == "Hello from 64-bit long mode\n")
+    }
+
+    @Test("stop a guest that spins forever, from another task")
+    func stopSpinningGuest() async throws {
+        let image = try TemporaryFile(contents: Self.counterGuest)
+        let machine = try Machine(
+            MachineConfiguration(kernelPath: image.path, kernelFormat: .flatRealMode, console: .none))
+        try machine.start()
+        machine.setDeadline(after: TestSupport.guestDeadline)
+        try await Task.sleep(for: .milliseconds(100))
+        machine.stop()
+        #expect(await machine.waitUntilExit() == .stopped(.requested))
+        // Waiting again returns the same answer at once.
+        #expect(machine.wait() == .stopped(.requested))
+    }
+
+    @Test("pause parks every vCPU: the guest's counter stops, and moves again after resume")
+    func pauseAndResume() async throws {
+        let image = try TemporaryFile(contents: Self.counterGuest)
+        let machine = try Machine(
+            MachineConfiguration(kernelPath: image.path, kernelFormat: .flatRealMode, vcpuCount: 2, console: .none))
+        try machine.start()
+        machine.setDeadline(after: TestSupport.guestDeadline)
+        func counter() throws -> UInt32 { try machine.memory.read(UInt32.self, at: Self.counterAddress) }
+
+        try await waitUntil { try counter() > 0 }
+        machine.pause()
+        #expect(machine.isPaused)
+        let paused = try counter()
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(try counter() == paused, "the guest ran while paused")
+
+        machine.resume()
+        #expect(!machine.isPaused)
+        try await waitUntil { try counter() > paused }
+        machine.stop()
+        #expect(await machine.waitUntilExit() == .stopped(.requested))
+    }
+
+    @Test("two machines run at once in one process")
+    func twoMachines() async throws {
+        let first = BufferSerialOutput()
+        let second = BufferSerialOutput()
+        let a = try Machine(
+            MachineConfiguration(kernelPath: try TestSupport.guest("mmio-test.elf"), console: .output(first)))
+        let b = try Machine(
+            MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .output(second)))
+        try a.start()
+        try b.start()
+        a.setDeadline(after: TestSupport.guestDeadline)
+        b.setDeadline(after: TestSupport.guestDeadline)
+        async let exitA = a.waitUntilExit()
+        async let exitB = b.waitUntilExit()
+        #expect(await exitA == .reset)
+        #expect(await exitB == .reset)
+        #expect(first.text.hasPrefix("mmio-test: id=53574c54"))
+        #expect(second.text == "Hello from 64-bit long mode\n")
+    }
+
+    @Test("invalid configurations are refused with the step and a reason")
+    func invalidConfigurations() throws {
+        let kernel = try TestSupport.guest("longmode-hello.elf")
+        let cases: [(MachineConfiguration, BuildStep, String)] = [
+            (MachineConfiguration(kernelPath: kernel, memorySize: 0, console: .none), .validateConfiguration, "too small"),
+            (MachineConfiguration(kernelPath: kernel, vcpuCount: 0, console: .none), .validateConfiguration, "vCPUs"),
+            (MachineConfiguration(kernelPath: "", console: .none), .validateConfiguration, "no kernel"),
+            (MachineConfiguration(kernelPath: "/nonexistent", console: .none), .loadKernel, "No such file"),
+            (MachineConfiguration(kernelPath: kernel, console: .none, initrdPath: "/nonexistent"), .writeBootStructures, "initrd"),
+            (MachineConfiguration(kernelPath: kernel, console: .none, commandLine: String(repeating: "x", count: 70_000)),
+             .writeBootStructures, "command line"),
+        ]
+        for (configuration, step, words) in cases {
+            do {
+                _ = try Machine(configuration)
+                Issue.record("accepted: \(configuration.kernelPath)")
+            } catch {
+                #expect(error.step == step)
+                #expect("\(error)".contains(words), "\(error)")
+                #expect(!"\(error)".contains("\n"))
+            }
+        }
+    }
+
+    @Test("devices may not overlap on a bus")
+    func overlappingDevices() throws {
+        var bus = Bus()
+        try bus.register(MMIOTestDevice(), base: 0x1000, length: 0x100, name: "first")
+        #expect(throws: BusError.overlap(name: "second", base: 0x10F0, length: 0x100, existing: "first")) {
+            try bus.register(MMIOTestDevice(), base: 0x10F0, length: 0x100, name: "second")
+        }
+    }
+
+    /// Polls `condition` every millisecond for up to five seconds.
+    func waitUntil(_ condition: () throws -> Bool) async throws {
+        for _ in 0..<5000 {
+            if try condition() { return }
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        Issue.record("condition not met within 5 s")
+    }
+}

@@ -7,6 +7,7 @@
 #   make guest-kernel     build vmlinux and bzImage from Debian's linux-source (cached)
 #   make guest-initramfs  build the busybox initramfs with Swiftlet's init (cached)
 #   make check-linux      boot the guest kernel with the initramfs to the init banner, timed
+#   make fuzz             fuzz the virtqueue walker and virtio-mmio transport (FUZZ_SECONDS=60)
 #   make build            debug build;  make release: the optimised build users install
 
 SWIFT ?= swift
@@ -15,7 +16,7 @@ SWIFTLET_RELEASE := .build/release/swiftlet
 # Debian packages the build, the guests and the tests need.
 APT_PACKAGES := gcc binutils make libc6-dev libfdt-dev device-tree-compiler
 
-.PHONY: all deps build release guests test run run-tiny guest-kernel guest-initramfs check-linux clean
+.PHONY: all deps build release guests test run run-tiny guest-kernel guest-initramfs check-linux clean bench fuzz
 
 # Guest kernel and initramfs are cached outside the work tree (see Guests/linux/build-kernel.sh).
 export SWIFTLET_CACHE ?= /var/cache/swiftlet
@@ -72,6 +73,41 @@ run: build guest-kernel guest-initramfs
 check-linux: build guest-kernel guest-initramfs
 	Guests/check-linux.sh $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(INITRAMFS) $(CHECK_LINUX_TIMEOUT) \
 	  "$(LINUX_ARGS)" $(LINUX_CPUID_MASK)
+
+# Benchmarks (Benchmarks/run.py, Docs/BENCHMARKS.md): installs QEMU, runc and busybox-static when
+# missing, builds both release variants, the bench guests and the C floor, runs everything side
+# by side and rewrites Docs/BENCHMARKS.md and Docs/benchmarks.svg. `make bench LINUX=1` also
+# boots the guest kernel and initramfs to the init banner (minutes on an emulating KVM).
+bench: deps $(if $(LINUX),guest-kernel guest-initramfs)
+	@missing=""; for p in qemu-system-x86 runc busybox-static util-linux; do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	SWIFT=$(SWIFT) python3 Benchmarks/run.py $(if $(LINUX),--linux --kernel $(KERNEL_DIR)/vmlinux \
+	  --initrd $(INITRAMFS) --linux-cmdline "$(LINUX_ARGS)" --linux-flags="$(LINUX_CPUID_MASK)")
+
+# Fuzzing (Sources/SwiftletFuzz, Docs/VIRTIO.md): the virtqueue walker and the virtio-mmio
+# transport with a virtio-blk device, built with libFuzzer and AddressSanitizer in its own scratch
+# directory, run for FUZZ_SECONDS over a corpus kept in .build-fuzz/corpus. Prints how many inputs
+# ran and whether one crashed (the input is saved as .build-fuzz/crash-*; the target fails).
+FUZZ_SECONDS ?= 60
+FUZZ_DIR := .build-fuzz
+fuzz: deps
+	$(SWIFT) build --scratch-path $(FUZZ_DIR) -c release --product SwiftletFuzz \
+	  -Xswiftc -sanitize=fuzzer,address -Xswiftc -DSWIFTLET_FUZZ
+	@mkdir -p $(FUZZ_DIR)/corpus
+	@$(FUZZ_DIR)/release/SwiftletFuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/corpus > $(FUZZ_DIR)/fuzz.log 2>&1; status=$$?; \
+	runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_DIR)/fuzz.log); \
+	if [ $$status -eq 0 ]; then \
+	  echo "fuzz: $$runs inputs in $(FUZZ_SECONDS) s, no crash (log: $(FUZZ_DIR)/fuzz.log)"; \
+	else \
+	  grep -m1 -E 'ERROR|panic|Fatal|fatal' $(FUZZ_DIR)/fuzz.log; \
+	  echo "fuzz: CRASHED after $$runs inputs; input saved as $$(ls -t $(FUZZ_DIR)/crash-* 2>/dev/null | head -1) (log: $(FUZZ_DIR)/fuzz.log)"; \
+	  exit 1; \
+	fi
 
 clean:
 	$(MAKE) -C Guests clean

@@ -13,10 +13,14 @@ let package = Package(
     targets: [
         // C shim: ioctl request numbers, fixed-signature ioctl wrappers, eventfd helpers.
         .target(name: "CKVM"),
+        // libfdt, the device-tree library (Debian's libfdt-dev ships no pkg-config file: the
+        // module map links "fdt" directly; a missing libfdt.pc only gives a warning).
+        .systemLibrary(name: "CLibFDT", path: "Sources/CLibFDT", pkgConfig: "libfdt", providers: [.apt(["libfdt-dev"])]),
         // The VMM library. It must not import Foundation (start time and memory goals).
         .target(
             name: "Swiftlet",
-            dependencies: ["CKVM"]
+            dependencies: ["CKVM", "CLibFDT"],
+            exclude: ["Arch/README.md"]
         ),
         // The command-line front end: argument parsing only, everything else is the library.
         .executableTarget(
@@ -25,6 +29,12 @@ let package = Package(
                 "Swiftlet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        // libFuzzer target for the virtqueue walker and the virtio-mmio transport. A plain build
+        // gets a stub; `make fuzz` builds it with -sanitize=fuzzer -DSWIFTLET_FUZZ and runs it.
+        .executableTarget(
+            name: "SwiftletFuzz",
+            dependencies: ["Swiftlet"]
         ),
         .testTarget(
             name: "SwiftletTests",

@@ -25,6 +25,25 @@ struct PublicAPITests {
         #expect(console.text == "Hello from 64-bit long mode\n")
     }
 
+    @Test("the console as a stream: read the guest's output, write its input")
+    func consoleStream() async throws {
+        let console = try ConsoleStream()
+        let machine = try Machine(
+            MachineConfiguration(
+                kernelPath: try TestSupport.guest("realmode-echo.bin"), kernelFormat: .flatRealMode,
+                console: .stream(console)))
+        try machine.start()
+        machine.setDeadline(after: TestSupport.guestDeadline)
+        // More than the UART's 64-byte FIFO in one call: the rest waits, nothing is dropped.
+        let text = String(repeating: "0123456789", count: 20)
+        machine.sendConsoleInput(Array((text + "q").utf8))
+        var received: [UInt8] = []
+        for await chunk in console.output { received += chunk }
+        #expect(String(decoding: received, as: UTF8.self) == "echo ready\n" + text)
+        #expect(await machine.waitUntilExit() == .reset)
+        #expect(console.droppedBytes == 0)
+    }
+
     @Test("stop a guest that spins forever, from another task")
     func stopSpinningGuest() async throws {
         let image = try TemporaryFile(contents: Self.counterGuest)

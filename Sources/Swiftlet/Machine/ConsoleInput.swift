@@ -2,11 +2,12 @@ import CKVM
 import Glibc
 import Synchronization
 
-/// Host terminal input → the guest's UART, on the event-loop thread.
+/// Console input → the guest's UART, on the event-loop thread: from the host terminal (with the
+/// `Ctrl-A x` escape) and from `Machine.sendConsoleInput`.
 ///
-/// Bytes are read from the terminal only while the UART's receive FIFO has room; what does not
-/// fit waits here (and the terminal is left unread) until the guest drains the FIFO, so typing
-/// or pasting never loses input.
+/// Bytes move into the UART only while its receive FIFO has room; what does not fit waits here
+/// (and the terminal is left unread) until the guest drains the FIFO, so typing, pasting or an
+/// embedder's input never loses a byte.
 final class ConsoleInput: Sendable {
     private struct State {
         var escape = ConsoleEscape()
@@ -17,26 +18,28 @@ final class ConsoleInput: Sendable {
         var endOfInput = false
     }
 
-    let terminal: HostTerminal
+    let terminal: HostTerminal?
     let serial: SerialPort
     let loop: EventLoop
     let onStop: @Sendable () -> Void
     private let state = Mutex(State())
 
-    init(terminal: HostTerminal, serial: SerialPort, loop: EventLoop, onStop: @escaping @Sendable () -> Void) {
+    init(terminal: HostTerminal?, serial: SerialPort, loop: EventLoop, onStop: @escaping @Sendable () -> Void) {
         self.terminal = terminal
         self.serial = serial
         self.loop = loop
         self.onStop = onStop
     }
 
-    /// Starts watching the terminal.
+    /// Starts watching the terminal (if any) and delivering queued input.
     func attach() throws(SystemError) {
-        do {
-            try loop.add(terminal.inputDescriptor, events: EPOLLIN.rawValue) { [self] events in readable(events) }
-        } catch where error.errno == EPERM {
-            // Regular files and /dev/null cannot be polled; they are always readable.
-            state.withLock { $0.readFromPoller = true }
+        if let terminal {
+            do {
+                try loop.add(terminal.inputDescriptor, events: EPOLLIN.rawValue) { [self] events in readable(events) }
+            } catch where error.errno == EPERM {
+                // Regular files and /dev/null cannot be polled; they are always readable.
+                state.withLock { $0.readFromPoller = true }
+            }
         }
         loop.addPoller { [self] in
             let readNow = state.withLock { $0.readFromPoller && !$0.endOfInput && $0.pending.isEmpty }
@@ -46,7 +49,14 @@ final class ConsoleInput: Sendable {
         loop.wake()
     }
 
+    /// Queues `bytes` for the guest (from any thread); they reach the UART in order.
+    func send(_ bytes: [UInt8]) {
+        state.withLock { $0.pending.append(contentsOf: bytes) }
+        loop.wake()
+    }
+
     private func readable(_ events: UInt32) {
+        guard let terminal else { return }
         var buffer = [UInt8](repeating: 0, count: 256)
         let count = buffer.withUnsafeMutableBytes { read(terminal.inputDescriptor, $0.baseAddress, $0.count) }
         if count <= 0 {
@@ -90,7 +100,7 @@ final class ConsoleInput: Sendable {
             state.paused = waiting
             return (waiting, waiting)
         }
-        if let pause = changePause, !state.withLock({ $0.readFromPoller }) {
+        if let pause = changePause, let terminal, !state.withLock({ $0.readFromPoller }) {
             loop.modify(terminal.inputDescriptor, events: pause ? 0 : EPOLLIN.rawValue)
         }
         return waiting

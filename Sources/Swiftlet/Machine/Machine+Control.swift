@@ -28,3 +28,14 @@ extension Machine {
         }
     }
 }
+
+extension Machine {
+    /// Queues `bytes` as console input for the guest (from any thread). They reach the UART in
+    /// order as its receive FIFO has room; nothing is dropped.
+    public func sendConsoleInput(_ bytes: [UInt8]) {
+        consoleInput.send(bytes)
+    }
+
+    /// Nanoseconds from process start to the guest's boot-timer write, once it has happened.
+    public var bootTime: UInt64? { bootTimer.bootNanoseconds }
+}

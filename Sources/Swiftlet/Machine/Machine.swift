@@ -44,10 +44,13 @@ public final class Machine: @unchecked Sendable {
     public let bootParams: BootParams?
     /// The boot-timer device; `bootTimer.bootNanoseconds` is the guest's boot time.
     public let bootTimer: BootTimer
+    /// The virtio-blk devices, one per `configuration.disks` entry, in slot order.
+    public let disks: [VirtioBlockTransport]
     let dispatcher: ExitDispatcher
     let control: RunControl
     let eventLoop: EventLoop
     let terminal: HostTerminal?
+    let consoleInput: ConsoleInput
     private let threads = Mutex<[NativeThread]>([])
     private let eventThread = Mutex<NativeThread?>(nil)
     private let waiting = Mutex<Void>(())
@@ -89,7 +92,9 @@ public final class Machine: @unchecked Sendable {
             bootParams = try step(.writeBootStructures) { () throws(BootSetupError) in
                 try LinuxBoot.write(
                     kernel: kernel,
-                    commandLine: LinuxBoot.commandLine(base: configuration.commandLine, cpuidMask: configuration.cpuidMask),
+                    commandLine: LinuxBoot.commandLine(
+                        base: configuration.commandLine, cpuidMask: configuration.cpuidMask,
+                        virtioDevices: configuration.disks.indices.map { VirtioMMIOSlot(x86: $0) }),
                     initrdPath: configuration.initrdPath, vcpuCount: configuration.vcpuCount, memory: memory)
             }
         } else {
@@ -102,9 +107,13 @@ public final class Machine: @unchecked Sendable {
         self.vcpus = vcpus
         let eventLoop = try step(.createDevices) { () throws(SystemError) in try EventLoop() }
         self.eventLoop = eventLoop
-        // The control's finish hook stops the event loop; it is created before the devices that
-        // end the machine (the i8042) so they can hold it.
-        let control = RunControl(vcpus: vcpus) { _ in eventLoop.stop() }
+        // The control's finish hook stops the event loop and ends a console stream; it is created
+        // before the devices that end the machine (the i8042) so they can hold it.
+        let consoleStream: ConsoleStream? = if case .stream(let stream) = configuration.console { stream } else { nil }
+        let control = RunControl(vcpus: vcpus) { _ in
+            eventLoop.stop()
+            consoleStream?.finish()
+        }
         self.control = control
 
         let output: any SerialOutput
@@ -115,6 +124,9 @@ public final class Machine: @unchecked Sendable {
         case .output(let sink):
             output = sink
             terminal = nil
+        case .stream(let stream):
+            output = stream
+            terminal = nil
         case .none:
             output = DiscardingSerialOutput()
             terminal = nil
@@ -123,6 +135,9 @@ public final class Machine: @unchecked Sendable {
         self.bootTimer = bootTimer
         let serial = SerialPort(output: PanicWatchingOutput(output, control: control), interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ))
         self.serial = serial
+        consoleInput = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop) {
+            control.finish(.stopped(.requested))
+        }
         var portIO = Bus()
         var mmio = Bus()
         try step(.createDevices) { () throws(BusError) in
@@ -134,6 +149,9 @@ public final class Machine: @unchecked Sendable {
             try mmio.register(
                 MMIOTestDevice(), base: X86Layout.mmioTestDeviceAddress.rawValue, length: X86Layout.mmioTestDeviceSize,
                 name: "MMIO test device")
+        }
+        disks = try step(.createDevices) { () throws(VirtioSetupError) in
+            try VirtioMachineSetup.attachDisks(configuration.disks, vm: vm, memory: memory, eventLoop: eventLoop, bus: &mmio)
         }
         dispatcher = ExitDispatcher(portIO: portIO, mmio: mmio)
 
@@ -157,10 +175,10 @@ public final class Machine: @unchecked Sendable {
         _ = VCPUKick.installed
         let control = self.control
         let dispatcher = self.dispatcher
-        if let terminal {
-            terminal.enterRawMode()
-            let input = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop) { control.finish(.stopped(.requested)) }
-            try step(.startThreads) { () throws(SystemError) in try input.attach() }
+        terminal?.enterRawMode()
+        try step(.startThreads) { () throws(SystemError) in
+            try consoleInput.attach()
+            if case .stream(let stream) = configuration.console { try stream.attach(to: eventLoop) }
         }
         let loop = eventLoop
         try step(.startThreads) { () throws(SystemError) in

@@ -16,6 +16,8 @@ public struct MachineConfiguration: Sendable {
     public var initrdPath: String?
     /// CPUID features hidden from the guest (see `CPUIDFeature.parseMask`).
     public var cpuidMask: [CPUIDFeature]
+    /// Virtio-blk disks, in virtio-mmio slot order (`X86Layout.virtioMMIOBase`).
+    public var disks: [DiskConfiguration]
 
     public static let defaultMemorySize: UInt64 = 128 << 20
     public static let minimumMemorySize: UInt64 = 2 << 20
@@ -26,8 +28,9 @@ public struct MachineConfiguration: Sendable {
     public init(
         kernelPath: String, kernelFormat: KernelFormat = .automatic, memorySize: UInt64 = defaultMemorySize,
         vcpuCount: Int = 1, console: ConsoleConfiguration = .terminal, commandLine: String? = nil,
-        initrdPath: String? = nil, cpuidMask: [CPUIDFeature] = []
+        initrdPath: String? = nil, cpuidMask: [CPUIDFeature] = [], disks: [DiskConfiguration] = []
     ) {
+        self.disks = disks
         self.commandLine = commandLine
         self.initrdPath = initrdPath
         self.cpuidMask = cpuidMask
@@ -45,6 +48,11 @@ public struct MachineConfiguration: Sendable {
         guard memorySize % 4096 == 0 else { throw .memoryNotPageAligned(memorySize) }
         guard (1...Self.maximumVCPUs).contains(vcpuCount) else { throw .vcpuCount(vcpuCount) }
         guard !kernelPath.isEmpty else { throw .missingKernel }
+        guard disks.count <= X86Layout.virtioMMIOSlotCount else { throw .tooManyDisks(disks.count) }
+        for disk in disks {
+            guard !disk.path.isEmpty else { throw .diskWithoutPath }
+            if let id = disk.id, id.utf8.count > VirtioBlock.identifierLength { throw .diskIdentifierTooLong(id) }
+        }
     }
 }
 
@@ -52,8 +60,10 @@ public struct MachineConfiguration: Sendable {
 public enum ConsoleConfiguration: Sendable {
     /// The host terminal: output to stdout, stdin to the guest (raw mode on a terminal).
     case terminal
-    /// Output to `output`; no input.
+    /// Output to `output`; input only through `Machine.sendConsoleInput`.
     case output(any SerialOutput)
+    /// Output as the `ConsoleStream`'s async stream; input through `Machine.sendConsoleInput`.
+    case stream(ConsoleStream)
     /// Output discarded; no input.
     case none
 }
@@ -65,6 +75,9 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
     case memoryNotPageAligned(UInt64)
     case vcpuCount(Int)
     case missingKernel
+    case tooManyDisks(Int)
+    case diskWithoutPath
+    case diskIdentifierTooLong(String)
 
     public var description: String {
         switch self {
@@ -75,6 +88,9 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
         case .memoryNotPageAligned(let size): "guest memory of \(size) bytes is not a multiple of 4 KiB"
         case .vcpuCount(let count): "\(count) vCPUs requested; between 1 and \(MachineConfiguration.maximumVCPUs) are supported"
         case .missingKernel: "no kernel image given"
+        case .tooManyDisks(let count): "\(count) disks requested; at most \(X86Layout.virtioMMIOSlotCount) are supported"
+        case .diskWithoutPath: "a disk has no image path"
+        case .diskIdentifierTooLong(let id): "disk id '\(id)' is longer than \(VirtioBlock.identifierLength) bytes"
         }
     }
 }

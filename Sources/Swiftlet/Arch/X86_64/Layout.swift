@@ -14,6 +14,7 @@
 ///     0x0009_FC00  EBDA start; 0xA0000-0xFFFFF is the VGA/ROM hole (not RAM in the e820 map)
 ///     0x0010_0000  start of high memory: bzImage protected-mode kernel
 ///     0xC000_0000  MMIO gap start: Swiftlet's MMIO devices from here
+///     0xD000_0000  virtio-mmio devices, 4 KiB each (slot i: GSI 5 + i)
 ///     0xFEC0_0000  IOAPIC, 0xFEE0_0000 local APIC (emulated by KVM)
 ///     0xFFFB_C000  KVM identity-map page, then 0xFFFB_D000 three TSS pages
 ///     0x1_0000_0000  RAM above 4 GiB for guests larger than the gap start
@@ -47,6 +48,10 @@ public enum X86Layout {
     /// Virtio-mmio devices: slot `i` at `virtioMMIOBase + i * virtioMMIOStride`.
     public static let virtioMMIOBase = GuestAddress(0xD000_0000)
     public static let virtioMMIOStride: UInt64 = 0x1000
+    /// Slot `i` interrupts on GSI `virtioFirstGSI + i`: IOAPIC pins 5-23 (pin 4 is COM1), edge
+    /// triggered through an irqfd. At most `virtioMMIOSlotCount` slots.
+    public static let virtioFirstGSI: UInt32 = 5
+    public static let virtioMMIOSlotCount = 19
 
     public static let ioapicAddress = GuestAddress(0xFEC0_0000)
     public static let localAPICAddress = GuestAddress(0xFEE0_0000)

@@ -13,6 +13,8 @@ public enum MPTable {
     static let processorEntrySize = 20
     static let entrySize = 8
     static let isaInterruptCount = 16
+    /// The IOAPIC's input pins (KVM's IOAPIC has 24).
+    static let ioAPICPinCount = 24
 
     public enum EntryType: UInt8 {
         case processor = 0, bus = 1, ioAPIC = 2, ioInterrupt = 3, localInterrupt = 4
@@ -54,10 +56,11 @@ public enum MPTable {
         table += ioapicEntry
         entryCount += 1
         // ISA interrupts: pin 0 is the 8259's ExtINT; IRQ 0 (the PIT) arrives on pin 2, as KVM's
-        // default routing delivers it; every other IRQ n on pin n.
+        // default routing delivers it; every other IRQ n on pin n. Pins 16-23 (virtio devices
+        // beyond the ISA range) are listed the same way, so a guest can use all 24 pins.
         table += ioInterrupt(type: .extINT, sourceIRQ: 0, ioapic: ioapic, pin: 0)
         entryCount += 1
-        for irq in 0..<isaInterruptCount where irq != 2 {
+        for irq in 0..<ioAPICPinCount where irq != 2 {
             table += ioInterrupt(type: .vectored, sourceIRQ: UInt8(irq), ioapic: ioapic, pin: irq == 0 ? 2 : UInt8(irq))
             entryCount += 1
         }

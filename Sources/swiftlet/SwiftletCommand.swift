@@ -13,7 +13,7 @@ struct SwiftletCommand: ParsableCommand {
         commandName: "swiftlet",
         abstract: "Swiftlet: a KVM micro virtual machine monitor written in Swift.",
         version: SwiftletVersion.string,
-        subcommands: [Boot.self]
+        subcommands: [Boot.self, DumpDTB.self]
     )
 
     static func main() {
@@ -47,6 +47,15 @@ struct Boot: ParsableCommand {
             initrd_addr_max) and an MP table for --cpus processors. --cpuid-mask hides CPUID
             features from the guest and adds clearcpuid= to the command line; it takes feature
             names (cx16,popcnt,...) and the template 'emulated'.
+
+            Disks (--disk, repeatable): each is a virtio-blk device over a raw image file,
+              --disk path=FILE[,readonly=on][,id=NAME][,direct=on]
+            readonly=on offers the disk read-only (the guest's writes fail with an I/O error);
+            id= is what the guest reads as the disk's serial (at most 20 bytes, default diskN);
+            direct=on opens the image with O_DIRECT (its size must be a multiple of 4 KiB).
+            Disk N sits at 0xd0000000 + N * 0x1000 with IRQ 5 + N (at most 19 disks), and
+            virtio_mmio.device=4K@ADDRESS:IRQ is added to the command line for it; Linux names
+            them /dev/vda, /dev/vdb, ... A missing or unreadable image ends with exit status 1.
 
             Boot timer: the guest writes the byte 123 to port 0x440 when it is ready; with
             --report-boot-time Swiftlet prints the time since it started.
@@ -86,8 +95,14 @@ struct Boot: ParsableCommand {
     @Flag(name: .long, help: "Print the guest's boot time (boot-timer port write) on stderr at the end.")
     var reportBootTime = false
 
+    @Flag(name: .long, help: "Print the guest's resident memory and the process's peak RSS on stderr at the end.")
+    var reportMemory = false
+
     @Option(name: .long, help: ArgumentHelp("Stop the VM after this many seconds (exit status 124).", valueName: "seconds"))
     var timeout: Double?
+
+    @Option(name: .long, help: ArgumentHelp("A virtio-blk disk: path=FILE[,readonly=on][,id=NAME][,direct=on] (repeatable).", valueName: "disk"))
+    var disk: [String] = []
 
     mutating func validate() throws {
         guard KernelFormat(rawValue: format) != nil else {
@@ -100,6 +115,12 @@ struct Boot: ParsableCommand {
         if let cpuidMask {
             do { _ = try CPUIDFeature.parseMask(cpuidMask) } catch { throw ValidationError("--cpuid-mask: \(error)") }
         }
+        for value in disk {
+            do { _ = try DiskConfiguration.parse(value) } catch { throw ValidationError("--disk '\(value)': \(error)") }
+        }
+        guard disk.count <= X86Layout.virtioMMIOSlotCount else {
+            throw ValidationError("at most \(X86Layout.virtioMMIOSlotCount) --disk options are supported")
+        }
     }
 
     func run() throws {
@@ -108,7 +129,8 @@ struct Boot: ParsableCommand {
         let configuration = MachineConfiguration(
             kernelPath: kernel, kernelFormat: KernelFormat(rawValue: format)!, memorySize: parseMemorySize(memory)!,
             vcpuCount: cpus, console: .terminal, commandLine: cmdline, initrdPath: initrd,
-            cpuidMask: (try? CPUIDFeature.parseMask(cpuidMask ?? "")) ?? [])
+            cpuidMask: (try? CPUIDFeature.parseMask(cpuidMask ?? "")) ?? [],
+            disks: disk.compactMap { try? DiskConfiguration.parse($0) })
         let machine: Machine
         do {
             machine = try Machine(configuration)
@@ -125,6 +147,17 @@ struct Boot: ParsableCommand {
                 printError("swiftlet: boot time \(micros / 1000).\(String(micros % 1000 + 1000).dropFirst()) ms (boot-timer write)")
             } else {
                 printError("swiftlet: the guest never wrote the boot timer")
+            }
+        }
+        if reportMemory {
+            // Guest pages touched (mincore over guest RAM) and this process's peak RSS: the VMM's
+            // own footprint is the difference (Benchmarks/run.py).
+            var usage = rusage()
+            getrusage(RUSAGE_SELF.rawValue, &usage)
+            if let resident = try? machine.memory.residentBytes() {
+                printError("swiftlet: guest resident \(resident / 1024) KiB, process peak RSS \(usage.ru_maxrss) KiB")
+            } else {
+                printError("swiftlet: process peak RSS \(usage.ru_maxrss) KiB (guest residency unavailable)")
             }
         }
         terminate(exit.exitCode)

@@ -1,0 +1,285 @@
+import Glibc
+import Synchronization
+
+/// Where a block device's sectors live. Called only on the event-loop thread, under the
+/// transport's lock for the device, one request at a time.
+///
+/// Requests arrive as I/O vectors over guest memory; an implementation may change the vectors
+/// (they are the device's scratch space) but must read or write every byte, or throw.
+public protocol BlockBackend: AnyObject, Sendable {
+    /// Size of the image in bytes.
+    var size: UInt64 { get }
+    /// Fills `vectors` from the image starting at byte `offset`.
+    func read(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError)
+    /// Writes `vectors` to the image starting at byte `offset`; returns once the data was
+    /// handed to the host kernel (or to the disk, with direct I/O).
+    func write(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError)
+    /// Makes earlier writes durable (fdatasync).
+    func flush() throws(SystemError)
+}
+
+/// A raw disk image file (or host block device) opened for a virtio-blk device.
+///
+/// Reads and writes go straight between the file and guest memory with preadv/pwritev. With
+/// direct I/O (`O_DIRECT`, bypassing the host page cache) they go through one aligned bounce
+/// buffer instead, allocated once: guest buffers and request offsets need not be aligned to
+/// the host's direct-I/O alignment, so a request is widened to aligned blocks, and a write
+/// that covers blocks only partly reads them first.
+///
+/// Sendable by contract: every property is immutable except the bounce buffer's contents,
+/// which only the thread serving the device (holding the transport's lock) touches.
+public final class RawDiskImage: BlockBackend, @unchecked Sendable {
+    /// Alignment of file offsets, lengths and memory for direct I/O (enough for every common
+    /// host block device and file system).
+    public static let directIOAlignment = 4096
+    /// The direct-I/O bounce buffer: requests larger than this are done in pieces.
+    public static let bounceBufferSize = 1 << 20
+    /// `O_DIRECT` on x86_64 Linux (Glibc exposes it only with _GNU_SOURCE).
+    static let openDirect: Int32 = 0o40000
+    /// IOV_MAX on Linux: the most vectors one preadv/pwritev takes.
+    static let vectorsPerCall = 1024
+
+    public let path: String
+    public let size: UInt64
+    public let isReadOnly: Bool
+    public let usesDirectIO: Bool
+    let fd: OwnedFileDescriptor
+    private let bounce: UnsafeMutableRawBufferPointer?
+
+    /// Opens `path` for reading (and writing unless `readOnly`), with `O_DIRECT` when
+    /// `directIO`. The image must hold at least one 512-byte sector; with direct I/O its size
+    /// must be a multiple of `directIOAlignment`.
+    public init(path: String, readOnly: Bool = false, directIO: Bool = false) throws(DiskImageError) {
+        self.path = path
+        self.isReadOnly = readOnly
+        self.usesDirectIO = directIO
+        let flags = (readOnly ? O_RDONLY : O_RDWR) | (directIO ? Self.openDirect : 0)
+        do { fd = try OwnedFileDescriptor(opening: path, flags: flags) } catch {
+            if directIO, error.errno == EINVAL { throw .directIOUnsupported(path: path) }
+            throw .cannotOpen(path: path, error)
+        }
+        var info = stat()
+        if fstat(fd.rawValue, &info) != 0 { throw .cannotOpen(path: path, SystemError.current("stat \(path)")) }
+        let type = info.st_mode & S_IFMT
+        guard type == S_IFREG || type == S_IFBLK else { throw .notAFileOrBlockDevice(path: path) }
+        // lseek to the end gives the size of block devices as well as of files.
+        let end = lseek(fd.rawValue, 0, SEEK_END)
+        if end < 0 { throw .cannotOpen(path: path, SystemError.current("seek \(path)")) }
+        size = UInt64(end)
+        guard size >= VirtioBlock.sectorSize else { throw .tooSmall(path: path, size: size) }
+        if directIO {
+            guard size % UInt64(Self.directIOAlignment) == 0 else {
+                throw .directIOSize(path: path, size: size, alignment: Self.directIOAlignment)
+            }
+            bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.bounceBufferSize, alignment: Self.directIOAlignment)
+        } else {
+            bounce = nil
+        }
+    }
+
+    deinit { bounce?.deallocate() }
+
+    public func read(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
+        if let bounce { try transferDirect(vectors, at: offset, writing: false, bounce: bounce) } else {
+            try transfer(vectors, at: offset, writing: false)
+        }
+    }
+
+    public func write(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
+        guard !isReadOnly else { throw SystemError("write \(path) (read-only disk)", errno: EROFS) }
+        if let bounce { try transferDirect(vectors, at: offset, writing: true, bounce: bounce) } else {
+            try transfer(vectors, at: offset, writing: true)
+        }
+    }
+
+    public func flush() throws(SystemError) {
+        guard !isReadOnly else { return }
+        _ = try retryingOnInterrupt("fdatasync \(path)") { fdatasync(fd.rawValue) }
+    }
+
+    /// preadv/pwritev until every vector is done, advancing the vectors past partial transfers.
+    private func transfer(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64, writing: Bool) throws(SystemError) {
+        guard let base = vectors.baseAddress else { return }
+        var index = 0
+        var position = offset
+        while index < vectors.count {
+            if vectors[index].iov_len == 0 {
+                index += 1
+                continue
+            }
+            let batch = Int32(min(vectors.count - index, Self.vectorsPerCall))
+            let done = writing
+                ? pwritev(fd.rawValue, base + index, batch, off_t(truncatingIfNeeded: position))
+                : preadv(fd.rawValue, base + index, batch, off_t(truncatingIfNeeded: position))
+            if done < 0 {
+                if errno == EINTR { continue }
+                throw SystemError.current("\(writing ? "write" : "read") \(path) at \(position)")
+            }
+            if done == 0 { throw SystemError("\(writing ? "write" : "read") \(path) at \(position) (end of file)", errno: EIO) }
+            position += UInt64(done)
+            var remaining = done
+            while remaining > 0, index < vectors.count {
+                if vectors[index].iov_len <= remaining {
+                    remaining -= vectors[index].iov_len
+                    index += 1
+                } else {
+                    vectors[index].iov_base = vectors[index].iov_base.map { $0 + remaining }
+                    vectors[index].iov_len -= remaining
+                    remaining = 0
+                }
+            }
+        }
+    }
+
+    /// Direct I/O through the bounce buffer: each piece is widened to aligned blocks.
+    private func transferDirect(
+        _ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64, writing: Bool, bounce: UnsafeMutableRawBufferPointer
+    ) throws(SystemError) {
+        let alignment = UInt64(Self.directIOAlignment)
+        let total = vectors.reduce(0) { $0 + UInt64($1.iov_len) }
+        let end = offset + total
+        var cursor = VectorCursor(vectors)
+        var position = offset
+        while position < end {
+            let blockStart = position & ~(alignment - 1)
+            let pieceEnd = min(end, blockStart + UInt64(bounce.count))
+            let alignedEnd = (pieceEnd + alignment - 1) & ~(alignment - 1)
+            let length = Int(alignedEnd - blockStart)
+            let inner = Int(position - blockStart)
+            let count = Int(pieceEnd - position)
+            if !writing || inner != 0 || pieceEnd != alignedEnd {
+                try whole(bounce.baseAddress!, count: length, at: blockStart, writing: false)
+            }
+            if writing {
+                cursor.copy(count, to: bounce.baseAddress! + inner)
+                try whole(bounce.baseAddress!, count: length, at: blockStart, writing: true)
+            } else {
+                cursor.copy(count, from: bounce.baseAddress! + inner)
+            }
+            position = pieceEnd
+        }
+    }
+
+    /// pread/pwrite of exactly `count` bytes.
+    private func whole(_ buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64, writing: Bool) throws(SystemError) {
+        var done = 0
+        while done < count {
+            let position = off_t(truncatingIfNeeded: offset + UInt64(done))
+            let n = writing
+                ? pwrite(fd.rawValue, buffer + done, count - done, position)
+                : pread(fd.rawValue, buffer + done, count - done, position)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError.current("\(writing ? "write" : "read") \(path) at \(position)")
+            }
+            if n == 0 { throw SystemError("\(writing ? "write" : "read") \(path) at \(position) (end of file)", errno: EIO) }
+            done += n
+        }
+    }
+}
+
+/// Walks a list of I/O vectors as one byte stream, copying to or from a flat buffer.
+struct VectorCursor {
+    let vectors: UnsafeMutableBufferPointer<iovec>
+    var index = 0
+    var offset = 0
+
+    init(_ vectors: UnsafeMutableBufferPointer<iovec>) { self.vectors = vectors }
+
+    /// Copies the next `count` bytes of the stream into `destination`.
+    mutating func copy(_ count: Int, to destination: UnsafeMutableRawPointer) {
+        walk(count) { vector, done, piece in (destination + done).copyMemory(from: vector, byteCount: piece) }
+    }
+
+    /// Copies `count` bytes from `source` into the next bytes of the stream.
+    mutating func copy(_ count: Int, from source: UnsafeRawPointer) {
+        walk(count) { vector, done, piece in vector.copyMemory(from: source + done, byteCount: piece) }
+    }
+
+    private mutating func walk(_ count: Int, _ body: (UnsafeMutableRawPointer, Int, Int) -> Void) {
+        var done = 0
+        while done < count, index < vectors.count {
+            let vector = vectors[index]
+            let piece = min(vector.iov_len - offset, count - done)
+            if piece > 0, let base = vector.iov_base { body(base + offset, done, piece) }
+            done += piece
+            offset += piece
+            if offset == vector.iov_len {
+                index += 1
+                offset = 0
+            }
+        }
+    }
+}
+
+/// An image held in host memory, for tests and fuzzing.
+public final class InMemoryDiskImage: BlockBackend {
+    private struct State {
+        var bytes: [UInt8]
+        var flushCount = 0
+        var failure: Int32?
+    }
+
+    private let state: Mutex<State>
+    public let size: UInt64
+
+    public init(bytes: [UInt8]) {
+        size = UInt64(bytes.count)
+        state = Mutex(State(bytes: bytes))
+    }
+
+    /// The image's contents.
+    public var bytes: [UInt8] { state.withLock { $0.bytes } }
+    /// How often `flush()` was called.
+    public var flushCount: Int { state.withLock { $0.flushCount } }
+    /// When set, every read and write fails with this errno.
+    public var failure: Int32? {
+        get { state.withLock { $0.failure } }
+        set { state.withLock { $0.failure = newValue } }
+    }
+
+    public func read(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
+        let range = try checkedRange(vectors, offset, "read")
+        var cursor = VectorCursor(vectors)
+        state.withLock { state in
+            state.bytes.withUnsafeBytes { cursor.copy(range.count, from: $0.baseAddress! + range.lowerBound) }
+        }
+    }
+
+    public func write(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
+        let range = try checkedRange(vectors, offset, "write")
+        var cursor = VectorCursor(vectors)
+        state.withLock { state in
+            state.bytes.withUnsafeMutableBytes { cursor.copy(range.count, to: $0.baseAddress! + range.lowerBound) }
+        }
+    }
+
+    public func flush() throws(SystemError) { state.withLock { $0.flushCount += 1 } }
+
+    private func checkedRange(_ vectors: UnsafeMutableBufferPointer<iovec>, _ offset: UInt64, _ operation: String) throws(SystemError) -> Range<Int> {
+        if let failure = self.failure { throw SystemError("\(operation) memory image", errno: failure) }
+        let total = vectors.reduce(0) { $0 + UInt64($1.iov_len) }
+        guard offset <= size, total <= size - offset else { throw SystemError("\(operation) memory image past its end", errno: EIO) }
+        return Int(offset)..<Int(offset + total)
+    }
+}
+
+/// A disk image that cannot be used.
+public enum DiskImageError: Error, Equatable, Sendable, CustomStringConvertible {
+    case cannotOpen(path: String, SystemError)
+    case notAFileOrBlockDevice(path: String)
+    case tooSmall(path: String, size: UInt64)
+    case directIOUnsupported(path: String)
+    case directIOSize(path: String, size: UInt64, alignment: Int)
+
+    public var description: String {
+        switch self {
+        case .cannotOpen(_, let error): "cannot open disk image: \(error)"
+        case .notAFileOrBlockDevice(let path): "disk image \(path) is not a regular file or block device"
+        case .tooSmall(let path, let size): "disk image \(path) holds \(size) bytes, less than one 512-byte sector"
+        case .directIOUnsupported(let path): "the file system holding \(path) does not support direct I/O (O_DIRECT)"
+        case .directIOSize(let path, let size, let alignment):
+            "disk image \(path) holds \(size) bytes; direct I/O needs a multiple of \(alignment)"
+        }
+    }
+}

@@ -1,0 +1,223 @@
+import Glibc
+
+/// A virtio block device (virtio 1.2, 5.2) over a `BlockBackend` (a raw image file).
+///
+/// Requests (one descriptor chain each; the split between descriptors does not matter):
+///
+///     device-readable   header { type: u32, reserved: u32, sector: u64 }, then OUT data
+///     device-writable   IN or GET_ID data, then the status byte (the chain's last byte)
+///
+/// - `IN` (0) reads and `OUT` (1) writes whole 512-byte sectors at `sector`; the request must
+///   lie inside the disk, have at most `seg_max` data segments of at most `size_max` bytes
+///   each, and `OUT` fails on a read-only disk. A write completes only after the backend wrote
+///   it (pwrite returned).
+/// - `FLUSH` (4) calls fdatasync. `GET_ID` (8) returns the device's id string (20 bytes,
+///   NUL-padded). Other types answer `UNSUPP`.
+/// A request without a status byte cannot be answered: it is returned with length 0.
+public struct VirtioBlock: VirtioDevice {
+    public static let sectorSize: UInt64 = 512
+    /// Length of the GET_ID answer.
+    public static let identifierLength = 20
+
+    /// Feature bits of virtio-blk (5.2.3).
+    public enum Feature {
+        public static let sizeMax: UInt64 = 1 << 1
+        public static let segmentMax: UInt64 = 1 << 2
+        public static let readOnly: UInt64 = 1 << 5
+        public static let blockSize: UInt64 = 1 << 6
+        public static let flush: UInt64 = 1 << 9
+    }
+
+    /// Request types.
+    public enum RequestType {
+        public static let read: UInt32 = 0
+        public static let write: UInt32 = 1
+        public static let flush: UInt32 = 4
+        public static let getID: UInt32 = 8
+    }
+
+    /// The status byte the device writes last.
+    public enum Status {
+        public static let ok: UInt8 = 0
+        public static let ioError: UInt8 = 1
+        public static let unsupported: UInt8 = 2
+    }
+
+    /// What the device is, as a plain value (what a snapshot would save besides the image).
+    public struct Settings: Equatable, Codable, Sendable {
+        /// Disk size in 512-byte sectors.
+        public var capacity: UInt64
+        public var isReadOnly: Bool
+        /// The GET_ID answer (at most 20 bytes; shorter ids are NUL-padded).
+        public var identifier: [UInt8]
+        /// Largest data segment, in bytes (config `size_max`).
+        public var segmentSizeMaximum: UInt32
+        /// Most data segments in one request (config `seg_max`).
+        public var segmentCountMaximum: UInt32
+        /// Logical block size reported to the driver (config `blk_size`).
+        public var blockSize: UInt32
+        /// The largest queue size the driver may choose.
+        public var queueSizeMaximum: UInt16
+
+        public static let defaultQueueSize: UInt16 = 256
+        public static let defaultSegmentSizeMaximum: UInt32 = 4 << 20
+
+        public init(
+            capacity: UInt64, isReadOnly: Bool, identifier: [UInt8], queueSizeMaximum: UInt16 = defaultQueueSize,
+            segmentSizeMaximum: UInt32 = defaultSegmentSizeMaximum, blockSize: UInt32 = UInt32(VirtioBlock.sectorSize)
+        ) {
+            self.capacity = capacity
+            self.isReadOnly = isReadOnly
+            self.identifier = Array(identifier.prefix(VirtioBlock.identifierLength))
+            self.queueSizeMaximum = queueSizeMaximum
+            self.segmentSizeMaximum = segmentSizeMaximum
+            // Header and status take two descriptors of a chain no longer than the queue.
+            self.segmentCountMaximum = UInt32(max(queueSizeMaximum, 3) - 2)
+            self.blockSize = blockSize
+        }
+    }
+
+    /// Requests served, by outcome.
+    public struct Statistics: Equatable, Codable, Sendable {
+        public var reads = 0
+        public var writes = 0
+        public var flushes = 0
+        public var identifies = 0
+        public var bytesRead: UInt64 = 0
+        public var bytesWritten: UInt64 = 0
+        /// Requests answered IOERR or UNSUPP, or that had no status byte.
+        public var failures = 0
+    }
+
+    public let settings: Settings
+    public let backend: any BlockBackend
+    public private(set) var statistics = Statistics()
+    /// Scratch I/O vectors, reused for every request.
+    private var vectors: [iovec] = []
+
+    /// A device serving `backend`'s sectors; `identifier` is the GET_ID answer (its first 20
+    /// bytes).
+    public init(backend: any BlockBackend, readOnly: Bool, identifier: String, queueSizeMaximum: UInt16 = Settings.defaultQueueSize) {
+        self.backend = backend
+        self.settings = Settings(
+            capacity: backend.size / Self.sectorSize, isReadOnly: readOnly, identifier: Array(identifier.utf8),
+            queueSizeMaximum: queueSizeMaximum)
+        vectors.reserveCapacity(Int(settings.segmentCountMaximum))
+    }
+
+    // MARK: VirtioDevice
+
+    public var deviceType: UInt32 { VirtioDeviceType.block }
+    public var queueCount: Int { 1 }
+    public var maximumQueueSize: UInt16 { settings.queueSizeMaximum }
+
+    public var offeredFeatures: UInt64 {
+        var features = VirtioFeature.version1 | VirtioFeature.ringIndirectDescriptors | VirtioFeature.ringEventIndex
+        features |= Feature.sizeMax | Feature.segmentMax | Feature.blockSize | Feature.flush
+        if settings.isReadOnly { features |= Feature.readOnly }
+        return features
+    }
+
+    /// `struct virtio_blk_config` up to `num_queues`: capacity (u64), size_max, seg_max,
+    /// geometry (zero), blk_size, topology (zero), writeback (0), num_queues (1).
+    public var configurationSpace: [UInt8] {
+        var bytes: [UInt8] = []
+        func append<T: FixedWidthInteger>(_ value: T) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+        append(settings.capacity)
+        append(settings.segmentSizeMaximum)
+        append(settings.segmentCountMaximum)
+        append(UInt32(0))  // geometry
+        append(settings.blockSize)
+        append(UInt64(0))  // topology
+        append(UInt8(0))  // writeback
+        append(UInt8(0))
+        append(UInt16(1))  // num_queues
+        return bytes
+    }
+
+    public mutating func activate(features: UInt64) {}
+
+    public mutating func reset() {}
+
+    public mutating func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> UInt32 {
+        // The status byte is the last device-writable byte; without one there is no answer.
+        guard chain.writableLength >= 1 else {
+            statistics.failures += 1
+            return 0
+        }
+        let dataLength = chain.writableLength - 1
+        let (status, written) = serve(chain, writableData: dataLength, memory: memory)
+        var byte = status
+        withUnsafeBytes(of: &byte) { _ = chain.copyToWritable(at: dataLength, from: $0, memory: memory) }
+        if status != Status.ok { statistics.failures += 1 }
+        return UInt32(truncatingIfNeeded: written + 1)
+    }
+
+    /// Serves the request; returns its status and how many data bytes went into the chain.
+    private mutating func serve(_ chain: DescriptorChain, writableData: UInt64, memory: GuestMemory) -> (UInt8, UInt64) {
+        var header = (UInt64(0), UInt64(0))
+        let headerRead = withUnsafeMutableBytes(of: &header) { chain.copyReadable(from: 0, into: $0, memory: memory) }
+        guard headerRead == 16 else { return (Status.ioError, 0) }
+        let type = UInt32(truncatingIfNeeded: UInt64(littleEndian: header.0))
+        let sector = UInt64(littleEndian: header.1)
+        switch type {
+        case RequestType.read:
+            guard transfer(chain, writing: false, sector: sector, dataOffset: 0, length: writableData, memory: memory) else {
+                return (Status.ioError, 0)
+            }
+            statistics.reads += 1
+            statistics.bytesRead += writableData
+            return (Status.ok, writableData)
+        case RequestType.write:
+            let length = chain.readableLength - 16
+            guard !settings.isReadOnly,
+                transfer(chain, writing: true, sector: sector, dataOffset: 16, length: length, memory: memory)
+            else { return (Status.ioError, 0) }
+            statistics.writes += 1
+            statistics.bytesWritten += length
+            return (Status.ok, 0)
+        case RequestType.flush:
+            do { try backend.flush() } catch { return (Status.ioError, 0) }
+            statistics.flushes += 1
+            return (Status.ok, 0)
+        case RequestType.getID:
+            var identifier = settings.identifier + [UInt8](repeating: 0, count: Self.identifierLength - settings.identifier.count)
+            identifier.removeLast(max(0, identifier.count - Int(min(writableData, UInt64(Self.identifierLength)))))
+            let written = identifier.withUnsafeBytes { chain.copyToWritable(at: 0, from: $0, memory: memory) }
+            statistics.identifies += 1
+            return (Status.ok, UInt64(written))
+        default:
+            return (Status.unsupported, 0)
+        }
+    }
+
+    /// Moves `length` bytes between the disk at `sector` and the chain's data buffers (the
+    /// readable part from `dataOffset` for a write, the writable part before the status byte
+    /// for a read). Returns false for a request the device refuses or that failed.
+    private mutating func transfer(
+        _ chain: DescriptorChain, writing: Bool, sector: UInt64, dataOffset: UInt64, length: UInt64, memory: GuestMemory
+    ) -> Bool {
+        guard length % Self.sectorSize == 0, sector <= settings.capacity,
+            length / Self.sectorSize <= settings.capacity - sector
+        else { return false }
+        guard length > 0 else { return true }
+        vectors.removeAll(keepingCapacity: true)
+        var tooLarge = false
+        let mapped = chain.forEachPiece(writable: !writing, offset: dataOffset, count: Int(length), memory: memory) {
+            pointer, _, count in
+            if count > Int(settings.segmentSizeMaximum) { tooLarge = true }
+            vectors.append(iovec(iov_base: pointer, iov_len: count))
+        }
+        guard mapped == Int(length), !tooLarge, vectors.count <= Int(settings.segmentCountMaximum) else { return false }
+        let backend = self.backend
+        let offset = sector * Self.sectorSize
+        do {
+            try vectors.withUnsafeMutableBufferPointer { (vectors) throws(SystemError) in
+                if writing { try backend.write(vectors, at: offset) } else { try backend.read(vectors, at: offset) }
+            }
+        } catch {
+            return false
+        }
+        return true
+    }
+}

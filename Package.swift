@@ -36,6 +36,12 @@ let package = Package(
             name: "SwiftletFuzz",
             dependencies: ["Swiftlet"]
         ),
+        // An example of embedding the library (Docs/API.md): boots a tiny guest, prints its console.
+        .executableTarget(
+            name: "swiftlet-example",
+            dependencies: ["Swiftlet"],
+            path: "Examples/BootTinyGuest"
+        ),
         .testTarget(
             name: "SwiftletTests",
             dependencies: ["Swiftlet", "CKVM"]

@@ -2,7 +2,9 @@ import Glibc
 
 /// A kernel, initrd or disk image opened read-only, read with pread(2) without Foundation.
 public final class ImageFile: Sendable {
+    /// The path the file was opened from, as given (used in error messages).
     public let path: String
+    /// The file's size in bytes when it was opened (`st_size`).
     public let size: UInt64
     let fd: OwnedFileDescriptor
 

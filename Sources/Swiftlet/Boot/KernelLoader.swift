@@ -14,13 +14,20 @@ public enum KernelFormat: String, CaseIterable, Sendable {
 
 /// Why a kernel image was refused.
 public enum KernelLoadError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The image cannot be opened or read.
     case unreadable(SystemError)
+    /// The image is neither ELF nor bzImage (for `.automatic`), or not of the format asked for.
     case unrecognizedFormat(path: String)
+    /// A known format that cannot be booted; `reason` says why (e.g. too old a boot protocol).
     case notLoadable(path: String, reason: String)
+    /// The image needs `size` bytes at `address`, which guest RAM does not hold.
     case doesNotFit(path: String, address: GuestAddress, size: UInt64)
+    /// A segment would overlap the VMM's boot structures below `X86Layout.highMemoryStart`.
     case overlapsReserved(path: String, address: GuestAddress, size: UInt64)
+    /// The file is zero bytes long.
     case empty(path: String)
 
+    /// A one-line explanation naming the file, with a hint (`--memory`, `--format`) if one helps.
     public var description: String {
         switch self {
         case .unreadable(let error): "cannot read kernel: \(error)"
@@ -38,7 +45,10 @@ public enum KernelLoadError: Error, Equatable, CustomStringConvertible, Sendable
 
 /// Where and how a loaded kernel starts, and what it accepts from the boot loader.
 public struct LoadedKernel: Equatable, Sendable {
+    /// The format the image was loaded as (never `.automatic`).
     public let format: KernelFormat
+    /// The boot vCPU's entry state: real mode at 1000:0000 for a flat binary, else long mode at the
+    /// 64-bit entry (`e_entry`, or load address + 0x200 for a bzImage) with RSI = the zero page.
     public let entry: X86EntryMode
     /// The highest guest physical address the kernel occupies or needs while it starts
     /// (exclusive). Nothing else (the initrd) is placed below it.
@@ -228,7 +238,9 @@ public enum BzImage {
     static let headerReadSize = 0x280
     /// The oldest protocol with `xloadflags` (and so a declared 64-bit entry point): 2.12.
     public static let minimumProtocol: UInt16 = 0x020C
+    /// Offset of the 64-bit entry point from the protected-mode kernel's load address (boot.rst).
     public static let entry64Offset: UInt64 = 0x200
+    /// `initrd_addr_max` when the kernel states none (ELF kernels): boot.rst's pre-2.03 value.
     public static let defaultInitrdAddressMax: UInt64 = 0x37FF_FFFF
     static let xlfKernel64: UInt16 = 1 << 0
 

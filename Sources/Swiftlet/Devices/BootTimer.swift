@@ -9,7 +9,9 @@ public final class BootTimer: BusDevice {
 
     /// Plain-value state (snapshot-ready): nanoseconds from process start, once recorded.
     public struct State: Equatable, Codable, Sendable {
+        /// Nanoseconds from process start to the guest's first `magic` write; nil until then.
         public var bootNanoseconds: UInt64?
+        /// The state before the guest's mark: nothing recorded.
         public init() {}
     }
 
@@ -24,10 +26,12 @@ public final class BootTimer: BusDevice {
     /// Nanoseconds from process start to the guest's mark, if the guest has written it.
     public var bootNanoseconds: UInt64? { state.withLock { $0.bootNanoseconds } }
 
+    /// Reads of the boot-timer port return zeros.
     public func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         data.initializeMemory(as: UInt8.self, repeating: 0)
     }
 
+    /// Records the boot time on the first write of `magic` to offset 0; any other write is ignored.
     public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
         guard offset == 0, data.count >= 1, data[0] == BootTimer.magic else { return }
         let now = monotonicNanoseconds()
@@ -43,6 +47,7 @@ public final class BootTimer: BusDevice {
 /// work before `main` is then missed. Without that call the reference is the first use of this
 /// type (when the first machine is built).
 public enum ProcessClock {
+    /// CLOCK_MONOTONIC in nanoseconds at the reference point (first use, or `markStart()`).
     public static let startNanoseconds: UInt64 = monotonicNanoseconds()
 
     /// Fixes the reference point now (idempotent).

@@ -4,16 +4,22 @@
 /// stored. Both are called on vCPU threads, possibly several at once, so a device guards its own
 /// state; neither may block, allocate per call, or do file or network I/O.
 public protocol BusDevice: AnyObject, Sendable {
+    /// Fills `data` (`data.count` bytes, little-endian) with the value at `offset` in the range.
     func read(offset: UInt64, data: UnsafeMutableRawBufferPointer)
+    /// Takes the guest's store of `data` (1 to 8 bytes, little-endian) at `offset` in the range.
     func write(offset: UInt64, data: UnsafeRawBufferPointer)
 }
 
 /// A registration that cannot be accepted.
 public enum BusError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The device was registered with length 0.
     case emptyRange(name: String)
+    /// `base + length` passes the end of the 64-bit address space.
     case wrapsAround(name: String, base: UInt64, length: UInt64)
+    /// The range overlaps the one already registered for the device named `existing`.
     case overlap(name: String, base: UInt64, length: UInt64, existing: String)
 
+    /// A one-line explanation naming the device, with its range in hex.
     public var description: String {
         switch self {
         case .emptyRange(let name): "device \(name) has an empty bus range"
@@ -31,10 +37,15 @@ public enum BusError: Error, Equatable, CustomStringConvertible, Sendable {
 /// a binary search over the sorted ranges: O(log n), no allocation, no lock. Once the machine
 /// starts, the bus is a value shared read-only by every vCPU thread.
 public struct Bus: Sendable {
+    /// One registered device and the address range `[base, base + length)` it claims.
     public struct Entry: Sendable {
+        /// First bus address of the range (a port number or a guest physical address).
         public let base: UInt64
+        /// Size of the range (bytes of MMIO space, or number of ports), at least 1.
         public let length: UInt64
+        /// The device's name, for error messages and diagnostics.
         public let name: String
+        /// The device that receives accesses in the range, at offsets from `base`.
         public let device: any BusDevice
         var last: UInt64 { base + (length - 1) }
     }
@@ -42,6 +53,7 @@ public struct Bus: Sendable {
     /// Registered ranges, sorted by base address.
     public private(set) var entries: [Entry] = []
 
+    /// An empty bus: every read returns all ones and every write is dropped.
     public init() {}
 
     /// Adds `device` at `[base, base + length)`.

@@ -5,6 +5,7 @@ import CLibFDT
 /// libfdt identifies nodes by their offset in the blob, and every insertion moves the nodes
 /// after it; a path stays valid, so it is what the builder hands out.
 public struct DeviceTreeNode: Hashable, Sendable, CustomStringConvertible {
+    /// The node's absolute path, e.g. `/cpus/cpu@0`.
     public let path: String
 
     /// The root node, `/`.
@@ -17,6 +18,7 @@ public struct DeviceTreeNode: Hashable, Sendable, CustomStringConvertible {
         DeviceTreeNode(path: path == "/" ? "/" + name : path + "/" + name)
     }
 
+    /// The node's path.
     public var description: String { path }
 }
 

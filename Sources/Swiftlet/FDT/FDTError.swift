@@ -13,6 +13,7 @@ public struct FDTError: Error, Equatable, CustomStringConvertible, Sendable {
     /// The libfdt error number, positive (`FDT_ERR_*`).
     public let code: Int32
 
+    /// An error for `operation` with libfdt error `code`, negative or positive (stored positive).
     public init(_ operation: String, code: Int32) {
         self.operation = operation
         self.code = code < 0 ? -code : code
@@ -21,6 +22,7 @@ public struct FDTError: Error, Equatable, CustomStringConvertible, Sendable {
     /// libfdt's text for `code` (`fdt_strerror`), e.g. `FDT_ERR_EXISTS`.
     public var message: String { String(cString: fdt_strerror(-code)) }
 
+    /// `operation: message`, e.g. `add node "cpu@0" under /cpus: FDT_ERR_EXISTS`.
     public var description: String { "\(operation): \(message)" }
 
     /// Throws for a negative libfdt return value; returns non-negative ones.

@@ -1,8 +1,11 @@
 /// A phandle: the 32-bit number by which one node refers to another (`interrupt-parent`,
 /// `clocks`...). Zero and 0xFFFF_FFFF are not valid phandles.
 public struct FDTPhandle: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The phandle number, stored as one big-endian cell in `phandle` properties and references.
     public let rawValue: UInt32
+    /// Wraps `rawValue` as is; it is not checked against the invalid values 0 and 0xFFFF_FFFF.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// The phandle as a cell in device-tree source, e.g. `<1>`.
     public var description: String { "<\(rawValue)>" }
 }
 

@@ -11,6 +11,7 @@ public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
     /// The `errno` value the kernel returned.
     public let errno: Int32
 
+    /// An error for `operation` that failed with `errno`.
     public init(_ operation: String, errno: Int32) {
         self.operation = operation
         self.errno = errno
@@ -21,6 +22,7 @@ public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
         SystemError(operation, errno: Glibc.errno)
     }
 
+    /// `<operation> failed: <strerror text> (errno N)`.
     public var description: String {
         "\(operation) failed: \(String(cString: strerror(errno))) (errno \(errno))"
     }
@@ -28,8 +30,11 @@ public struct SystemError: Error, Equatable, CustomStringConvertible, Sendable {
 
 /// A KVM host that lacks something Swiftlet needs (an API version, a capability).
 public struct KVMUnsupportedError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// What the host lacks, e.g. `API version 12` or a capability name such as `KVM_CAP_IRQFD`.
     public let requirement: String
+    /// What the host reported instead, e.g. `KVM_CHECK_EXTENSION returned 0`.
     public let detail: String
+    /// `KVM host does not support <requirement>: <detail>`.
     public var description: String { "KVM host does not support \(requirement): \(detail)" }
 }
 

@@ -50,15 +50,29 @@ public final class VCPU: @unchecked Sendable {
 
     // MARK: Registers
 
+    /// `KVM_GET_REGS`: the general-purpose registers, RIP and RFLAGS. Throws if the ioctl fails.
     public func registers() throws(SystemError) -> kvm_regs { try get(SWL_KVM_GET_REGS, "KVM_GET_REGS") }
+    /// `KVM_SET_REGS`: sets the general registers, RIP and RFLAGS. Throws if the ioctl fails.
     public func setRegisters(_ value: kvm_regs) throws(SystemError) { try set(SWL_KVM_SET_REGS, "KVM_SET_REGS", value) }
+    /// `KVM_GET_SREGS`: segment and descriptor-table registers, CR0-CR8, EFER and the APIC base.
+    /// Throws if the ioctl fails.
     public func specialRegisters() throws(SystemError) -> kvm_sregs { try get(SWL_KVM_GET_SREGS, "KVM_GET_SREGS") }
+    /// `KVM_SET_SREGS`: sets the segment, descriptor-table and control registers, EFER and the APIC
+    /// base. Throws if the ioctl fails.
     public func setSpecialRegisters(_ value: kvm_sregs) throws(SystemError) { try set(SWL_KVM_SET_SREGS, "KVM_SET_SREGS", value) }
+    /// `KVM_GET_FPU`: the x87 and SSE state (FPU stack, control/status words, MXCSR, XMM0-15).
+    /// Throws if the ioctl fails.
     public func fpu() throws(SystemError) -> kvm_fpu { try get(SWL_KVM_GET_FPU, "KVM_GET_FPU") }
+    /// `KVM_SET_FPU`: replaces the x87 and SSE state. Throws if the ioctl fails.
     public func setFPU(_ value: kvm_fpu) throws(SystemError) { try set(SWL_KVM_SET_FPU, "KVM_SET_FPU", value) }
+    /// `KVM_GET_LAPIC`: the in-kernel local APIC's 1 KiB register page. Throws if the ioctl fails.
     public func localAPIC() throws(SystemError) -> kvm_lapic_state { try get(SWL_KVM_GET_LAPIC, "KVM_GET_LAPIC") }
+    /// `KVM_SET_LAPIC`: sets the local APIC's register page. Throws if the ioctl fails.
     public func setLocalAPIC(_ value: kvm_lapic_state) throws(SystemError) { try set(SWL_KVM_SET_LAPIC, "KVM_SET_LAPIC", value) }
+    /// `KVM_GET_MP_STATE`: runnable, halted, waiting for INIT/SIPI... Throws if the ioctl fails.
     public func mpState() throws(SystemError) -> kvm_mp_state { try get(SWL_KVM_GET_MP_STATE, "KVM_GET_MP_STATE") }
+    /// `KVM_SET_MP_STATE`: sets the vCPU's multiprocessing state (e.g. `KVM_MP_STATE_RUNNABLE`).
+    /// Throws if the ioctl fails.
     public func setMPState(_ value: kvm_mp_state) throws(SystemError) { try set(SWL_KVM_SET_MP_STATE, "KVM_SET_MP_STATE", value) }
 
     /// `KVM_SET_MSRS` with (index, value) pairs; fails unless every MSR was accepted.

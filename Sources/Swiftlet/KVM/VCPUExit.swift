@@ -54,13 +54,18 @@ public enum VCPUExit {
 
 /// A port I/O exit: `count` accesses of `size` bytes each (count > 1 for `rep ins/outs`).
 public struct PortIOExit {
+    /// The I/O port accessed (0-0xFFFF).
     public let port: UInt16
+    /// True for `out`/`outs` (`KVM_EXIT_IO_OUT`), false for `in`/`ins`.
     public let isWrite: Bool
+    /// Bytes per access: 1, 2 or 4.
     public let size: Int
+    /// Number of accesses, each `size` bytes; above 1 only for string I/O with a `rep` prefix.
     public let count: Int
     /// `size * count` bytes inside the `kvm_run` page.
     public let data: UnsafeMutableRawPointer
 
+    /// An exit of `count` accesses of `size` bytes to `port`, their bytes at `data` (for tests).
     public init(port: UInt16, isWrite: Bool, size: Int, count: Int, data: UnsafeMutableRawPointer) {
         self.port = port
         self.isWrite = isWrite
@@ -72,11 +77,14 @@ public struct PortIOExit {
 
 /// An MMIO exit: one access of `data.count` (1, 2, 4 or 8) bytes at `address`.
 public struct MMIOExit {
+    /// The guest physical address accessed.
     public let address: UInt64
+    /// True for a store (the value is in `data`), false for a load (the result goes in `data`).
     public let isWrite: Bool
     /// The bytes inside the `kvm_run` page: the value written, or where a read's result goes.
     public let data: UnsafeMutableRawBufferPointer
 
+    /// An exit for one access at `address` whose bytes are `data` (for tests).
     public init(address: UInt64, isWrite: Bool, data: UnsafeMutableRawBufferPointer) {
         self.address = address
         self.isWrite = isWrite

@@ -1,9 +1,12 @@
 /// A guest physical address. A distinct type so it is never confused with a host pointer or
 /// an offset.
 public struct GuestAddress: RawRepresentable, Hashable, Comparable, Sendable, CustomStringConvertible {
+    /// The guest physical address as a number.
     public let rawValue: UInt64
 
+    /// The address `rawValue` (any 64-bit value; never fails).
     public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// The address `rawValue`, without the label: `GuestAddress(0x10_0000)`.
     public init(_ rawValue: UInt64) { self.rawValue = rawValue }
 
     /// `self + offset`, or nil if it would pass the end of the 64-bit address space.
@@ -12,7 +15,9 @@ public struct GuestAddress: RawRepresentable, Hashable, Comparable, Sendable, Cu
         return overflow ? nil : GuestAddress(sum)
     }
 
+    /// Orders addresses numerically.
     public static func < (lhs: GuestAddress, rhs: GuestAddress) -> Bool { lhs.rawValue < rhs.rawValue }
 
+    /// The address in lowercase hex with a `0x` prefix, e.g. `0x100000`.
     public var description: String { "0x" + String(rawValue, radix: 16) }
 }

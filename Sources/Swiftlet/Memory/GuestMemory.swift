@@ -2,8 +2,11 @@ import Glibc
 
 /// An access to guest memory that does not lie inside guest RAM.
 public struct GuestMemoryError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// Guest physical address of the access's first byte.
     public let address: GuestAddress
+    /// Size of the access in bytes.
     public let length: UInt64
+    /// A message naming the access's size and address.
     public var description: String {
         "guest memory access of \(length) bytes at \(address) is outside guest RAM"
     }
@@ -11,7 +14,9 @@ public struct GuestMemoryError: Error, Equatable, CustomStringConvertible, Senda
 
 /// One contiguous block of guest RAM backed by an anonymous host mapping.
 public struct GuestMemoryRegion: Sendable {
+    /// Guest physical address of the region's first byte (page-aligned).
     public let start: GuestAddress
+    /// Length of the region in bytes (a nonzero multiple of the host page size).
     public let size: UInt64
     /// The host address of `start`. Stored as a bit pattern so the region is Sendable.
     let hostBase: UInt
@@ -28,6 +33,7 @@ public struct GuestMemoryRegion: Sendable {
 /// threads; it offers no synchronisation beyond what the guest/device protocol provides, as on
 /// real hardware.
 public final class GuestMemory: @unchecked Sendable {
+    /// The mapped regions, disjoint and sorted by start address.
     public let regions: [GuestMemoryRegion]
 
     /// Maps one region per `(start, size)` pair. Regions must be page-aligned and disjoint.
@@ -138,9 +144,12 @@ public final class GuestMemory: @unchecked Sendable {
 
 /// A guest memory layout that cannot be mapped.
 public enum GuestMemoryLayoutError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// A region is empty, not page-aligned, over `Int.max` bytes, or wraps past 2^64.
     case misaligned(start: GuestAddress, size: UInt64)
+    /// The region starting at `start` overlaps the region below it.
     case overlapping(start: GuestAddress)
 
+    /// A one-line explanation naming the region.
     public var description: String {
         switch self {
         case .misaligned(let start, let size):

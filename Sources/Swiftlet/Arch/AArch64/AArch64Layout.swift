@@ -22,9 +22,11 @@ public enum AArch64Layout {
 
     /// GICv3 distributor (GICD): one 64 KiB frame (`KVM_VGIC_V3_ADDR_TYPE_DIST`).
     public static let gicDistributorAddress = GuestAddress(0x0800_0000)
+    /// Size of the distributor frame: 64 KiB.
     public static let gicDistributorSize: UInt64 = 0x1_0000
     /// GICv3 redistributors (`KVM_VGIC_V3_ADDR_TYPE_REDIST`): vCPU i's at base + i * 128 KiB.
     public static let gicRedistributorAddress = GuestAddress(0x1000_0000)
+    /// Redistributor space per vCPU: 128 KiB, its 64 KiB RD_base and SGI_base frames.
     public static let gicRedistributorSizePerVCPU: UInt64 = 0x2_0000
     /// The most vCPUs the redistributor region has room for (also KVM's arm64 limit).
     public static let maximumVCPUs = 512
@@ -38,7 +40,9 @@ public enum AArch64Layout {
 
     /// The UART (ns16550a-compatible, byte-wide registers at offsets 0-7 of the window).
     public static let uartAddress = GuestAddress(0x0900_0000)
+    /// Size of the UART's MMIO window: 4 KiB (only the first 8 bytes hold registers).
     public static let uartSize: UInt64 = 0x1000
+    /// The UART's interrupt: SPI 1 (GIC INTID 33).
     public static let uartSPI: UInt32 = 1
     /// The UART's input clock: the classic 1.8432 MHz crystal, so divisor 1 is 115200 baud.
     public static let uartClockFrequency: UInt32 = 1_843_200
@@ -46,9 +50,13 @@ public enum AArch64Layout {
     /// Virtio-mmio devices: slot `i` at `virtioMMIOBase + i * virtioMMIOStride`, on SPI
     /// `virtioMMIOFirstSPI + i`.
     public static let virtioMMIOBase = GuestAddress(0x0A00_0000)
+    /// Distance between consecutive virtio-mmio slots: 4 KiB.
     public static let virtioMMIOStride: UInt64 = 0x1000
+    /// Size of each slot's register window (the device tree `reg` size): 4 KiB.
     public static let virtioMMIOSize: UInt64 = 0x1000
+    /// Number of virtio-mmio slots: 32, 0x0A00_0000-0x0A01_FFFF.
     public static let virtioMMIOSlotCount = 32
+    /// Slot 0's interrupt: SPI 16 (GIC INTID 48); slot `i` uses SPI 16 + i.
     public static let virtioMMIOFirstSPI: UInt32 = 16
 
     /// Address and SPI of virtio-mmio slot `slot` (0 ..< `virtioMMIOSlotCount`).

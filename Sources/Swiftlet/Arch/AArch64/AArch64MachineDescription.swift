@@ -19,6 +19,12 @@ public struct AArch64MachineDescription: Equatable, Sendable {
     /// arm64's COMMAND_LINE_SIZE is 2048 including the terminating NUL.
     public static let commandLineLimit = 2047
 
+    /// Checks the values against `AArch64Layout` and the arm64 boot protocol (a nil `commandLine`
+    /// means `defaultCommandLine`). Throws `AArch64MachineError` if the memory size is below
+    /// `minimumMemorySize`, above `maximumMemorySize` or not a multiple of 4 KiB; if `vcpuCount` is
+    /// outside 1...`maximumVCPUs` or `virtioDeviceCount` above `virtioMMIOSlotCount`; if the
+    /// command line has a NUL or is longer than `commandLineLimit`; or if the initrd does not fit
+    /// below the device tree.
     public init(
         memorySize: UInt64 = MachineConfiguration.defaultMemorySize, vcpuCount: Int = 1, commandLine: String? = nil,
         initrdSize: UInt64? = nil, virtioDeviceCount: Int = 0
@@ -71,16 +77,27 @@ public struct AArch64MachineDescription: Equatable, Sendable {
 
 /// A configuration the aarch64 machine cannot describe.
 public enum AArch64MachineError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The memory size (bytes) is below `AArch64Layout.minimumMemorySize`.
     case memoryTooSmall(UInt64)
+    /// The memory size (bytes) is above `AArch64Layout.maximumMemorySize`.
     case memoryTooLarge(UInt64)
+    /// The memory size (bytes) is not a multiple of 4 KiB.
     case memoryNotPageAligned(UInt64)
+    /// The vCPU count is outside 1...`AArch64Layout.maximumVCPUs`.
     case vcpuCount(Int)
+    /// The virtio device count is outside 0...`AArch64Layout.virtioMMIOSlotCount`.
     case virtioDeviceCount(Int)
+    /// The command line contains a NUL byte.
     case commandLineContainsNUL
+    /// The command line is `length` bytes, more than `limit` (2047).
     case commandLineTooLong(length: Int, limit: Int)
+    /// The initrd file cannot be opened to read its size.
     case initrdUnreadable(SystemError)
+    /// An initrd of `size` bytes does not fit between the kernel base and the device tree in
+    /// `memorySize` bytes of RAM.
     case initrdDoesNotFit(size: UInt64, memorySize: UInt64)
 
+    /// A one-line explanation for the user, with the accepted range where there is one.
     public var description: String {
         switch self {
         case .memoryTooSmall(let size):

@@ -1,49 +1,81 @@
 /// The Linux x86 "zero page" (`struct boot_params`, 4 KiB), built as plain bytes with every
 /// field at the offset given in Linux's `Documentation/arch/x86/zero-page.rst` and `boot.rst`.
 public struct BootParams: Equatable, Sendable {
+    /// The zero page's size in bytes: one 4 KiB page.
     public static let size = 4096
 
     /// Field offsets within the zero page (the setup header starts at 0x1F1).
     public enum Offset {
+        /// `ext_ramdisk_image` (u32): high 32 bits of the initrd's address.
         public static let extRamdiskImage = 0x0C0
+        /// `ext_ramdisk_size` (u32): high 32 bits of the initrd's size in bytes.
         public static let extRamdiskSize = 0x0C4
+        /// `ext_cmd_line_ptr` (u32): high 32 bits of the command line's address.
         public static let extCmdLinePtr = 0x0C8
+        /// `e820_entries` (u8): number of valid entries in `e820_table` (at most 128).
         public static let e820Entries = 0x1E8
+        /// Start of the setup header (`struct setup_header`), copied there from a bzImage.
         public static let setupHeader = 0x1F1
+        /// `setup_sects` (u8): size of the real-mode setup code in 512-byte sectors (0 means 4).
         public static let setupSects = 0x1F1
+        /// `vid_mode` (u16): video mode request; 0xFFFF is "normal" (no change).
         public static let vidMode = 0x1FA
+        /// `boot_flag` (u16): the 0xAA55 boot-sector signature.
         public static let bootFlag = 0x1FE
+        /// `header` (u32): the "HdrS" magic that marks a setup header.
         public static let headerMagic = 0x202
+        /// `version` (u16): boot protocol version, major in the high byte (0x020F is 2.15).
         public static let version = 0x206
+        /// `type_of_loader` (u8): boot loader id, written by the loader.
         public static let typeOfLoader = 0x210
+        /// `loadflags` (u8): bit 0 LOADED_HIGH, bit 7 CAN_USE_HEAP, among others.
         public static let loadFlags = 0x211
+        /// `code32_start` (u32): the 32-bit protected-mode entry address (0x100000 by default).
         public static let code32Start = 0x214
+        /// `ramdisk_image` (u32): low 32 bits of the initrd's address.
         public static let ramdiskImage = 0x218
+        /// `ramdisk_size` (u32): low 32 bits of the initrd's size in bytes.
         public static let ramdiskSize = 0x21C
+        /// `heap_end_ptr` (u16): end of the real-mode setup code's stack/heap, relative to the
+        /// start of the setup code, minus 0x200.
         public static let heapEndPtr = 0x224
+        /// `cmd_line_ptr` (u32): low 32 bits of the NUL-terminated command line's address.
         public static let cmdLinePtr = 0x228
+        /// `initrd_addr_max` (u32): highest address the initrd may occupy (inclusive).
         public static let initrdAddrMax = 0x22C
+        /// `kernel_alignment` (u32): physical alignment a relocatable kernel needs.
         public static let kernelAlignment = 0x230
+        /// `relocatable_kernel` (u8): nonzero if the kernel may be loaded at another address.
         public static let relocatableKernel = 0x234
+        /// `xloadflags` (u16, protocol 2.12+): bit 0 (XLF_KERNEL_64) marks the entry at +0x200.
         public static let xloadflags = 0x236
+        /// `cmdline_size` (u32, protocol 2.06+): the longest command line, without the NUL.
         public static let cmdlineSize = 0x238
+        /// `e820_table`: up to 128 entries of 20 bytes (u64 address, u64 size, u32 type).
         public static let e820Table = 0x2D0
     }
 
+    /// Capacity of `e820_table` (`E820_MAX_ENTRIES_ZEROPAGE`).
     public static let maxE820Entries = 128
+    /// Bytes per packed `struct boot_e820_entry`: u64 address, u64 size, u32 type.
     public static let e820EntrySize = 20
     /// "HdrS"
     public static let headerMagic: UInt32 = 0x5372_6448
+    /// The value of `boot_flag` in every valid setup header.
     public static let bootFlag: UInt16 = 0xAA55
     /// Boot protocol 2.15, what Swiftlet writes for kernels without a setup header (vmlinux).
     public static let protocolVersion: UInt16 = 0x020F
     /// `type_of_loader` 0xFF: a boot loader with no assigned id.
     public static let undefinedLoader: UInt8 = 0xFF
+    /// `loadflags` bit 0, LOADED_HIGH: the protected-mode kernel is loaded at 0x100000.
     public static let loadedHigh: UInt8 = 0x01
+    /// `loadflags` bit 7, CAN_USE_HEAP: `heap_end_ptr` is valid.
     public static let canUseHeap: UInt8 = 0x80
 
+    /// The 4096 bytes of the zero page, ready to be written at `X86Layout.zeroPageAddress`.
     public private(set) var bytes: [UInt8]
 
+    /// An all-zero zero page.
     public init() { bytes = [UInt8](repeating: 0, count: BootParams.size) }
 
     /// Copies a bzImage's setup header (from offset 0x1F1 to the end of the header, whose length
@@ -54,14 +86,22 @@ public struct BootParams: Equatable, Sendable {
         for i in Offset.setupHeader..<end { bytes[i] = image[i] }
     }
 
+    /// Stores a byte at `offset` (which must lie inside the page).
     public mutating func set(_ value: UInt8, at offset: Int) { bytes[offset] = value }
+    /// Stores `value` little-endian in the 2 bytes at `offset` (which must lie inside the page).
     public mutating func set(_ value: UInt16, at offset: Int) { setLittleEndian(UInt64(value), at: offset, size: 2) }
+    /// Stores `value` little-endian in the 4 bytes at `offset` (which must lie inside the page).
     public mutating func set(_ value: UInt32, at offset: Int) { setLittleEndian(UInt64(value), at: offset, size: 4) }
+    /// Stores `value` little-endian in the 8 bytes at `offset` (which must lie inside the page).
     public mutating func set(_ value: UInt64, at offset: Int) { setLittleEndian(value, at: offset, size: 8) }
 
+    /// The byte at `offset`.
     public func uint8(at offset: Int) -> UInt8 { bytes[offset] }
+    /// The little-endian 16-bit field at `offset`.
     public func uint16(at offset: Int) -> UInt16 { UInt16(littleEndian(at: offset, size: 2)) }
+    /// The little-endian 32-bit field at `offset`.
     public func uint32(at offset: Int) -> UInt32 { UInt32(littleEndian(at: offset, size: 4)) }
+    /// The little-endian 64-bit field at `offset`.
     public func uint64(at offset: Int) -> UInt64 { littleEndian(at: offset, size: 8) }
 
     /// Sets the e820 table (at most 128 entries).
@@ -129,21 +169,29 @@ public struct BootParams: Equatable, Sendable {
 
 /// One entry of the BIOS e820 memory map.
 public struct E820Entry: Equatable, Sendable, CustomStringConvertible {
+    /// The e820 region type, as the 32-bit `type` field encodes it.
     public enum Kind: UInt32, Sendable {
+        /// Type 1 (`E820_TYPE_RAM`): usable RAM.
         case ram = 1
+        /// Type 2 (`E820_TYPE_RESERVED`): not for the OS to use (firmware, ROM, holes).
         case reserved = 2
     }
 
+    /// Guest physical address of the region's first byte.
     public let address: UInt64
+    /// Length of the region in bytes.
     public let size: UInt64
+    /// Whether the region is usable RAM or reserved.
     public let type: Kind
 
+    /// An entry for `size` bytes of `type` starting at `address`.
     public init(address: UInt64, size: UInt64, type: Kind) {
         self.address = address
         self.size = size
         self.type = type
     }
 
+    /// The entry as `e820 <address>+<size> <type>`, addresses in hex.
     public var description: String { "e820 \(hex(address))+\(hex(size)) \(type)" }
 }
 
@@ -154,6 +202,7 @@ public struct E820Entry: Equatable, Sendable, CustomStringConvertible {
 /// - no entry for the MMIO gap (0xC000_0000 to 4 GiB: devices, IOAPIC, LAPIC),
 /// - RAM from 4 GiB for what did not fit below the gap.
 public enum E820Map {
+    /// The map's entries in address order, for `memorySize` bytes of guest RAM.
     public static func entries(memorySize: UInt64) -> [E820Entry] {
         let ebda = X86Layout.ebdaStart.rawValue
         let high = X86Layout.highMemoryStart.rawValue
@@ -174,14 +223,23 @@ public enum E820Map {
 
 /// Boot structures that cannot be built for a configuration.
 public enum BootSetupError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The e820 map has more entries (the count) than the zero page's 128.
     case tooManyE820Entries(Int)
+    /// The command line is `length` bytes, more than the kernel's `limit` (without the NUL).
     case commandLineTooLong(length: Int, limit: Int)
+    /// The command line contains a NUL byte, which would cut it short.
     case commandLineContainsNUL
+    /// No room for an initrd of `size` bytes between the kernel's page-aligned end (`above`) and
+    /// `below`, the lower of `initrd_addr_max` + 1 and the end of RAM under the MMIO gap.
     case initrdDoesNotFit(size: UInt64, below: UInt64, above: UInt64)
+    /// The initrd file cannot be opened or read.
     case initrdUnreadable(SystemError)
+    /// The vCPU count is outside 1...254, the range the MP table's 8-bit APIC IDs can describe.
     case tooManyVCPUsForMPTable(Int)
+    /// A boot structure would be written outside guest RAM.
     case outsideGuestMemory(GuestMemoryError)
 
+    /// A one-line explanation for the user, with a hint where one helps.
     public var description: String {
         switch self {
         case .tooManyE820Entries(let count): "\(count) e820 entries; the zero page holds 128"

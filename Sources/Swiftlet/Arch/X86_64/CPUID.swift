@@ -2,12 +2,18 @@ import CKVM
 
 /// A CPUID feature bit by the name Linux uses for it (`/proc/cpuinfo`, `clearcpuid=`).
 public struct CPUIDFeature: Equatable, Sendable {
+    /// The output register of a CPUID leaf that holds the bit.
     public enum Register: Sendable { case eax, ebx, ecx, edx }
 
+    /// Linux's name for the feature, e.g. `avx2` (as in `/proc/cpuinfo` flags).
     public let name: String
+    /// The CPUID function (EAX input) that reports it, e.g. 1 or 7.
     public let leaf: UInt32
+    /// The CPUID index (ECX input); 0 for leaves without subleaves.
     public let subleaf: UInt32
+    /// Which of EAX, EBX, ECX, EDX the bit is in.
     public let register: Register
+    /// The bit number within `register`, 0-31.
     public let bit: Int
 
     /// The features `--cpuid-mask` knows, by name.
@@ -70,7 +76,9 @@ public struct CPUIDFeature: Equatable, Sendable {
 
 /// A `--cpuid-mask` item that names no known feature or template.
 public enum CPUIDMaskError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The item (a name) is neither a feature in `CPUIDFeature.known` nor a template.
     case unknownFeature(String)
+    /// The message naming the unknown item and listing every template and feature name.
     public var description: String {
         "unknown CPUID feature '\(unknownFeatureName)'; known: \(CPUIDFeature.templates.keys.sorted().joined(separator: ", ")) (templates), "
             + CPUIDFeature.known.map(\.name).joined(separator: ", ")
@@ -82,7 +90,9 @@ public enum CPUIDMaskError: Error, Equatable, CustomStringConvertible, Sendable 
 
 /// Builds each vCPU's CPUID table from what KVM supports.
 public enum X86CPUID {
+    /// Leaf 1 ECX bit 31: "running under a hypervisor", set for every vCPU.
     public static let hypervisorPresentBit: UInt32 = 1 << 31
+    /// Leaf 1 EDX bit 28 (HTT): EBX[23:16] is the logical processor count; set only for 2+ vCPUs.
     public static let htt: UInt32 = 1 << 28
 
     /// The table for vCPU `id` of `count`: APIC IDs and processor counts in leaves 1, 4 and 0xB,
@@ -139,16 +149,27 @@ public enum X86CPUID {
 
 /// The model-specific registers a Linux guest expects at its 64-bit entry.
 public enum BootMSRs {
+    /// `IA32_SYSENTER_CS`: code segment selector for SYSENTER.
     public static let sysenterCS: UInt32 = 0x174
+    /// `IA32_SYSENTER_ESP`: stack pointer loaded by SYSENTER.
     public static let sysenterESP: UInt32 = 0x175
+    /// `IA32_SYSENTER_EIP`: entry point of SYSENTER.
     public static let sysenterEIP: UInt32 = 0x176
+    /// `STAR`: segment selectors for SYSCALL/SYSRET (and the legacy 32-bit SYSCALL target).
     public static let star: UInt32 = 0xC000_0081
+    /// `LSTAR`: RIP of the 64-bit mode SYSCALL entry.
     public static let lstar: UInt32 = 0xC000_0082
+    /// `CSTAR`: RIP of the compatibility-mode SYSCALL entry.
     public static let cstar: UInt32 = 0xC000_0083
+    /// `SFMASK` (`MSR_SYSCALL_MASK`): RFLAGS bits SYSCALL clears.
     public static let syscallMask: UInt32 = 0xC000_0084
+    /// `KERNEL_GS_BASE`: the GS base SWAPGS exchanges with the current one.
     public static let kernelGSBase: UInt32 = 0xC000_0102
+    /// `IA32_TIME_STAMP_COUNTER`: the TSC value.
     public static let tsc: UInt32 = 0x10
+    /// `IA32_MISC_ENABLE`: bit 0 enables fast string operations (`rep movs/stos`).
     public static let miscEnable: UInt32 = 0x1A0
+    /// `IA32_MTRR_DEF_TYPE`: bits 7:0 the default memory type, bit 11 enables the MTRRs.
     public static let mtrrDefType: UInt32 = 0x2FF
 
     /// SYSCALL/SYSENTER state cleared, TSC 0, fast strings on, MTRRs enabled with write-back as
@@ -165,9 +186,13 @@ public enum BootMSRs {
 /// The local APIC's local interrupt pins, as Linux expects them from a PC: LINT0 delivers the
 /// 8259's interrupts (ExtINT), LINT1 is the NMI line.
 public enum LocalAPICSetup {
+    /// Offset of the LVT LINT0 register in the APIC register page (`kvm_lapic_state.regs`).
     public static let lint0Register = 0x350
+    /// Offset of the LVT LINT1 register in the APIC register page (`kvm_lapic_state.regs`).
     public static let lint1Register = 0x360
+    /// LVT delivery mode (bits 10:8) 0b111, ExtINT: the interrupt vector comes from the 8259.
     public static let deliveryModeExtINT: UInt32 = 0x7 << 8
+    /// LVT delivery mode (bits 10:8) 0b100: deliver a non-maskable interrupt.
     public static let deliveryModeNMI: UInt32 = 0x4 << 8
 
     /// `state` with LINT0 = ExtINT and LINT1 = NMI (other LVT bits kept, masks cleared).

@@ -2,15 +2,26 @@ import CKVM
 
 /// Control-register and EFER bits Swiftlet sets for the guest's first instruction.
 public enum X86ControlBits {
+    /// CR0.PE (bit 0): protected mode.
     public static let cr0ProtectionEnable: UInt64 = 1 << 0
+    /// CR0.MP (bit 1): WAIT/FWAIT honour CR0.TS.
     public static let cr0MonitorCoprocessor: UInt64 = 1 << 1
+    /// CR0.ET (bit 4): 387-compatible FPU (hard-wired to 1 on modern CPUs).
     public static let cr0ExtensionType: UInt64 = 1 << 4
+    /// CR0.NE (bit 5): report x87 errors as #MF exceptions rather than through the PIC.
     public static let cr0NumericError: UInt64 = 1 << 5
+    /// CR0.WP (bit 16): supervisor writes honour read-only pages.
     public static let cr0WriteProtect: UInt64 = 1 << 16
+    /// CR0.AM (bit 18): allow alignment checking (with RFLAGS.AC at CPL 3).
     public static let cr0AlignmentMask: UInt64 = 1 << 18
+    /// CR0.PG (bit 31): paging; with EFER.LME it activates long mode.
     public static let cr0Paging: UInt64 = 1 << 31
+    /// CR4.PAE (bit 5): physical address extension, required for long mode's 4-level tables.
     public static let cr4PAE: UInt64 = 1 << 5
+    /// EFER.LME (bit 8 of MSR 0xC000_0080): long mode enable.
     public static let eferLME: UInt64 = 1 << 8
+    /// EFER.LMA (bit 10): long mode active. The CPU sets it when paging turns on with LME; a vCPU
+    /// started directly in long mode needs it set by the VMM.
     public static let eferLMA: UInt64 = 1 << 10
     /// CR0 = 0x80050033: PE, MP, ET, NE, WP, AM, PG (what Linux runs with).
     public static let longModeCR0 = cr0ProtectionEnable | cr0MonitorCoprocessor | cr0ExtensionType

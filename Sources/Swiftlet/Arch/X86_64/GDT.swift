@@ -5,14 +5,18 @@ import CKVM
 /// The boot GDT follows the Linux 64-bit boot protocol: selector 0x10 is a flat 64-bit code
 /// segment (`__BOOT_CS`) and 0x18 a flat data segment (`__BOOT_DS`); 0x00 and 0x08 are null.
 public struct SegmentDescriptor: Equatable, Sendable {
+    /// Segment base address (32 bits; ignored for code and data segments in 64-bit mode).
     public var base: UInt32
+    /// Segment limit, the last valid offset (20 bits).
     public var limit: UInt32  // 20-bit limit; with granularity set it counts 4 KiB pages
     /// Access byte: present, DPL, S, type.
     public var access: UInt8
     /// Flags nibble: G (granularity), D/B, L (64-bit), AVL.
     public var flags: UInt8
 
+    /// Flat 64-bit ring-0 code: access 0x9B (present, execute/read, accessed), flags 0xA (G, L).
     public static let code64 = SegmentDescriptor(base: 0, limit: 0xFFFFF, access: 0x9B, flags: 0xA)
+    /// Flat ring-0 data segment: access 0x93 (present, read/write, accessed), flags 0xC (G, D/B).
     public static let data = SegmentDescriptor(base: 0, limit: 0xFFFFF, access: 0x93, flags: 0xC)
 
     /// The 8-byte descriptor as it sits in the GDT.
@@ -50,8 +54,11 @@ public struct SegmentDescriptor: Equatable, Sendable {
 
 /// The boot GDT Swiftlet writes at `X86Layout.gdtAddress`.
 public enum BootGDT {
+    /// Selector of the 64-bit code segment, GDT entry 2 (Linux's `__BOOT_CS`).
     public static let codeSelector: UInt16 = 0x10
+    /// Selector of the data segment, GDT entry 3 (Linux's `__BOOT_DS`).
     public static let dataSelector: UInt16 = 0x18
+    /// The encoded descriptors in GDT order: null, null (0x08 unused), code (0x10), data (0x18).
     public static let entries: [UInt64] = [0, 0, SegmentDescriptor.code64.encoded, SegmentDescriptor.data.encoded]
 
     /// Writes the GDT (and an empty IDT) into guest memory.

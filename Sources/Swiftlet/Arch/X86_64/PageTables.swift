@@ -4,8 +4,11 @@
 /// each mapping 1 GiB with 512 large (2 MiB) pages. 1 GiB pages would be shorter but some
 /// KVM implementations (the development host's) do not support them in guest page tables.
 public enum IdentityPageTables {
+    /// Page-table entry bit 0 (P): the entry is valid.
     public static let present: UInt64 = 1 << 0
+    /// Page-table entry bit 1 (R/W): writes allowed.
     public static let writable: UInt64 = 1 << 1
+    /// Page-directory entry bit 7 (PS): the entry maps a 2 MiB page, not a page table.
     public static let largePage: UInt64 = 1 << 7
     static let twoMiB: UInt64 = 2 << 20
 

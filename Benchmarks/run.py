@@ -497,7 +497,8 @@ def build_tables(r):
          "to port 0x440); QEMU: from the harness's posix_spawn to the guest's port-0x440 exit in QEMU's "
          f"kvm_run_exit trace (so it also counts exec and dynamic loading; QEMU's qboot firmware runs "
          f"first, {fmt(qt.get('exits'), 0)} exits in all, its first exit after "
-         f"{fmt(qt.get('firmware_first_exit_ms'), 2, ' ms')}). A static no-op process (busybox true) "
+         f"{fmt(qt.get('firmware_first_exit_ms'), 2, ' ms')}; the traced runs are separate from the "
+         "untraced ones timed whole, and tracing slows QEMU a little). A static no-op process (busybox true) "
          f"takes {fmt(r['static_noop']['wall_ms'], 2, ' ms')} from spawn to exit here.",
          "VMM memory = the child's peak RSS (wait4 ru_maxrss, the child spawned from a small static "
          f"helper; a static no-op spawned the same way peaks at {fmt(r['static_noop'].get('maxrss_kib'), 0, ' KiB')}) "
@@ -571,8 +572,10 @@ def render_text(tables):
     return "\n".join(out)
 
 
-def render_markdown_table(header, rows):
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+def render_markdown_table(header, rows, text_columns=1):
+    """A Markdown table: the first text_columns columns left-aligned, the rest (figures) right."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
 
@@ -610,7 +613,7 @@ def write_markdown(r, tables, path):
               fmt(c["size_bytes"] / 2**20, 1, " MiB"), fmt(c["stripped_bytes"] / 2**20, 1, " MiB"),
               fmt(c["build_seconds"], 0, " s"), fmt(c["first_instruction_ms"], 2, " ms"),
               fmt(c["maxrss_kib"] / 1024, 2, " MiB"), fmt(c["vmm_kib"] / 1024, 2, " MiB")]
-             for c in r["builds"]]),
+             for c in r["builds"]], text_columns=3),
         "",
         f"Benchmarked: **{b['name']}** — `{b['describe']}`{' (builds were incremental)' if r['incremental_builds'] else ''}.",
         "",
@@ -664,12 +667,12 @@ def reading(r):
     points = []
     for kind, label in (("pio", "PIO"), ("mmio", "MMIO")):
         s, f = r["exit_cost_us"]["swiftlet"][kind], r["exit_cost_us"]["floor"][kind]
-        verdict = "meets" if s <= f * 1.05 else "misses"
+        verdict = "meets" if s <= f * 1.05 else "misses"  # on the unrounded ratio, shown to 3 places
         ss, fs = r["exit_cost_spread_percent"]["swiftlet"][kind], r["exit_cost_spread_percent"]["floor"][kind]
         # Standard error of a median of n rounds, from the spread taken as a normal IQR.
         se = lambda spread: 1.2533 * (2 * spread / 1.349) / r["reps"] ** 0.5
         uncertainty = (se(ss) ** 2 + se(fs) ** 2) ** 0.5
-        points.append(f"{label} exit: Swiftlet {s:.2f} µs against the floor's {f:.2f} µs ({s / f:.2f}x): it "
+        points.append(f"{label} exit: Swiftlet {s:.2f} µs against the floor's {f:.2f} µs ({s / f:.3f}x): it "
                       f"{verdict} the 1.05x goal in this run. Round-to-round spread (half the interquartile "
                       f"range): ±{ss:.0f} % for Swiftlet, ±{fs:.0f} % for the floor, so the ratio is known "
                       f"to about ±{uncertainty:.0f} % from one run of {r['reps']} rounds.")
@@ -767,8 +770,8 @@ def write_svg(r, path):
     note = "Linux boot not run (make bench LINUX=1)"
     linux = r.get("linux")
     if linux:
-        note = (f"Linux to init banner: {fmt(linux['banner_s'], 1, ' s')}; 'Run /init': "
-                f"{fmt(linux['run_init_s'], 1, ' s')}")
+        banner = fmt(linux["banner_s"], 1, " s") if linux["banner_s"] is not None else "not reached"
+        note = f"Linux to init banner: {banner}; 'Run /init': {fmt(linux['run_init_s'], 1, ' s')}"
     if r["machine"]["emulated_kvm"]:
         note += " — guest kernel code is emulated on this host: not representative"
     out.append(f'<text x="20" y="{height - 14}" font-size="12" fill="#555">{svg_escape(note)}</text>')
@@ -825,8 +828,15 @@ def main():
     parser.add_argument("--linux-flags", default="--cpuid-mask emulated" if emulated else "",
                         help="extra swiftlet boot flags for the Linux boot")
     parser.add_argument("--package-path", default=ROOT, help="the Swift package to build (default: this checkout)")
+    parser.add_argument("--from-results", metavar="JSON",
+                        help="measure nothing: print and write the documents from a saved results.json")
     parser.add_argument("--linux-timeout", type=int, default=300)
     args = parser.parse_args()
+    if args.from_results:
+        with open(args.from_results) as f:
+            r = json.load(f)
+        report(r, args)
+        return
     os.makedirs(BENCH_BUILD, exist_ok=True)
     started = time.monotonic()
     load_at_start = os.getloadavg()[0]
@@ -922,32 +932,37 @@ def main():
         r["linux"] = linux_boot(binary, args)
         r["linux_kernel"] = os.path.realpath(args.kernel)
 
-    tables = build_tables(r)
-    print()
-    print(f"Swiftlet benchmarks: {r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['kvm']}")
-    print(f"Benchmarked build: {chosen['name']} ({chosen['describe']}); medians of {args.reps} rounds")
-    for b in builds:
-        print(f"  build {b['name']}: binary {b['size_bytes'] / 2**20:.1f} MiB (stripped {b['stripped_bytes'] / 2**20:.1f} MiB), "
-              f"built in {b['build_seconds']:.0f} s, first instruction {b['first_instruction_ms']:.2f} ms, "
-              f"peak RSS {b['maxrss_kib'] / 1024:.2f} MiB, VMM memory {b['vmm_kib'] / 1024:.2f} MiB")
-    print(f"  leaner: {leanest['name']}; faster start: {faster['name']}")
-    print()
-    print(render_text(tables))
-    if r["machine"]["emulated_kvm"] and not args.linux:
-        print("Note: " + LINUX_NOT_REPRESENTATIVE)
-
+    r["leaner_build"], r["faster_build"] = leanest["name"], faster["name"]
     r["samples"] = samples
     r["running_samples"] = running
     r["seconds"] = time.monotonic() - started
     with open(os.path.join(BENCH_BUILD, "results.json"), "w") as f:
         json.dump(r, f, indent=1, default=str)
+    report(r, args)
+    log(f"done in {r['seconds']:.0f} s")
+
+
+def report(r, args):
+    """Prints the tables and, unless --no-docs, writes Docs/BENCHMARKS.md and Docs/benchmarks.svg."""
+    tables = build_tables(r)
+    chosen = r["build"]
+    print()
+    print(f"Swiftlet benchmarks: {r['machine']['cpu']}, {r['machine']['cores']} cores, {r['machine']['kvm']}")
+    print(f"Benchmarked build: {chosen['name']} ({chosen['describe']}); medians of {r['reps']} rounds")
+    for b in r["builds"]:
+        print(f"  build {b['name']}: binary {b['size_bytes'] / 2**20:.1f} MiB (stripped {b['stripped_bytes'] / 2**20:.1f} MiB), "
+              f"built in {b['build_seconds']:.0f} s, first instruction {b['first_instruction_ms']:.2f} ms, "
+              f"peak RSS {b['maxrss_kib'] / 1024:.2f} MiB, VMM memory {b['vmm_kib'] / 1024:.2f} MiB")
+    print(f"  leaner: {r['leaner_build']}; faster start: {r['faster_build']}")
+    print()
+    print(render_text(tables))
+    if r["machine"]["emulated_kvm"] and "linux" not in r:
+        print("Note: " + LINUX_NOT_REPRESENTATIVE)
     if not args.no_docs:
         os.makedirs(DOCS, exist_ok=True)
         write_markdown(r, tables, os.path.join(DOCS, "BENCHMARKS.md"))
         write_svg(r, os.path.join(DOCS, "benchmarks.svg"))
         log("wrote Docs/BENCHMARKS.md and Docs/benchmarks.svg")
-    log(f"done in {r['seconds']:.0f} s")
-
 
 if __name__ == "__main__":
     main()

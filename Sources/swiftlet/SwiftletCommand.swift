@@ -67,7 +67,8 @@ struct Boot: ParsableCommand {
             Exit status: 0 the guest reset, powered off or was stopped (Ctrl-A x); 1 the VM could
             not be built (bad flags, unreadable or invalid kernel, no KVM); 3 triple fault;
             4 KVM internal (emulation) error; 5 VM entry failure; 6 unhandled exit; 7 a vCPU call
-            failed; 8 guest panic; 124 --timeout reached.
+            failed; 8 guest panic; 124 --timeout reached; 128 + N stopped by signal N (SIGINT,
+            SIGTERM and SIGHUP stop the VM cleanly).
             """
     )
 
@@ -132,14 +133,18 @@ struct Boot: ParsableCommand {
             cpuidMask: (try? CPUIDFeature.parseMask(cpuidMask ?? "")) ?? [],
             disks: disk.compactMap { try? DiskConfiguration.parse($0) })
         let machine: Machine
+        let signals: SignalStopper
         do {
             machine = try Machine(configuration)
+            // SIGINT, SIGTERM and SIGHUP stop the VM cleanly (exit status 128 + signal).
+            signals = try SignalStopper(stopping: machine, on: [SIGINT, SIGTERM, SIGHUP])
             try machine.start()
         } catch {
             fail("swiftlet: \(error)")
         }
         if let timeout { machine.setDeadline(after: timeout) }
         let exit = machine.wait()
+        signals.cancel()
         if !exit.isClean { printError("swiftlet: \(exit)") }
         if reportBootTime {
             if let nanoseconds = machine.bootTimer.bootNanoseconds {

@@ -147,3 +147,30 @@ struct TinyGuestKVMTests {
         }
     }
 }
+
+@Suite("KVM: stopping on signals", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+struct SignalStopperKVMTests {
+    @Test("a signal delivered to the stopper ends the machine as stopped(.signal)")
+    func signalStopsMachine() throws {
+        let machine = try Machine(
+            MachineConfiguration(
+                kernelPath: try TestSupport.guest("realmode-spin.bin"), kernelFormat: .flatRealMode, console: .none))
+        // Thread-directed, so no other thread of the test runner can receive it.
+        let stopper = try SignalStopper(stopping: machine, on: [SIGUSR1])
+        defer {
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGUSR1)
+            pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        }
+        try machine.start()
+        machine.setDeadline(after: TestSupport.guestDeadline)
+        usleep(100_000)
+        pthread_kill(stopper.waiter.id, SIGUSR1)
+        let exit = machine.wait()
+        stopper.cancel()
+        #expect(exit == .stopped(.signal(SIGUSR1)))
+        #expect(exit.isClean)
+        #expect(exit.exitCode == 128 + SIGUSR1)
+    }
+}

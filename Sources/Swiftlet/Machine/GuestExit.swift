@@ -26,7 +26,7 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
     /// Whether the guest ended the way a guest is meant to (reset, power-off, host request).
     public var isClean: Bool {
         switch self {
-        case .reset, .powerOff, .halted, .stopped(.requested): true
+        case .reset, .powerOff, .halted, .stopped(.requested), .stopped(.signal): true
         default: false
         }
     }
@@ -42,6 +42,7 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
         case .vcpuFailed: 7
         case .guestPanic: 8
         case .stopped(.deadline): 124
+        case .stopped(.signal(let number)): 128 + number
         }
     }
 
@@ -60,14 +61,19 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
         case .vcpuFailed(let vcpu, let error): "vCPU \(vcpu): \(error)"
         case .stopped(.requested): "stopped by the host"
         case .stopped(.deadline): "stopped: deadline reached"
+        case .stopped(.signal(let number)): "stopped by signal \(number)"
         }
     }
 }
 
 /// Why the host stopped a VM.
 public enum HostStopReason: Equatable, Sendable {
+    /// `Machine.stop()` or the console escape (`Ctrl-A x`).
     case requested
+    /// The deadline set with `Machine.setDeadline(after:)` passed.
     case deadline
+    /// The process received this signal (see `SignalStopper`).
+    case signal(Int32)
 }
 
 func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }

@@ -1,0 +1,54 @@
+import Glibc
+import Synchronization
+
+/// Stops a machine cleanly when the process receives one of the given signals (SIGINT, SIGTERM,
+/// ...): the machine ends as `.stopped(.signal(n))`, threads are joined and the terminal is
+/// restored on the normal path instead of the process dying mid-run.
+///
+/// Create it on the main thread before `Machine.start()` and before any other thread exists:
+/// it blocks the signals in the calling thread, so every thread started afterwards (vCPU and
+/// event-loop threads) inherits the mask, and a dedicated thread receives them with sigwait(2).
+/// Call `cancel()` when the machine has ended.
+public final class SignalStopper: Sendable {
+    let waiter: NativeThread
+    private let finished = CancellationFlag()
+    private let wakeSignal: Int32
+
+    /// Starts waiting for `signals` on behalf of `machine`.
+    public init(stopping machine: Machine, on signals: [Int32]) throws(SystemError) {
+        precondition(!signals.isEmpty, "SignalStopper needs at least one signal")
+        var set = sigset_t()
+        sigemptyset(&set)
+        for sig in signals { sigaddset(&set, sig) }
+        let blocked = pthread_sigmask(SIG_BLOCK, &set, nil)
+        if blocked != 0 { throw SystemError("pthread_sigmask", errno: blocked) }
+        wakeSignal = signals[0]
+        let mask = set
+        let finished = self.finished
+        waiter = try NativeThread(name: "signal stopper") {
+            var waitSet = mask
+            var received: Int32 = 0
+            while sigwait(&waitSet, &received) != 0 {}
+            if !finished.isSet { machine.stop(.signal(received)) }
+        }
+    }
+
+    /// Ends the waiting thread (after the machine has ended).
+    public func cancel() {
+        if finished.set() { return }
+        waiter.send(wakeSignal)
+        waiter.join()
+    }
+
+    deinit { cancel() }
+}
+
+/// A flag set once, shared with a thread.
+final class CancellationFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+
+    var isSet: Bool { value.load(ordering: .acquiring) }
+
+    /// Sets the flag; returns whether it was already set.
+    func set() -> Bool { value.exchange(true, ordering: .acquiringAndReleasing) }
+}

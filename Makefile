@@ -7,6 +7,8 @@
 #   make guest-kernel     build vmlinux and bzImage from Debian's linux-source (cached)
 #   make guest-initramfs  build the busybox initramfs with Swiftlet's init (cached)
 #   make check-linux      boot the guest kernel with the initramfs to the init banner, timed
+#   make test-kernel      Linux's own drivers against Swiftlet's devices: ext4 root on virtio-blk,
+#                         virtio-net in a network namespace, ping; QEMU microvm timed beside it
 #   make fuzz             fuzz the virtqueue walker and virtio-mmio transport (FUZZ_SECONDS=60)
 #   make build            debug build;  make release: the optimised build users install
 
@@ -16,7 +18,7 @@ SWIFTLET_RELEASE := .build/release/swiftlet
 # Debian packages the build, the guests and the tests need.
 APT_PACKAGES := gcc binutils make libc6-dev libfdt-dev device-tree-compiler
 
-.PHONY: all deps build release guests test run run-tiny guest-kernel guest-initramfs check-linux clean bench fuzz
+.PHONY: all deps build release guests test run run-tiny guest-kernel guest-initramfs check-linux test-kernel clean bench fuzz
 
 # Guest kernel and initramfs are cached outside the work tree (see Guests/linux/build-kernel.sh).
 export SWIFTLET_CACHE ?= /var/cache/swiftlet
@@ -36,13 +38,16 @@ CHECK_LINUX_TIMEOUT ?= 300
 
 all: build guests
 
-# Installs missing Debian packages (apt-get update only when something is missing).
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# $(call apt-install,PACKAGES): installs those of PACKAGES that are missing (apt-get update only
+# when something is missing).
+apt-install = missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+deps:
+	@$(call apt-install,$(APT_PACKAGES))
 	@command -v $(SWIFT) >/dev/null || { echo "swift not found: install Swift 6 (https://swift.org/install) and put it on PATH" >&2; exit 1; }
 
 build: deps
@@ -70,6 +75,13 @@ run: build guest-kernel guest-initramfs
 	$(SWIFTLET_DEBUG) boot --kernel $(KERNEL_DIR)/bzImage --initrd $(INITRAMFS) --memory 256M \
 	  --cmdline "$(LINUX_ARGS)" $(LINUX_CPUID_MASK)
 
+# Debian packages the end-to-end kernel check needs.
+TEST_KERNEL_PACKAGES := iproute2 iputils-ping e2fsprogs qemu-system-x86
+
+test-kernel: build guest-kernel
+	@$(call apt-install,$(TEST_KERNEL_PACKAGES))
+	python3 Guests/test-kernel.py $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(if $(filter 1,$(EMULATED_KVM)),--emulated)
+
 check-linux: build guest-kernel guest-initramfs
 	Guests/check-linux.sh $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(INITRAMFS) $(CHECK_LINUX_TIMEOUT) \
 	  "$(LINUX_ARGS)" $(LINUX_CPUID_MASK)
@@ -79,12 +91,7 @@ check-linux: build guest-kernel guest-initramfs
 # by side and rewrites Docs/BENCHMARKS.md and Docs/benchmarks.svg. `make bench LINUX=1` also
 # boots the guest kernel and initramfs to the init banner (minutes on an emulating KVM).
 bench: deps $(if $(LINUX),guest-kernel guest-initramfs)
-	@missing=""; for p in qemu-system-x86 runc busybox-static util-linux; do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	@$(call apt-install,qemu-system-x86 runc busybox-static util-linux)
 	SWIFT=$(SWIFT) python3 Benchmarks/run.py $(if $(LINUX),--linux --kernel $(KERNEL_DIR)/vmlinux \
 	  --initrd $(INITRAMFS) --linux-cmdline "$(LINUX_ARGS)" --linux-flags="$(LINUX_CPUID_MASK)")
 

@@ -53,3 +53,68 @@ final class TemporaryFile {
 
     deinit { unlink(path) }
 }
+
+/// Runs a program with posix_spawn (stdin from /dev/null), with a deadline.
+enum Subprocess {
+    struct Result {
+        /// The exit status, or -1 when the program died of a signal (or was killed at the deadline).
+        let status: Int32
+        let stdout: String
+        let stderr: String
+    }
+
+    /// Runs `path` with `arguments` (argv[0] is `path`); kills it after `timeout` seconds.
+    static func run(_ path: String, _ arguments: [String], timeout: Double = 60) throws -> Result {
+        let output = try TemporaryFile(contents: [])
+        let errors = try TemporaryFile(contents: [])
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output.path, O_WRONLY | O_TRUNC, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, errors.path, O_WRONLY | O_TRUNC, 0)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, path, &actions, nil, argv, environ)
+        guard spawned == 0 else { throw TestFailure("posix_spawn \(path) failed: errno \(spawned)") }
+        var status: Int32 = 0
+        let deadline = monotonicNow() + timeout
+        while true {
+            let done = waitpid(pid, &status, WNOHANG)
+            if done == pid { break }
+            if done < 0 && errno != EINTR { throw TestFailure("waitpid failed: errno \(errno)") }
+            if monotonicNow() > deadline {
+                kill(pid, SIGKILL)
+                _ = waitpid(pid, &status, 0)
+                throw TestFailure("\(path) \(arguments.joined(separator: " ")) did not end within \(timeout) s")
+            }
+            usleep(2000)
+        }
+        // WIFEXITED / WEXITSTATUS are macros: a normal exit has the low 7 bits clear.
+        let exitStatus = status & 0x7F == 0 ? (status >> 8) & 0xFF : -1
+        return Result(status: exitStatus, stdout: try contents(of: output.path), stderr: try contents(of: errors.path))
+    }
+
+    static func contents(of path: String) throws -> String {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw TestFailure("open \(path) failed: errno \(errno)") }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0, errno == EINTR { continue }
+            guard n >= 0 else { throw TestFailure("read \(path) failed: errno \(errno)") }
+            if n == 0 { break }
+            bytes += chunk[..<n]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func monotonicNow() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+}

@@ -89,8 +89,9 @@ check-linux: build guest-kernel guest-initramfs
 # Benchmarks (Benchmarks/run.py, Docs/BENCHMARKS.md): installs QEMU, runc and busybox-static when
 # missing, builds both release variants, the bench guests and the C floor, runs everything side
 # by side and rewrites Docs/BENCHMARKS.md and Docs/benchmarks.svg. `make bench LINUX=1` also
-# boots the guest kernel and initramfs to the init banner (minutes on an emulating KVM).
-bench: deps $(if $(LINUX),guest-kernel guest-initramfs)
+# boots the guest kernel and initramfs to the init banner (minutes on an emulating KVM) and runs
+# `make test-kernel` first, whose Swiftlet/QEMU times to init and ping round trips it reports.
+bench: deps $(if $(LINUX),guest-kernel guest-initramfs test-kernel)
 	@$(call apt-install,qemu-system-x86 runc busybox-static util-linux)
 	SWIFT=$(SWIFT) python3 Benchmarks/run.py $(if $(LINUX),--linux --kernel $(KERNEL_DIR)/vmlinux \
 	  --initrd $(INITRAMFS) --linux-cmdline "$(LINUX_ARGS)" --linux-flags="$(LINUX_CPUID_MASK)")

@@ -554,7 +554,30 @@ def build_tables(r):
     notes.append("Container times are spawn → exit of the runtime; the workload (/bin/true) is trivial, "
                  "like the first-instruction guest's three port writes.")
     tables.append(("3. MicroVM versus containers: time until the workload has run", ["Workload", "Median", "÷ Swiftlet microVM"], rows, notes))
+    e2e = r.get("kernel_e2e")
+    if e2e:
+        tables.append(kernel_e2e_table(e2e))
     return tables
+
+
+def kernel_e2e_table(e2e):
+    """Table 4: the same Linux boot (ext4 root on virtio-blk, virtio-net) under Swiftlet and QEMU."""
+    sw, qemu = e2e.get("swiftlet", {}), e2e.get("qemu", {})
+    rows = [
+        ["spawn → 'Run /sbin/init as init process'", fmt(sw.get("init_seconds"), 1, " s"),
+         fmt(qemu.get("init_seconds"), 1, " s"),
+         ratio(sw["init_seconds"], qemu["init_seconds"]) if sw.get("init_seconds") and qemu.get("init_seconds") else ""],
+        ["ping round trip from the namespace (average of 3)", fmt(sw.get("ping_ms"), 2, " ms"),
+         fmt(qemu.get("ping_ms"), 2, " ms"),
+         ratio(sw["ping_ms"], qemu["ping_ms"]) if sw.get("ping_ms") and qemu.get("ping_ms") else ""],
+    ]
+    notes = [f"From `make test-kernel` at {e2e.get('time', '?')}: {os.path.basename(e2e.get('kernel', '?'))}, "
+             f"1 vCPU, 128 MiB, read-only ext4 root on virtio-blk, virtio-net on a tap in a network namespace, "
+             f"command line `{e2e.get('cmdline', '?')}`. One boot each, one after the other."]
+    if e2e.get("emulated_kvm"):
+        notes.append(LINUX_NOT_REPRESENTATIVE)
+    return ("4. Linux end to end: Swiftlet versus QEMU microvm, same kernel, disk and network",
+            ["Milestone", "Swiftlet", "QEMU microvm", "Swiftlet ÷ QEMU"], rows, notes)
 
 
 def render_text(tables):
@@ -932,6 +955,11 @@ def main():
         r["linux"] = linux_boot(binary, args)
         r["linux_kernel"] = os.path.realpath(args.kernel)
 
+    # `make test-kernel` (run first by `make bench LINUX=1`) leaves its Swiftlet/QEMU timings here.
+    e2e_path = os.path.join(BENCH_BUILD, "kernel-e2e.json")
+    if os.path.exists(e2e_path):
+        with open(e2e_path) as f:
+            r["kernel_e2e"] = json.load(f)
     r["leaner_build"], r["faster_build"] = leanest["name"], faster["name"]
     r["samples"] = samples
     r["running_samples"] = running

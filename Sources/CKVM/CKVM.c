@@ -1,7 +1,11 @@
 // Fixed-signature wrappers declared in include/CKVM.h.
+#define _GNU_SOURCE  // setns(2)
 #include "CKVM.h"
 
 #include <errno.h>
+#include <net/if.h>
+#include <sched.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -36,3 +40,22 @@ int swl_eventfd_consume(int fd, uint64_t *value) {
     } while (n < 0 && errno == EINTR);
     return n == (ssize_t)sizeof *value ? 0 : -1;
 }
+
+int swl_tun_set_iff(int fd, const char *name, int flags, char *actual_name) {
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    size_t length = strlen(name);
+    if (length >= IFNAMSIZ) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(request.ifr_name, name, length);
+    request.ifr_flags = (short)flags;
+    if (ioctl(fd, TUNSETIFF, &request) != 0)
+        return -1;
+    memcpy(actual_name, request.ifr_name, IFNAMSIZ);
+    actual_name[IFNAMSIZ - 1] = 0;
+    return 0;
+}
+
+int swl_setns(int fd, int nstype) { return setns(fd, nstype); }

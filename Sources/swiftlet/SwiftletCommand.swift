@@ -53,9 +53,25 @@ struct Boot: ParsableCommand {
             readonly=on offers the disk read-only (the guest's writes fail with an I/O error);
             id= is what the guest reads as the disk's serial (at most 20 bytes, default diskN);
             direct=on opens the image with O_DIRECT (its size must be a multiple of 4 KiB).
-            Disk N sits at 0xd0000000 + N * 0x1000 with IRQ 5 + N (at most 19 disks), and
-            virtio_mmio.device=4K@ADDRESS:IRQ is added to the command line for it; Linux names
-            them /dev/vda, /dev/vdb, ... A missing or unreadable image ends with exit status 1.
+            Linux names them /dev/vda, /dev/vdb, ... A missing or unreadable image ends with
+            exit status 1.
+
+            Network (--net, repeatable): each is a virtio-net device over a host tap interface,
+              --net tap=NAME[,mac=MAC][,offload=off]
+            The tap is opened through /dev/net/tun in swiftlet's network namespace (created if
+            no interface has that name; it then goes away when swiftlet ends). mac= is the
+            guest's address (default: 02:xx:xx:xx:xx:xx derived from the tap name, the same on
+            every run); offload=off offers no checksum or segmentation offloads (by default
+            those the tap supports are offered). Linux names the interfaces eth0, eth1, ...;
+            give it an address with ip=ADDRESS::GATEWAY:NETMASK::eth0:off on --cmdline
+            (Docs/NETWORKING.md). A tap that cannot be opened ends with exit status 1.
+
+            Entropy (--rng): a virtio-rng device fed by the host's getrandom(2); Linux uses it
+            as /dev/hwrng.
+
+            Virtio devices share one sequence of slots: disks, then network interfaces, then the
+            rng. Slot N sits at 0xd0000000 + N * 0x1000 with IRQ 5 + N (at most 19 devices), and
+            virtio_mmio.device=4K@ADDRESS:IRQ is added to the command line for it.
 
             Boot timer: the guest writes the byte 123 to port 0x440 when it is ready; with
             --report-boot-time Swiftlet prints the time since it started.
@@ -105,6 +121,12 @@ struct Boot: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A virtio-blk disk: path=FILE[,readonly=on][,id=NAME][,direct=on] (repeatable).", valueName: "disk"))
     var disk: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("A virtio-net interface over a host tap: tap=NAME[,mac=MAC][,offload=off] (repeatable).", valueName: "net"))
+    var net: [String] = []
+
+    @Flag(name: .long, help: "Add a virtio-rng entropy device (backed by getrandom).")
+    var rng = false
+
     mutating func validate() throws {
         guard KernelFormat(rawValue: format) != nil else {
             throw ValidationError("unknown --format '\(format)'; use one of: \(KernelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -119,8 +141,16 @@ struct Boot: ParsableCommand {
         for value in disk {
             do { _ = try DiskConfiguration.parse(value) } catch { throw ValidationError("--disk '\(value)': \(error)") }
         }
-        guard disk.count <= X86Layout.virtioMMIOSlotCount else {
-            throw ValidationError("at most \(X86Layout.virtioMMIOSlotCount) --disk options are supported")
+        var macs = Set<MACAddress>()
+        for value in net {
+            let network: NetworkConfiguration
+            do { network = try NetworkConfiguration.parse(value) } catch { throw ValidationError("--net '\(value)': \(error)") }
+            guard macs.insert(network.effectiveMAC).inserted else {
+                throw ValidationError("--net '\(value)': MAC address \(network.effectiveMAC) is already in use by another --net")
+            }
+        }
+        guard disk.count + net.count + (rng ? 1 : 0) <= X86Layout.virtioMMIOSlotCount else {
+            throw ValidationError("at most \(X86Layout.virtioMMIOSlotCount) virtio devices (--disk, --net and --rng together) are supported")
         }
     }
 
@@ -131,7 +161,8 @@ struct Boot: ParsableCommand {
             kernelPath: kernel, kernelFormat: KernelFormat(rawValue: format)!, memorySize: parseMemorySize(memory)!,
             vcpuCount: cpus, console: .terminal, commandLine: cmdline, initrdPath: initrd,
             cpuidMask: (try? CPUIDFeature.parseMask(cpuidMask ?? "")) ?? [],
-            disks: disk.compactMap { try? DiskConfiguration.parse($0) })
+            disks: disk.compactMap { try? DiskConfiguration.parse($0) },
+            networks: net.compactMap { try? NetworkConfiguration.parse($0) }, rng: rng)
         let machine: Machine
         let signals: SignalStopper
         do {

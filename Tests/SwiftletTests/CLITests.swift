@@ -36,6 +36,7 @@ struct CLITests {
 
     @Test("bad flags are usage errors", arguments: [
         ["--memory", "12Q"], ["--format", "pe"], ["--timeout", "-1"], ["--cpuid-mask", "sse9"], ["--disk", "path=x,colour=red"],
+        ["--net", "tap=a/b"], ["--net", "tap=t,mac=01:00:00:00:00:01"], ["--net", "t0", "--net", "t0"],
     ])
     func badFlags(flags: [String]) throws {
         let result = try Subprocess.run(Self.binary, ["boot", "--kernel", "/nonexistent"] + flags)
@@ -51,6 +52,19 @@ struct CLITests {
         let result = try Subprocess.run(Self.binary, ["boot", "--kernel", kernel] + flags)
         #expect(result.status == 1)
         #expect(result.stderr.hasPrefix("swiftlet: cannot validate the configuration: "))
+    }
+
+    @Test("a tap that cannot be opened is a one-line error and exit status 1 (run inside a namespace of the test's own)",
+          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .enabled(if: NetworkTestSupport.isRoot, NetworkTestSupport.notRootReason))
+    func unopenableTap() throws {
+        guard access(Self.binary, X_OK) == 0 else { throw TestFailure("\(Self.binary) is missing: run `swift build` first") }
+        let namespace = try TestNetworkNamespace()
+        defer { namespace.delete() }
+        let result = try Subprocess.run(
+            NetworkTestSupport.ip,
+            ["netns", "exec", namespace.name, Self.binary, "boot", "--kernel", try TestSupport.guest("longmode-hello.elf"), "--net", "tap=lo"])
+        #expect(result.status == 1)
+        #expect(result.stderr == "swiftlet: cannot create the devices: network interface 0: cannot open tap 'lo': TUNSETIFF lo failed: Invalid argument (errno 22)\n")
     }
 
     @Test("a tiny guest's output reaches stdout and its reset exits 0",

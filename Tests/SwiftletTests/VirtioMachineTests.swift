@@ -68,4 +68,89 @@ struct VirtioMachineTests {
         configuration.disks = [DiskConfiguration(path: "/d", id: String(repeating: "x", count: 21))]
         #expect(throws: ConfigurationError.diskIdentifierTooLong(String(repeating: "x", count: 21))) { try configuration.validate() }
     }
+
+    @Test("disks, network interfaces and the rng share one slot sequence, in that order")
+    func slotPlan() {
+        var configuration = MachineConfiguration(
+            kernelPath: "/k", disks: [DiskConfiguration(path: "/a"), DiskConfiguration(path: "/b")],
+            networks: [NetworkConfiguration(tap: "tap0"), NetworkConfiguration(tap: "tap1")], rng: true)
+        var plan = VirtioMachineSetup.SlotPlan(configuration)
+        #expect(plan.disks == 0..<2 && plan.networks == 2..<4 && plan.rng == 4)
+        #expect(plan.slots.map(\.gsi) == [5, 6, 7, 8, 9])
+        #expect(LinuxBoot.commandLine(base: "", cpuidMask: [], virtioDevices: plan.slots).split(separator: " ").last
+            == "virtio_mmio.device=4K@0xd0004000:9")
+        configuration.disks = []
+        configuration.rng = false
+        plan = VirtioMachineSetup.SlotPlan(configuration)
+        #expect(plan.disks == 0..<0 && plan.networks == 0..<2 && plan.rng == nil && plan.slots.count == 2)
+        #expect(VirtioMachineSetup.SlotPlan(MachineConfiguration(kernelPath: "/k")).slots.isEmpty)
+    }
+
+    @Test("the configuration refuses more virtio devices than slots, bad tap names, multicast and duplicate MACs")
+    func networkValidation() throws {
+        var configuration = MachineConfiguration(
+            kernelPath: "/k", disks: Array(repeating: DiskConfiguration(path: "/d"), count: 17),
+            networks: [NetworkConfiguration(tap: "tap0")], rng: true)
+        try configuration.validate()
+        configuration.networks.append(NetworkConfiguration(tap: "tap1"))
+        #expect(throws: ConfigurationError.tooManyVirtioDevices(20)) { try configuration.validate() }
+        configuration.disks = []
+        configuration.networks = [NetworkConfiguration(tap: "bad name")]
+        #expect(throws: ConfigurationError.badTapName("bad name")) { try configuration.validate() }
+        let multicast = MACAddress([0x01, 0, 0x5E, 0, 0, 1])
+        configuration.networks = [NetworkConfiguration(tap: "tap0", mac: multicast)]
+        #expect(throws: ConfigurationError.macNotUnicast(multicast)) { try configuration.validate() }
+        let mac = MACAddress([0x02, 0, 0, 0, 0, 7])
+        configuration.networks = [NetworkConfiguration(tap: "tap0", mac: mac), NetworkConfiguration(tap: "tap1", mac: mac)]
+        #expect(throws: ConfigurationError.duplicateMAC(mac)) { try configuration.validate() }
+        configuration.networks = [NetworkConfiguration(tap: "tap0"), NetworkConfiguration(tap: "tap0")]
+        #expect(throws: ConfigurationError.duplicateMAC(MACAddress.generated(from: "tap0"))) { try configuration.validate() }
+    }
+
+    @Test("MAC addresses: parsing, printing, and a stable generated unicast, locally administered address per tap")
+    func macAddresses() throws {
+        let mac = try #require(MACAddress(parsing: "02:53:57:4c:54:0A"))
+        #expect(mac.octets == [0x02, 0x53, 0x57, 0x4C, 0x54, 0x0A])
+        #expect("\(mac)" == "02:53:57:4c:54:0a")
+        #expect(MACAddress(parsing: "02-53-57-4c-54-0a") == mac)
+        for bad in ["", "02:53:57:4c:54", "02:53:57:4c:54:0a:00", "2:53:57:4c:54:0a", "02:53:57:4c:54:zz", "02:53-57:4c:54:0a"] {
+            #expect(MACAddress(parsing: bad) == nil, "\(bad)")
+        }
+        let generated = MACAddress.generated(from: "tap0")
+        #expect(generated == MACAddress.generated(from: "tap0"), "stable")
+        #expect(generated != MACAddress.generated(from: "tap1"))
+        #expect(generated.octets[0] == 0x02 && generated.isLocallyAdministered && !generated.isMulticast)
+        #expect(NetworkConfiguration(tap: "tap0").effectiveMAC == generated)
+        #expect(NetworkConfiguration(tap: "tap0", mac: mac).effectiveMAC == mac)
+    }
+
+    @Test("--net values", arguments: [
+        ("tap=tap0", NetworkConfiguration(tap: "tap0")),
+        ("tap0", NetworkConfiguration(tap: "tap0")),
+        ("tap=vm-net.1,mac=02:00:00:00:00:01", NetworkConfiguration(tap: "vm-net.1", mac: MACAddress([2, 0, 0, 0, 0, 1]))),
+        ("mac=02:00:00:00:00:02,tap=t,offload=off", NetworkConfiguration(tap: "t", mac: MACAddress([2, 0, 0, 0, 0, 2]), offloads: false)),
+        ("ifname=t,offload=on", NetworkConfiguration(tap: "t")),
+    ])
+    func parseNetwork(text: String, expected: NetworkConfiguration) throws {
+        #expect(try NetworkConfiguration.parse(text) == expected)
+    }
+
+    @Test("bad --net values say what is wrong", arguments: [
+        ("", NetworkOptionError.malformed("")),
+        ("mac=02:00:00:00:00:01", .missingTap),
+        ("tap=", .missingTap),
+        ("tap=a,tap=b", .duplicate("tap")),
+        ("a,b", .malformed("b")),
+        ("tap=a,speed=10G", .unknownKey("speed")),
+        ("tap=a,mac=02:00:00:00:00", .badMAC("02:00:00:00:00")),
+        ("tap=a,mac=03:00:00:00:00:01", .notUnicast("03:00:00:00:00:01")),
+        ("tap=a,mac=00:00:00:00:00:00", .notUnicast("00:00:00:00:00:00")),
+        ("tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02", .duplicate("mac")),
+        ("tap=this-name-is-too-long", .badTapName("this-name-is-too-long")),
+        ("tap=a/b", .badTapName("a/b")),
+        ("tap=a,offload=maybe", .badFlag(key: "offload", value: "maybe")),
+    ])
+    func parseNetworkErrors(text: String, expected: NetworkOptionError) {
+        #expect(throws: expected) { try NetworkConfiguration.parse(text) }
+    }
 }

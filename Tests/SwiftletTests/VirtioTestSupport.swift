@@ -148,10 +148,10 @@ struct RecordingVirtioDevice: VirtioDevice {
 
     func activate(features: UInt64) { log.record("activate \(String(features, radix: 16))") }
     func reset() { log.record("reset") }
-    func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> UInt32 {
+    func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> VirtioChainResult {
         log.record("queue \(queue) head \(chain.head) buffers \(chain.buffers.count)")
         log.delay()
-        return UInt32(chain.writableLength)
+        return .used(UInt32(chain.writableLength))
     }
 }
 

@@ -3,7 +3,7 @@ import Glibc
 import Synchronization
 
 /// The machine's event-loop thread: epoll over host file descriptors (the console's stdin,
-/// later virtio queue eventfds, taps and disks). Blocking host I/O happens here, never on a
+/// virtio queue eventfds, taps). Blocking host I/O happens here, never on a
 /// vCPU thread.
 final class EventLoop: Sendable {
     /// Called with the epoll event bits when its descriptor is ready.
@@ -45,6 +45,20 @@ final class EventLoop: Sendable {
         event.events = events
         event.data.fd = fd
         _ = epoll_ctl(epoll.rawValue, EPOLL_CTL_MOD, fd, &event)
+    }
+
+    /// Stops watching `fd` (it gave an error or hung up and would be reported again and again).
+    func remove(_ fd: Int32) {
+        _ = epoll_ctl(epoll.rawValue, EPOLL_CTL_DEL, fd, nil)
+        handlers.withLock { _ = $0.removeValue(forKey: fd) }
+    }
+
+    /// Drops every handler and poller (after `run()` has returned for good): they hold the
+    /// devices, and the devices may hold the loop.
+    func removeAllHandlers() {
+        handlers.withLock { $0.removeAll() }
+        pollers.withLock { $0.removeAll() }
+        deadline.withLock { $0 = nil }
     }
 
     /// Adds a poller, called on the loop thread every few milliseconds while any poller says

@@ -46,6 +46,10 @@ public final class Machine: @unchecked Sendable {
     public let bootTimer: BootTimer
     /// The virtio-blk devices, one per `configuration.disks` entry, in slot order.
     public let disks: [VirtioBlockTransport]
+    /// The virtio-net devices, one per `configuration.networks` entry, in slot order.
+    public let networkInterfaces: [VirtioNetTransport]
+    /// The virtio-rng device, if `configuration.rng`.
+    public let rng: VirtioRNGTransport?
     let dispatcher: ExitDispatcher
     let control: RunControl
     let eventLoop: EventLoop
@@ -94,7 +98,7 @@ public final class Machine: @unchecked Sendable {
                     kernel: kernel,
                     commandLine: LinuxBoot.commandLine(
                         base: configuration.commandLine, cpuidMask: configuration.cpuidMask,
-                        virtioDevices: configuration.disks.indices.map { VirtioMMIOSlot(x86: $0) }),
+                        virtioDevices: VirtioMachineSetup.SlotPlan(configuration).slots),
                     initrdPath: configuration.initrdPath, vcpuCount: configuration.vcpuCount, memory: memory)
             }
         } else {
@@ -150,8 +154,21 @@ public final class Machine: @unchecked Sendable {
                 MMIOTestDevice(), base: X86Layout.mmioTestDeviceAddress.rawValue, length: X86Layout.mmioTestDeviceSize,
                 name: "MMIO test device")
         }
+        let slots = VirtioMachineSetup.SlotPlan(configuration)
         disks = try step(.createDevices) { () throws(VirtioSetupError) in
-            try VirtioMachineSetup.attachDisks(configuration.disks, vm: vm, memory: memory, eventLoop: eventLoop, bus: &mmio)
+            try VirtioMachineSetup.attachDisks(
+                configuration.disks, firstSlot: slots.disks.lowerBound, vm: vm, memory: memory, eventLoop: eventLoop, bus: &mmio)
+        }
+        networkInterfaces = try step(.createDevices) { () throws(VirtioSetupError) in
+            try VirtioMachineSetup.attachNetworks(
+                configuration.networks, firstSlot: slots.networks.lowerBound, vm: vm, memory: memory, eventLoop: eventLoop,
+                bus: &mmio)
+        }
+        rng = try step(.createDevices) { () throws(VirtioSetupError) -> VirtioRNGTransport? in
+            guard let slot = slots.rng else { return nil }
+            return try VirtioMachineSetup.attach(
+                VirtioRNG(), slot: VirtioMMIOSlot(x86: slot), name: "virtio-rng", vm: vm, memory: memory, eventLoop: eventLoop,
+                bus: &mmio)
         }
         dispatcher = ExitDispatcher(portIO: portIO, mmio: mmio)
 
@@ -204,6 +221,9 @@ public final class Machine: @unchecked Sendable {
             for thread in vcpuThreads { thread.join() }
             eventLoop.stop()
             eventThread.withLock { $0?.join() }
+            // The handlers hold the devices (and the devices' taps and files); dropping them
+            // breaks the reference cycles through the loop so everything is released.
+            eventLoop.removeAllHandlers()
             terminal?.restore()
         }
         return control.exit ?? .stopped(.requested)

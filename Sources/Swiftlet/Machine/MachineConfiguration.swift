@@ -16,8 +16,13 @@ public struct MachineConfiguration: Sendable {
     public var initrdPath: String?
     /// CPUID features hidden from the guest (see `CPUIDFeature.parseMask`).
     public var cpuidMask: [CPUIDFeature]
-    /// Virtio-blk disks, in virtio-mmio slot order (`X86Layout.virtioMMIOBase`).
+    /// Virtio-blk disks. Virtio devices share one sequence of virtio-mmio slots
+    /// (`X86Layout.virtioMMIOBase`): disks first, then network interfaces, then the rng.
     public var disks: [DiskConfiguration]
+    /// Virtio-net interfaces, each over a host tap, in slot order after the disks.
+    public var networks: [NetworkConfiguration]
+    /// A virtio-rng device (entropy from the host's getrandom), in the slot after the networks.
+    public var rng: Bool
 
     public static let defaultMemorySize: UInt64 = 128 << 20
     public static let minimumMemorySize: UInt64 = 2 << 20
@@ -28,9 +33,12 @@ public struct MachineConfiguration: Sendable {
     public init(
         kernelPath: String, kernelFormat: KernelFormat = .automatic, memorySize: UInt64 = defaultMemorySize,
         vcpuCount: Int = 1, console: ConsoleConfiguration = .terminal, commandLine: String? = nil,
-        initrdPath: String? = nil, cpuidMask: [CPUIDFeature] = [], disks: [DiskConfiguration] = []
+        initrdPath: String? = nil, cpuidMask: [CPUIDFeature] = [], disks: [DiskConfiguration] = [],
+        networks: [NetworkConfiguration] = [], rng: Bool = false
     ) {
         self.disks = disks
+        self.networks = networks
+        self.rng = rng
         self.commandLine = commandLine
         self.initrdPath = initrdPath
         self.cpuidMask = cpuidMask
@@ -53,6 +61,14 @@ public struct MachineConfiguration: Sendable {
             guard !disk.path.isEmpty else { throw .diskWithoutPath }
             if let id = disk.id, id.utf8.count > VirtioBlock.identifierLength { throw .diskIdentifierTooLong(id) }
         }
+        let virtioDevices = disks.count + networks.count + (rng ? 1 : 0)
+        guard virtioDevices <= X86Layout.virtioMMIOSlotCount else { throw .tooManyVirtioDevices(virtioDevices) }
+        for network in networks {
+            guard NetworkConfiguration.isValidInterfaceName(network.tap) else { throw .badTapName(network.tap) }
+            if let mac = network.mac, mac.isMulticast || mac.rawValue == 0 { throw .macNotUnicast(mac) }
+        }
+        var macs = Set<MACAddress>()
+        for network in networks where !macs.insert(network.effectiveMAC).inserted { throw .duplicateMAC(network.effectiveMAC) }
     }
 }
 
@@ -78,6 +94,10 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
     case tooManyDisks(Int)
     case diskWithoutPath
     case diskIdentifierTooLong(String)
+    case tooManyVirtioDevices(Int)
+    case badTapName(String)
+    case macNotUnicast(MACAddress)
+    case duplicateMAC(MACAddress)
 
     public var description: String {
         switch self {
@@ -91,6 +111,11 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
         case .tooManyDisks(let count): "\(count) disks requested; at most \(X86Layout.virtioMMIOSlotCount) are supported"
         case .diskWithoutPath: "a disk has no image path"
         case .diskIdentifierTooLong(let id): "disk id '\(id)' is longer than \(VirtioBlock.identifierLength) bytes"
+        case .tooManyVirtioDevices(let count):
+            "\(count) virtio devices (disks, network interfaces, rng) requested; at most \(X86Layout.virtioMMIOSlotCount) are supported"
+        case .badTapName(let name): "'\(name)' is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+        case .macNotUnicast(let mac): "MAC address \(mac) is a multicast or zero address"
+        case .duplicateMAC(let mac): "two network interfaces have the MAC address \(mac)"
         }
     }
 }

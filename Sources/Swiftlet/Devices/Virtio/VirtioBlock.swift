@@ -139,18 +139,18 @@ public struct VirtioBlock: VirtioDevice {
 
     public mutating func reset() {}
 
-    public mutating func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> UInt32 {
+    public mutating func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> VirtioChainResult {
         // The status byte is the last device-writable byte; without one there is no answer.
         guard chain.writableLength >= 1 else {
             statistics.failures += 1
-            return 0
+            return .used(0)
         }
         let dataLength = chain.writableLength - 1
         let (status, written) = serve(chain, writableData: dataLength, memory: memory)
         var byte = status
         withUnsafeBytes(of: &byte) { _ = chain.copyToWritable(at: dataLength, from: $0, memory: memory) }
         if status != Status.ok { statistics.failures += 1 }
-        return UInt32(truncatingIfNeeded: written + 1)
+        return .used(UInt32(truncatingIfNeeded: written + 1))
     }
 
     /// Serves the request; returns its status and how many data bytes went into the chain.

@@ -6,6 +6,10 @@
 /// with the length the device reports. A device never sees a malformed chain, guest register
 /// accesses, or threads: `handle` runs on the event-loop thread under the transport's lock
 /// for this device, so a device needs no locking of its own.
+///
+/// A device may also leave a chain for later (`.deferred`): virtio-net does when the driver
+/// offers a receive buffer and no frame is waiting. The chain stays in the available ring and
+/// the transport stops serving that queue until it is asked again (`processQueue`).
 public protocol VirtioDevice: SendableMetatype {
     /// The virtio device type (`VirtioDeviceType`).
     var deviceType: UInt32 { get }
@@ -22,11 +26,21 @@ public protocol VirtioDevice: SendableMetatype {
 
     /// The driver set DRIVER_OK having accepted `features`; requests may follow.
     mutating func activate(features: UInt64)
-    /// Handles one request on queue `queue`; returns how many bytes it wrote into the chain's
-    /// device-writable buffers (the used-ring length).
-    mutating func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> UInt32
+    /// Handles one request on queue `queue`: `.used(n)` returns the chain to the driver with
+    /// `n` bytes written into its device-writable buffers (the used-ring length); `.deferred`
+    /// leaves it available for later.
+    mutating func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> VirtioChainResult
     /// The driver reset the device (no request is in progress).
     mutating func reset()
+}
+
+/// What a device did with a chain (`VirtioDevice.handle`).
+public enum VirtioChainResult: Equatable, Sendable {
+    /// Done: the chain goes back to the driver with this many bytes written into it.
+    case used(UInt32)
+    /// Not now: the chain stays in the available ring (its buffers untouched or to be
+    /// overwritten) and the transport stops serving the queue until asked again.
+    case deferred
 }
 
 /// Something that wakes another party: a queue's notification eventfd, or an irqfd that

@@ -142,18 +142,23 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: BusDevice {
     /// Serves queue `index` after a notification: takes every available chain, hands the
     /// well-formed ones to the device, returns them all to the used ring, and interrupts the
     /// guest if the driver wants it. Notifications for a device that is not live, for a queue
-    /// that is not enabled or after a ring error are ignored.
-    public func processQueue(_ index: Int) {
-        let (raise, needsReset) = work.withLock { work -> (Bool, Bool) in
+    /// that is not enabled or after a ring error are ignored. Returns why it stopped, so a
+    /// device fed from the host (virtio-net's receive queue) knows whether to keep watching its
+    /// source.
+    @discardableResult
+    public func processQueue(_ index: Int) -> VirtioQueueService {
+        let (raise, needsReset, service) = work.withLock { work -> (Bool, Bool, VirtioQueueService) in
             guard work.isActive, !work.isBroken, index >= 0, index < work.queues.count, var queue = work.queues[index]
-            else { return (false, false) }
+            else { return (false, false, .stopped) }
             defer { work.queues[index] = queue }
+            var service = VirtioQueueService.stopped
             do throws(VirtqueueError) {
-                while resetRequests.load(ordering: .acquiring) == 0 {
+                serving: while resetRequests.load(ordering: .acquiring) == 0 {
                     guard try queue.popAvailable(from: memory, into: &work.chain) else {
                         // Drained: re-arm notifications, then look again in case chains came in
                         // while they were suppressed.
                         if try queue.enableNotifications(memory) { continue }
+                        service = .drained
                         break
                     }
                     let length: UInt32
@@ -162,23 +167,32 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: BusDevice {
                         work.statistics.lastError = error
                         length = 0
                     } else {
-                        length = work.device.handle(work.chain, queue: index, memory: memory)
-                        work.statistics.requests += 1
+                        switch work.device.handle(work.chain, queue: index, memory: memory) {
+                        case .used(let written):
+                            length = written
+                            work.statistics.requests += 1
+                        case .deferred:
+                            queue.putBackLastAvailable()
+                            service = .deferred
+                            break serving
+                        }
                     }
                     try queue.addUsed(head: work.chain.head, length: length, memory: memory)
                 }
-                return (try queue.needsInterrupt(memory), false)
+                return (try queue.needsInterrupt(memory), false, service)
             } catch {
                 work.isBroken = true
                 work.statistics.lastError = error
-                return (false, true)
+                return (false, true, .stopped)
             }
         }
-        guard raise || needsReset else { return }
-        registers.withLock { registers in
-            if needsReset { registers.setNeedsReset() } else { registers.interruptStatus |= VirtioInterruptBit.usedBuffer }
+        if raise || needsReset {
+            registers.withLock { registers in
+                if needsReset { registers.setNeedsReset() } else { registers.interruptStatus |= VirtioInterruptBit.usedBuffer }
+            }
+            interrupt.signal()
         }
-        interrupt.signal()
+        return service
     }
 
     // MARK: Host side
@@ -198,6 +212,28 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: BusDevice {
 
     /// Counters for diagnostics and tests.
     public var statistics: VirtioQueueStatistics { work.withLock { $0.statistics } }
+
+    /// Reads the device's state (its settings and statistics) under the `work` lock.
+    public func withDevice<Result: Sendable>(_ body: (Device) -> Result) -> Result {
+        work.withLock { body($0.device) }
+    }
+
+    /// Changes the device from the host side (e.g. its link status) under the `work` lock.
+    func updateDevice<Result: Sendable>(_ body: (inout Device) -> Result) -> Result {
+        work.withLock { body(&$0.device) }
+    }
+}
+
+/// Why `VirtioMMIOTransport.processQueue` stopped.
+public enum VirtioQueueService: Equatable, Sendable {
+    /// The available ring is empty and notifications are re-armed: the driver notifies when it
+    /// adds chains.
+    case drained
+    /// The device left a chain for later (`VirtioChainResult.deferred`); chains remain.
+    case deferred
+    /// Nothing was served to the end: the device is not live, the queue is not enabled, a
+    /// ring is broken, or a reset is waiting.
+    case stopped
 }
 
 /// What a transport has done with its queues since it was created.

@@ -32,4 +32,6 @@ public enum VirtioInterruptBit {
 public enum VirtioDeviceType {
     public static let network: UInt32 = 1
     public static let block: UInt32 = 2
+    /// virtio-rng, the entropy device (5.4).
+    public static let entropy: UInt32 = 4
 }

@@ -122,6 +122,13 @@ public struct Virtqueue: Equatable, Codable, Sendable {
         return true
     }
 
+    /// Gives back the chain the last `popAvailable` took, which the device could not use yet
+    /// (a receive buffer with no frame to put in it): the next `popAvailable` takes it again.
+    /// Call only right after a `popAvailable` that returned true.
+    public mutating func putBackLastAvailable() {
+        nextAvailable &-= 1
+    }
+
     /// Follows a chain from `head` through the descriptor table and any indirect table.
     private func walk(head: UInt16, memory: GuestMemory, chain: inout DescriptorChain) throws(VirtqueueError) {
         var index = head

@@ -1,0 +1,134 @@
+/// An Ethernet MAC address, as a plain value (the low 48 bits of `rawValue`, first octet
+/// most significant).
+public struct MACAddress: Hashable, Codable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+
+    public init(rawValue: UInt64) { self.rawValue = rawValue & 0xFFFF_FFFF_FFFF }
+
+    public init(_ octets: [UInt8]) {
+        precondition(octets.count == 6, "a MAC address has 6 octets")
+        self.init(rawValue: octets.reduce(0) { $0 << 8 | UInt64($1) })
+    }
+
+    /// The six octets in transmission order.
+    public var octets: [UInt8] { (0..<6).map { UInt8(truncatingIfNeeded: rawValue >> (40 - 8 * UInt64($0))) } }
+
+    /// A group (multicast or broadcast) address: bit 0 of the first octet.
+    public var isMulticast: Bool { rawValue >> 40 & 1 != 0 }
+    /// A locally administered address: bit 1 of the first octet.
+    public var isLocallyAdministered: Bool { rawValue >> 40 & 2 != 0 }
+
+    /// `aa:bb:cc:dd:ee:ff` (or with `-`); nil for anything else.
+    public init?(parsing text: String) {
+        let parts = text.split(separator: text.contains("-") ? "-" : ":", omittingEmptySubsequences: false)
+        guard parts.count == 6 else { return nil }
+        var octets: [UInt8] = []
+        for part in parts {
+            guard part.count == 2, let octet = UInt8(part, radix: 16) else { return nil }
+            octets.append(octet)
+        }
+        self.init(octets)
+    }
+
+    /// A unicast, locally administered address (`02:xx:xx:xx:xx:xx`) derived from `seed` (the
+    /// tap's name): the same VM configuration gets the same address every time it starts.
+    public static func generated(from seed: String) -> MACAddress {
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325  // FNV-1a, 64 bits
+        for byte in "swiftlet-mac:\(seed)".utf8 { hash = (hash ^ UInt64(byte)) &* 0x0100_0000_01B3 }
+        return MACAddress(rawValue: 0x02 << 40 | hash & 0xFF_FFFF_FFFF)
+    }
+
+    public var description: String {
+        octets.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
+    }
+}
+
+/// One virtio-net interface of a machine, as a plain value (`MachineConfiguration.networks`).
+public struct NetworkConfiguration: Equatable, Sendable {
+    /// The host tap interface (opened, or created, in the VMM's network namespace).
+    public var tap: String
+    /// The guest's MAC address; nil means `MACAddress.generated(from: tap)`.
+    public var mac: MACAddress?
+    /// Offer checksum and segmentation offloads where the tap supports them (the default).
+    /// Off, the guest sends and receives only complete, checksummed frames of at most its MTU.
+    public var offloads: Bool
+
+    public init(tap: String, mac: MACAddress? = nil, offloads: Bool = true) {
+        self.tap = tap
+        self.mac = mac
+        self.offloads = offloads
+    }
+
+    /// The address the guest gets.
+    public var effectiveMAC: MACAddress { mac ?? MACAddress.generated(from: tap) }
+
+    /// Parses the CLI's `--net` value: `tap=NAME[,mac=MAC][,offload=off]`. A value without `=`
+    /// is taken as the tap name.
+    public static func parse(_ text: String) throws(NetworkOptionError) -> NetworkConfiguration {
+        var tap: String?
+        var network = NetworkConfiguration(tap: "")
+        for item in text.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let equals = item.firstIndex(of: "=") else {
+                guard tap == nil, !item.isEmpty else { throw .malformed(String(item)) }
+                tap = String(item)
+                continue
+            }
+            let key = String(item[..<equals])
+            let value = String(item[item.index(after: equals)...])
+            switch key {
+            case "tap", "ifname":
+                guard tap == nil else { throw .duplicate(key) }
+                tap = value
+            case "mac":
+                guard network.mac == nil else { throw .duplicate(key) }
+                guard let mac = MACAddress(parsing: value) else { throw .badMAC(value) }
+                guard !mac.isMulticast, mac.rawValue != 0 else { throw .notUnicast(value) }
+                network.mac = mac
+            case "offload", "offloads":
+                switch value {
+                case "on", "true", "yes", "1": network.offloads = true
+                case "off", "false", "no", "0": network.offloads = false
+                default: throw .badFlag(key: key, value: value)
+                }
+            default: throw .unknownKey(key)
+            }
+        }
+        guard let tap, !tap.isEmpty else { throw .missingTap }
+        guard isValidInterfaceName(tap) else { throw .badTapName(tap) }
+        network.tap = tap
+        return network
+    }
+
+    /// What Linux accepts as an interface name: 1-15 bytes, not `.` or `..`, no `/`, `:`,
+    /// white space or NUL.
+    public static func isValidInterfaceName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard (1...15).contains(bytes.count), name != ".", name != ".." else { return false }
+        return !bytes.contains { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: ":") || $0 <= 0x20 || $0 == 0x7F }
+    }
+}
+
+/// A `--net` value that cannot be read.
+public enum NetworkOptionError: Error, Equatable, Sendable, CustomStringConvertible {
+    case missingTap
+    case malformed(String)
+    case duplicate(String)
+    case unknownKey(String)
+    case badMAC(String)
+    case notUnicast(String)
+    case badTapName(String)
+    case badFlag(key: String, value: String)
+
+    public var description: String {
+        switch self {
+        case .missingTap: "no tap interface given (tap=NAME)"
+        case .malformed(let item): "cannot read '\(item)': use key=value"
+        case .duplicate(let key): "'\(key)' given twice"
+        case .unknownKey(let key): "unknown option '\(key)'; use tap, mac or offload"
+        case .badMAC(let text): "mac=\(text): use six hex octets, e.g. 02:00:00:00:00:01"
+        case .notUnicast(let text): "mac=\(text) is a multicast or zero address; the guest needs a unicast one"
+        case .badTapName(let name): "'\(name)' is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+        case .badFlag(let key, let value): "\(key)=\(value): use on or off"
+        }
+    }
+}

@@ -1,0 +1,150 @@
+import CKVM
+import Glibc
+
+/// Offloads a network backend hands to the guest in the frames it reads (the `TUN_F_*` bits of
+/// `TUNSETOFFLOAD`): partially checksummed frames, and TCP segmentation (frames up to 64 KiB that
+/// the guest's stack takes as they are).
+public struct NetworkOffloads: OptionSet, Hashable, Codable, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    /// Frames with a partial checksum (virtio `NEEDS_CSUM`) may be delivered.
+    public static let checksum = NetworkOffloads(rawValue: UInt32(TUN_F_CSUM))
+    /// TCP over IPv4 segmentation (needs `checksum`).
+    public static let tcp4 = NetworkOffloads(rawValue: UInt32(TUN_F_TSO4))
+    /// TCP over IPv6 segmentation (needs `checksum`).
+    public static let tcp6 = NetworkOffloads(rawValue: UInt32(TUN_F_TSO6))
+    /// Segmentation of frames with ECN bits (needs `tcp4` or `tcp6`).
+    public static let tcpECN = NetworkOffloads(rawValue: UInt32(TUN_F_TSO_ECN))
+
+    public static let all: NetworkOffloads = [.checksum, .tcp4, .tcp6, .tcpECN]
+
+    /// The same set with the dependencies the tap (and virtio) require: segmentation only with
+    /// checksums, ECN only with segmentation.
+    public var consistent: NetworkOffloads {
+        guard contains(.checksum) else { return [] }
+        var result = self
+        if !result.contains(.tcp4) && !result.contains(.tcp6) { result.remove(.tcpECN) }
+        return result
+    }
+}
+
+/// Where virtio-net frames go and come from: a tap device, or an in-memory double in tests.
+///
+/// Every frame is preceded by a 12-byte `virtio_net_hdr_v1` (`VirtioNetHeader`) in both
+/// directions, as a tap with IFF_VNET_HDR and TUNSETVNETHDRSZ 12 reads and writes it. Called on
+/// the event-loop thread only.
+public protocol NetworkBackend: AnyObject, Sendable {
+    /// The interface name (for messages).
+    var name: String { get }
+    /// The offloads the backend can deliver to the guest (what `setReceiveOffloads` accepts).
+    var supportedOffloads: NetworkOffloads { get }
+    /// Which offloads may appear in frames read from now on (what the guest negotiated).
+    func setReceiveOffloads(_ offloads: NetworkOffloads) throws(SystemError)
+    /// Reads one frame, header first, into `vectors`. Returns its full length, which is larger
+    /// than the vectors when the frame did not fit (it is then truncated and gone), or nil when
+    /// no frame is waiting.
+    func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemError) -> Int?
+    /// Sends one frame, header first, gathered from `vectors`.
+    func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemError)
+}
+
+/// A tap interface opened through `/dev/net/tun`: the host end of a virtio-net device.
+///
+/// Opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (Ethernet frames, no packet-information
+/// prefix, a virtio-net header before each frame), a 12-byte header (`TUNSETVNETHDRSZ`, the
+/// VERSION_1 layout with `num_buffers`), non-blocking. An interface of that name that already
+/// exists (`ip tuntap add NAME mode tap`) is attached to; otherwise the kernel creates one that
+/// goes away with the descriptor. At open the supported offloads are probed with
+/// `TUNSETOFFLOAD` and then switched off until a guest negotiates them.
+///
+/// Reads and writes happen on the event-loop thread only (`VirtioNet`).
+public final class TapDevice: NetworkBackend {
+    /// The interface name as the kernel reports it.
+    public let name: String
+    public let supportedOffloads: NetworkOffloads
+    let descriptor: OwnedFileDescriptor
+
+    /// The virtio-net header size (`virtio_net_hdr_v1`).
+    static let headerSize: Int32 = 12
+
+    /// Opens (or creates) the tap interface `name` in the calling thread's network namespace.
+    public init(name: String) throws(TapError) {
+        guard NetworkConfiguration.isValidInterfaceName(name) else { throw .invalidName(name) }
+        let fd: OwnedFileDescriptor
+        do { fd = try OwnedFileDescriptor(opening: "/dev/net/tun", flags: O_RDWR | O_NONBLOCK) } catch {
+            throw .open(name: name, error)
+        }
+        var features: UInt32 = 0
+        if swl_ioctl_pointer(fd.rawValue, SWL_TUNGETFEATURES, &features) != 0 {
+            throw .open(name: name, SystemError.current("TUNGETFEATURES"))
+        }
+        let flags = Int32(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        guard features & UInt32(flags) == UInt32(flags) else { throw .unsupported(name: name, features: features) }
+        var actual = [CChar](repeating: 0, count: 16)
+        let attached = actual.withUnsafeMutableBufferPointer { swl_tun_set_iff(fd.rawValue, name, flags, $0.baseAddress!) }
+        if attached != 0 { throw .open(name: name, SystemError.current("TUNSETIFF \(name)")) }
+        var headerSize = Self.headerSize
+        if swl_ioctl_pointer(fd.rawValue, SWL_TUNSETVNETHDRSZ, &headerSize) != 0 {
+            throw .open(name: name, SystemError.current("TUNSETVNETHDRSZ"))
+        }
+        // Probe: checksums alone, then with segmentation. The kernel refuses what it cannot do.
+        var supported: NetworkOffloads = []
+        if swl_ioctl_value(fd.rawValue, SWL_TUNSETOFFLOAD, UInt(NetworkOffloads.checksum.rawValue)) == 0 {
+            supported = .checksum
+            if swl_ioctl_value(fd.rawValue, SWL_TUNSETOFFLOAD, UInt(NetworkOffloads.all.rawValue)) == 0 { supported = .all }
+        }
+        if swl_ioctl_value(fd.rawValue, SWL_TUNSETOFFLOAD, 0) != 0 {
+            throw .open(name: name, SystemError.current("TUNSETOFFLOAD 0"))
+        }
+        self.name = String(decoding: actual.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        self.supportedOffloads = supported
+        self.descriptor = fd
+    }
+
+    /// The descriptor, for the event loop.
+    public var fileDescriptor: Int32 { descriptor.rawValue }
+
+    public func setReceiveOffloads(_ offloads: NetworkOffloads) throws(SystemError) {
+        let flags = offloads.intersection(supportedOffloads).consistent
+        if swl_ioctl_value(descriptor.rawValue, SWL_TUNSETOFFLOAD, UInt(flags.rawValue)) != 0 {
+            throw SystemError.current("TUNSETOFFLOAD \(name)")
+        }
+    }
+
+    public func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemError) -> Int? {
+        while true {
+            let count = readv(descriptor.rawValue, vectors.baseAddress, Int32(vectors.count))
+            if count >= 0 { return count }
+            switch Glibc.errno {
+            case EINTR: continue
+            case EAGAIN: return nil
+            default: throw SystemError.current("read from tap \(name)")
+            }
+        }
+    }
+
+    public func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemError) {
+        while true {
+            // A tap takes a whole frame per write or fails; it never writes part of one.
+            if writev(descriptor.rawValue, vectors.baseAddress, Int32(vectors.count)) >= 0 { return }
+            if Glibc.errno != EINTR { throw SystemError.current("write to tap \(name)") }
+        }
+    }
+}
+
+/// A tap that cannot be used.
+public enum TapError: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalidName(String)
+    case open(name: String, SystemError)
+    case unsupported(name: String, features: UInt32)
+
+    public var description: String {
+        switch self {
+        case .invalidName(let name): "'\(name)' is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+        case .open(let name, let error): "cannot open tap '\(name)': \(error)"
+        case .unsupported(let name, let features):
+            "cannot open tap '\(name)': the kernel's tun driver lacks IFF_TAP, IFF_NO_PI or IFF_VNET_HDR (features 0x\(String(features, radix: 16)))"
+        }
+    }
+}

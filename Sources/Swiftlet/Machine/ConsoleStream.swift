@@ -25,6 +25,8 @@ public final class ConsoleStream: SerialOutput, @unchecked Sendable {
     /// Bytes lost because the ring was full.
     public var droppedBytes: Int { ring.withLock { $0.dropped } }
 
+    /// Appends `bytes` to the ring (what does not fit is counted in `droppedBytes`) and, if the ring
+    /// was empty, wakes the event loop to deliver them. Called on vCPU threads; never waits for a reader.
     public func write(_ bytes: UnsafeRawBufferPointer) {
         let wasEmpty = ring.withLock { ring -> Bool in
             let empty = ring.count == 0

@@ -5,9 +5,12 @@ import CKVM
 /// A plain function from (buses, exit) to an action so it can be tested with made-up exits.
 /// Hot path: no allocation, no logging, no locks (the buses are immutable values).
 public struct ExitDispatcher: Sendable {
+    /// The port I/O bus (x86 `in`/`out`, ports 0-0xFFFF).
     public let portIO: Bus
+    /// The MMIO bus: guest physical addresses with no RAM behind them (virtio-mmio windows, test device).
     public let mmio: Bus
 
+    /// A dispatcher over these buses.
     public init(portIO: Bus, mmio: Bus) {
         self.portIO = portIO
         self.mmio = mmio
@@ -25,13 +28,22 @@ public struct ExitDispatcher: Sendable {
 
     /// Why a vCPU stops, before its RIP is read.
     public enum StopCause: Equatable, Sendable {
+        /// `halt`: `hlt` with no in-kernel irqchip (`KVM_EXIT_HLT`); `shutdown`: a triple fault
+        /// (`KVM_EXIT_SHUTDOWN`).
         case halt, shutdown
+        /// `KVM_EXIT_SYSTEM_EVENT` with this `KVM_SYSTEM_EVENT_*` type.
         case systemEvent(UInt32)
+        /// `KVM_EXIT_INTERNAL_ERROR` with this `KVM_INTERNAL_ERROR_*` suberror.
         case internalError(UInt32)
+        /// `KVM_EXIT_FAIL_ENTRY` with this hardware entry-failure reason.
         case failEntry(UInt64)
+        /// An exit reason (`KVM_EXIT_*`) the VMM does not handle.
         case unhandled(UInt32)
     }
 
+    /// Port I/O and MMIO exits become accesses on the matching bus (a string `ins`/`outs` repeats the
+    /// access `count` times over consecutive data) and resume the guest; an interrupted `KVM_RUN` gives
+    /// `.interrupted`; every other exit stops the vCPU with its cause. Runs on the vCPU thread.
     @inline(__always)
     public func handle(_ exit: VCPUExit) -> Action {
         switch exit {

@@ -46,6 +46,7 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// A one-line explanation naming the vCPU, the RIP in hex and the KVM reason where there is one.
     public var description: String {
         switch self {
         case .reset: "guest requested a reset"

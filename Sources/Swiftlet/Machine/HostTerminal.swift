@@ -6,6 +6,7 @@ import Glibc
 /// In raw mode every key goes to the guest, Ctrl-C included. `Ctrl-A x` stops the VM and
 /// `Ctrl-A Ctrl-A` sends one Ctrl-A (see `ConsoleEscape`).
 public final class HostTerminal: @unchecked Sendable {
+    /// The descriptor keys are read from and whose terminal mode is switched (normally standard input).
     public let inputDescriptor: Int32
     private var saved: termios?
 
@@ -63,15 +64,20 @@ public final class HostTerminal: @unchecked Sendable {
 /// The console escape sequence: `Ctrl-A x` asks to stop the VM, `Ctrl-A Ctrl-A` sends a
 /// literal Ctrl-A, and Ctrl-A followed by anything else sends both bytes.
 public struct ConsoleEscape: Equatable, Sendable {
+    /// The escape prefix byte: Ctrl-A (0x01).
     public static let prefix: UInt8 = 0x01
 
     private var pendingPrefix = false
 
+    /// A decoder with no prefix pending.
     public init() {}
 
     /// What a typed byte turns into.
     public enum Outcome: Equatable, Sendable {
+        /// Send these bytes to the guest: the byte typed, none while a prefix is pending, or the held
+        /// Ctrl-A with what followed it.
         case forward([UInt8])
+        /// Stop the VM (`Ctrl-A x` or `Ctrl-A X`); nothing goes to the guest.
         case stop
     }
 

@@ -4,25 +4,42 @@ import Synchronization
 
 /// A step of building a machine; a failure names the step it happened in.
 public enum BuildStep: String, Sendable {
+    /// `MachineConfiguration.validate()`; the error is a `ConfigurationError`.
     case validateConfiguration = "validate the configuration"
+    /// Opening `/dev/kvm` and checking the capabilities Swiftlet needs (irqchip, user memory,
+    /// immediate exit, PIT2, irqfd, ioeventfd).
     case openKVM = "open /dev/kvm"
+    /// `KVM_CREATE_VM`.
     case createVM = "create the VM"
+    /// Setting the identity-map and TSS addresses, then creating the in-kernel irqchip and PIT.
     case configureVM = "set up the in-kernel irqchip and timer"
+    /// Mapping guest RAM in this process (`X86MemoryMap.ramRegions`).
     case allocateMemory = "allocate guest memory"
+    /// `KVM_SET_USER_MEMORY_REGION` for each RAM region.
     case registerMemory = "register guest memory with KVM"
+    /// `KernelLoader.load`; the error is a `KernelLoadError`.
     case loadKernel = "load the kernel"
+    /// Writing the GDT and identity page tables, and for Linux the zero page, command line and initrd.
     case writeBootStructures = "write the boot structures"
+    /// Creating the event loop and putting the legacy and virtio devices on the buses.
     case createDevices = "create the devices"
+    /// `KVM_CREATE_VCPU` for each vCPU.
     case createVCPUs = "create the vCPUs"
+    /// Setting each vCPU's CPUID, MSRs, local APIC and FPU, and the boot vCPU's entry registers.
     case configureVCPUs = "set up the vCPU registers"
+    /// Attaching the console to the event loop and starting the event-loop and vCPU threads.
     case startThreads = "start the VMM threads"
 }
 
 /// Building or starting a machine failed.
 public struct MachineError: Error, CustomStringConvertible, Sendable {
+    /// The step that failed.
     public let step: BuildStep
+    /// What it failed with: a `SystemError`, `ConfigurationError`, `KernelLoadError`,
+    /// `VirtioSetupError`, ...
     public let underlying: any Error & Sendable
 
+    /// `cannot <step>: <underlying error>`, on one line.
     public var description: String { "cannot \(step.rawValue): \(underlying)" }
 }
 
@@ -33,12 +50,19 @@ public struct MachineError: Error, CustomStringConvertible, Sendable {
 /// blocks until the guest ends and returns how; `stop()` ends it from any thread. Resources
 /// are released when the machine is deinitialised.
 public final class Machine: @unchecked Sendable {
+    /// The configuration the machine was built from, validated.
     public let configuration: MachineConfiguration
+    /// The open `/dev/kvm`.
     public let kvm: KVM
+    /// The KVM VM, with its in-kernel irqchip and PIT.
     public let vm: VirtualMachine
+    /// Guest RAM, mapped in this process and registered with KVM (`X86MemoryMap.ramRegions`).
     public let memory: GuestMemory
+    /// The vCPUs by id from 0: vCPU 0 boots, the others wait for the guest to start them (INIT-SIPI).
     public let vcpus: [VCPU]
+    /// The COM1 UART (ports 0x3F8-0x3FF, IRQ 4) carrying the guest's console.
     public let serial: SerialPort
+    /// Where the kernel image was loaded and how the boot vCPU enters it.
     public let kernel: LoadedKernel
     /// The zero page given to the kernel (nil for flat real-mode images).
     public let bootParams: BootParams?
@@ -274,6 +298,8 @@ struct DiscardingSerialOutput: SerialOutput {
 /// The guest RAM layout of an x86_64 machine of a given size: below the MMIO gap, and the rest
 /// above 4 GiB.
 public enum X86MemoryMap {
+    /// The RAM regions of a machine with `size` bytes: from 0 up to `X86Layout.mmioGapStart`
+    /// (3 GiB), and the rest, if any, from `X86Layout.ramAbove4GStart` (4 GiB).
     public static func ramRegions(size: UInt64) -> [(start: GuestAddress, size: UInt64)] {
         let below = min(size, X86Layout.mmioGapStart.rawValue)
         var regions = [(start: GuestAddress(0), size: below)]

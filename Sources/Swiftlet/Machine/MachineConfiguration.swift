@@ -24,12 +24,19 @@ public struct MachineConfiguration: Sendable {
     /// A virtio-rng device (entropy from the host's getrandom), in the slot after the networks.
     public var rng: Bool
 
+    /// Guest RAM when none is given: 128 MiB.
     public static let defaultMemorySize: UInt64 = 128 << 20
+    /// The least guest RAM accepted: 2 MiB, the boot area below 1 MiB (`X86Layout.highMemoryStart`)
+    /// and at least 1 MiB above it for the kernel.
     public static let minimumMemorySize: UInt64 = 2 << 20
     /// 1 TiB: far above what a microVM needs, well inside what x86_64 guests can address.
     public static let maximumMemorySize: UInt64 = 1 << 40
+    /// 254: the most vCPUs the MP table's 8-bit APIC IDs can describe.
     public static let maximumVCPUs = 254
 
+    /// A configuration booting `kernelPath`, by default: format detected, 128 MiB, one vCPU, the host
+    /// terminal as console, the default command line, no initrd, no CPUID mask, no virtio devices.
+    /// Nothing is checked until `validate()` (which `Machine.init` calls).
     public init(
         kernelPath: String, kernelFormat: KernelFormat = .automatic, memorySize: UInt64 = defaultMemorySize,
         vcpuCount: Int = 1, console: ConsoleConfiguration = .terminal, commandLine: String? = nil,
@@ -86,19 +93,33 @@ public enum ConsoleConfiguration: Sendable {
 
 /// A configuration that cannot describe a machine.
 public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The memory size (bytes) is below `MachineConfiguration.minimumMemorySize`.
     case memoryTooSmall(UInt64)
+    /// The memory size (bytes) is above `MachineConfiguration.maximumMemorySize`.
     case memoryTooLarge(UInt64)
+    /// The memory size (bytes) is not a multiple of 4 KiB.
     case memoryNotPageAligned(UInt64)
+    /// The vCPU count is outside 1...`MachineConfiguration.maximumVCPUs`.
     case vcpuCount(Int)
+    /// The kernel path is empty.
     case missingKernel
+    /// More disks than there are virtio-mmio slots (`X86Layout.virtioMMIOSlotCount`).
     case tooManyDisks(Int)
+    /// A disk's image path is empty.
     case diskWithoutPath
+    /// A disk id longer than 20 bytes in UTF-8 (`VirtioBlock.identifierLength`).
     case diskIdentifierTooLong(String)
+    /// Disks, network interfaces and the rng together need more virtio-mmio slots than there are
+    /// (`X86Layout.virtioMMIOSlotCount`).
     case tooManyVirtioDevices(Int)
+    /// A tap name Linux refuses (`NetworkConfiguration.isValidInterfaceName`).
     case badTapName(String)
+    /// A configured MAC address is a group (multicast or broadcast) address or all zeros.
     case macNotUnicast(MACAddress)
+    /// Two network interfaces would have this MAC address (configured or generated from the tap name).
     case duplicateMAC(MACAddress)
 
+    /// A one-line explanation, with the supported range where there is one.
     public var description: String {
         switch self {
         case .memoryTooSmall(let size):

@@ -9,6 +9,8 @@ public struct DiskConfiguration: Equatable, Sendable {
     /// Open the image with O_DIRECT (no host page cache); its size must be a multiple of 4 KiB.
     public var directIO: Bool
 
+    /// A disk backed by the image at `path`; by default writable, with the id `disk<N>`, through the
+    /// host page cache, as `--disk path=FILE` gives.
     public init(path: String, readOnly: Bool = false, id: String? = nil, directIO: Bool = false) {
         self.path = path
         self.readOnly = readOnly
@@ -58,13 +60,20 @@ public struct DiskConfiguration: Equatable, Sendable {
 
 /// A `--disk` value that cannot be read.
 public enum DiskOptionError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// No image: neither `path=FILE` nor a bare path was given, or it was empty.
     case missingPath
+    /// An empty item, or a second item without `=` (only the path may be given bare).
     case malformed(String)
+    /// The path (`path`/`file`) was given twice; the key as written.
     case duplicate(String)
+    /// A key other than `path` (`file`), `readonly` (`ro`), `id` (`serial`) and `direct`.
     case unknownKey(String)
+    /// A `readonly` or `direct` value other than `on`/`off` (or `true`/`false`, `yes`/`no`, `1`/`0`).
     case badFlag(key: String, value: String)
+    /// An `id` longer than 20 bytes in UTF-8 (`VirtioBlock.identifierLength`), the size of the GET_ID answer.
     case identifierTooLong(String)
 
+    /// A one-line explanation of the item, with the form it should take.
     public var description: String {
         switch self {
         case .missingPath: "no image given (path=FILE)"

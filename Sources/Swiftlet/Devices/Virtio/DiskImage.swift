@@ -39,9 +39,14 @@ public final class RawDiskImage: BlockBackend, @unchecked Sendable {
     /// IOV_MAX on Linux: the most vectors one preadv/pwritev takes.
     static let vectorsPerCall = 1024
 
+    /// The path the image was opened from, as given (named in error messages).
     public let path: String
+    /// The image's size in bytes: the file's length, or the block device's capacity; at least one
+    /// 512-byte sector, and a multiple of `directIOAlignment` with direct I/O.
     public let size: UInt64
+    /// Opened `O_RDONLY`: `write` fails with EROFS and `flush` does nothing.
     public let isReadOnly: Bool
+    /// Opened with `O_DIRECT`: every transfer goes through the aligned bounce buffer.
     public let usesDirectIO: Bool
     let fd: OwnedFileDescriptor
     private let bounce: UnsafeMutableRawBufferPointer?
@@ -79,12 +84,17 @@ public final class RawDiskImage: BlockBackend, @unchecked Sendable {
 
     deinit { bounce?.deallocate() }
 
+    /// Fills `vectors` from byte `offset` on with preadv (through the bounce buffer with direct I/O),
+    /// retrying on EINTR and after short reads. Throws EIO if the image ends first, or the read's error.
     public func read(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
         if let bounce { try transferDirect(vectors, at: offset, writing: false, bounce: bounce) } else {
             try transfer(vectors, at: offset, writing: false)
         }
     }
 
+    /// Writes `vectors` at byte `offset` with pwritev, or with direct I/O through the bounce buffer
+    /// (reading partly covered blocks first). Throws EROFS on a read-only image, EIO if the image ends
+    /// first, or the write's error.
     public func write(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
         guard !isReadOnly else { throw SystemError("write \(path) (read-only disk)", errno: EROFS) }
         if let bounce { try transferDirect(vectors, at: offset, writing: true, bounce: bounce) } else {
@@ -92,6 +102,7 @@ public final class RawDiskImage: BlockBackend, @unchecked Sendable {
         }
     }
 
+    /// Makes earlier writes durable with fdatasync(2), retrying on EINTR; a no-op on a read-only image.
     public func flush() throws(SystemError) {
         guard !isReadOnly else { return }
         _ = try retryingOnInterrupt("fdatasync \(path)") { fdatasync(fd.rawValue) }
@@ -221,8 +232,10 @@ public final class InMemoryDiskImage: BlockBackend {
     }
 
     private let state: Mutex<State>
+    /// The image's length in bytes, fixed at creation.
     public let size: UInt64
 
+    /// An image holding `bytes`; it never grows, so requests past its end fail.
     public init(bytes: [UInt8]) {
         size = UInt64(bytes.count)
         state = Mutex(State(bytes: bytes))
@@ -238,6 +251,8 @@ public final class InMemoryDiskImage: BlockBackend {
         set { state.withLock { $0.failure = newValue } }
     }
 
+    /// Copies the bytes from `offset` on into `vectors`. Throws `failure` when set, or EIO when the
+    /// request runs past the end of the image.
     public func read(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
         let range = try checkedRange(vectors, offset, "read")
         var cursor = VectorCursor(vectors)
@@ -246,6 +261,8 @@ public final class InMemoryDiskImage: BlockBackend {
         }
     }
 
+    /// Copies `vectors` into the image at `offset`. Throws `failure` when set, or EIO when the request
+    /// runs past the end of the image.
     public func write(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
         let range = try checkedRange(vectors, offset, "write")
         var cursor = VectorCursor(vectors)
@@ -254,6 +271,7 @@ public final class InMemoryDiskImage: BlockBackend {
         }
     }
 
+    /// Counts the call in `flushCount`; never fails, even with `failure` set.
     public func flush() throws(SystemError) { state.withLock { $0.flushCount += 1 } }
 
     private func checkedRange(_ vectors: UnsafeMutableBufferPointer<iovec>, _ offset: UInt64, _ operation: String) throws(SystemError) -> Range<Int> {
@@ -266,12 +284,18 @@ public final class InMemoryDiskImage: BlockBackend {
 
 /// A disk image that cannot be used.
 public enum DiskImageError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// open(2) of the image failed, or fstat/lseek on it did.
     case cannotOpen(path: String, SystemError)
+    /// The path names neither a regular file nor a block device (a directory, a FIFO, ...).
     case notAFileOrBlockDevice(path: String)
+    /// The image holds fewer than 512 bytes (`VirtioBlock.sectorSize`), so not one sector.
     case tooSmall(path: String, size: UInt64)
+    /// open(2) with `O_DIRECT` failed with EINVAL: the file system holding the image has no direct I/O.
     case directIOUnsupported(path: String)
+    /// With direct I/O the image's size must be a multiple of `alignment` (`RawDiskImage.directIOAlignment`).
     case directIOSize(path: String, size: UInt64, alignment: Int)
 
+    /// A one-line explanation naming the image (through the system error for `cannotOpen`).
     public var description: String {
         switch self {
         case .cannotOpen(_, let error): "cannot open disk image: \(error)"

@@ -1,10 +1,13 @@
 /// An Ethernet MAC address, as a plain value (the low 48 bits of `rawValue`, first octet
 /// most significant).
 public struct MACAddress: Hashable, Codable, Sendable, CustomStringConvertible {
+    /// The address in the low 48 bits, first octet in bits 47-40; the high 16 bits are always zero.
     public let rawValue: UInt64
 
+    /// The address in the low 48 bits of `rawValue`; the high 16 bits are dropped.
     public init(rawValue: UInt64) { self.rawValue = rawValue & 0xFFFF_FFFF_FFFF }
 
+    /// The address with these octets in transmission order; traps unless there are exactly six.
     public init(_ octets: [UInt8]) {
         precondition(octets.count == 6, "a MAC address has 6 octets")
         self.init(rawValue: octets.reduce(0) { $0 << 8 | UInt64($1) })
@@ -38,6 +41,7 @@ public struct MACAddress: Hashable, Codable, Sendable, CustomStringConvertible {
         return MACAddress(rawValue: 0x02 << 40 | hash & 0xFF_FFFF_FFFF)
     }
 
+    /// The octets in lowercase hex separated by colons, e.g. `02:00:00:00:00:01`.
     public var description: String {
         octets.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
     }
@@ -53,6 +57,8 @@ public struct NetworkConfiguration: Equatable, Sendable {
     /// Off, the guest sends and receives only complete, checksummed frames of at most its MTU.
     public var offloads: Bool
 
+    /// An interface on the tap `tap`; by default with the MAC generated from the tap name and
+    /// offloads on, as `--net tap=NAME` gives.
     public init(tap: String, mac: MACAddress? = nil, offloads: Bool = true) {
         self.tap = tap
         self.mac = mac
@@ -110,15 +116,24 @@ public struct NetworkConfiguration: Equatable, Sendable {
 
 /// A `--net` value that cannot be read.
 public enum NetworkOptionError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// No tap name: neither `tap=NAME` nor a bare name was given, or it was empty.
     case missingTap
+    /// An empty item, or a second item without `=` (only the tap name may be given bare).
     case malformed(String)
+    /// The tap name (`tap`/`ifname`, or bare) or `mac` was given twice; the key as written.
     case duplicate(String)
+    /// A key other than `tap` (`ifname`), `mac` and `offload` (`offloads`).
     case unknownKey(String)
+    /// A `mac` value that is not six hex octets separated by `:` or `-`.
     case badMAC(String)
+    /// A `mac` value that is a group (multicast or broadcast) address or all zeros.
     case notUnicast(String)
+    /// A tap name Linux refuses (`NetworkConfiguration.isValidInterfaceName`).
     case badTapName(String)
+    /// An `offload` value other than `on`/`off` (or `true`/`false`, `yes`/`no`, `1`/`0`).
     case badFlag(key: String, value: String)
 
+    /// A one-line explanation of the item, with the form it should take.
     public var description: String {
         switch self {
         case .missingTap: "no tap interface given (tap=NAME)"

@@ -5,7 +5,9 @@ import Glibc
 /// `TUNSETOFFLOAD`): partially checksummed frames, and TCP segmentation (frames up to 64 KiB that
 /// the guest's stack takes as they are).
 public struct NetworkOffloads: OptionSet, Hashable, Codable, Sendable {
+    /// The `TUN_F_*` bits, as `TUNSETOFFLOAD` takes them.
     public let rawValue: UInt32
+    /// The set with these `TUN_F_*` bits.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
     /// Frames with a partial checksum (virtio `NEEDS_CSUM`) may be delivered.
@@ -17,6 +19,8 @@ public struct NetworkOffloads: OptionSet, Hashable, Codable, Sendable {
     /// Segmentation of frames with ECN bits (needs `tcp4` or `tcp6`).
     public static let tcpECN = NetworkOffloads(rawValue: UInt32(TUN_F_TSO_ECN))
 
+    /// Every offload Swiftlet can hand to a guest: checksums, and TCP segmentation over IPv4 and IPv6
+    /// including ECN.
     public static let all: NetworkOffloads = [.checksum, .tcp4, .tcp6, .tcpECN]
 
     /// The same set with the dependencies the tap (and virtio) require: segmentation only with
@@ -62,6 +66,7 @@ public protocol NetworkBackend: AnyObject, Sendable {
 public final class TapDevice: NetworkBackend {
     /// The interface name as the kernel reports it.
     public let name: String
+    /// What the tun driver accepted when probed with `TUNSETOFFLOAD` at open: none, `checksum`, or `all`.
     public let supportedOffloads: NetworkOffloads
     let descriptor: OwnedFileDescriptor
 
@@ -105,6 +110,8 @@ public final class TapDevice: NetworkBackend {
     /// The descriptor, for the event loop.
     public var fileDescriptor: Int32 { descriptor.rawValue }
 
+    /// Sets `TUNSETOFFLOAD` to `offloads` limited to `supportedOffloads` and made `consistent`;
+    /// throws the ioctl's error.
     public func setReceiveOffloads(_ offloads: NetworkOffloads) throws(SystemError) {
         let flags = offloads.intersection(supportedOffloads).consistent
         if swl_ioctl_value(descriptor.rawValue, SWL_TUNSETOFFLOAD, UInt(flags.rawValue)) != 0 {
@@ -112,6 +119,10 @@ public final class TapDevice: NetworkBackend {
         }
     }
 
+    /// Reads the next frame, header first, with one readv(2), retrying on EINTR. Returns readv's
+    /// count (for a frame cut to fit the vectors, the full or the cut length, depending on the
+    /// kernel), or nil when no frame is waiting (EAGAIN: the descriptor is non-blocking); throws any
+    /// other read error.
     public func receive(into vectors: UnsafeBufferPointer<iovec>) throws(SystemError) -> Int? {
         while true {
             let count = readv(descriptor.rawValue, vectors.baseAddress, Int32(vectors.count))
@@ -124,6 +135,8 @@ public final class TapDevice: NetworkBackend {
         }
     }
 
+    /// Writes one frame, header first, with one writev(2), retrying on EINTR; throws any other write
+    /// error (the frame is then not sent).
     public func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemError) {
         while true {
             // A tap takes a whole frame per write or fails; it never writes part of one.
@@ -135,10 +148,15 @@ public final class TapDevice: NetworkBackend {
 
 /// A tap that cannot be used.
 public enum TapError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The name is not one Linux accepts for an interface (`NetworkConfiguration.isValidInterfaceName`).
     case invalidName(String)
+    /// Opening `/dev/net/tun` or setting up the interface (TUNGETFEATURES, TUNSETIFF, TUNSETVNETHDRSZ,
+    /// TUNSETOFFLOAD) failed, e.g. with EPERM when the user may not create or attach to the tap.
     case open(name: String, SystemError)
+    /// The tun driver lacks IFF_TAP, IFF_NO_PI or IFF_VNET_HDR; `features` is what TUNGETFEATURES reported.
     case unsupported(name: String, features: UInt32)
 
+    /// A one-line explanation naming the tap.
     public var description: String {
         switch self {
         case .invalidName(let name): "'\(name)' is not an interface name (1-15 bytes, no '/', ':' or spaces)"

@@ -15,31 +15,46 @@ import Glibc
 ///   NUL-padded). Other types answer `UNSUPP`.
 /// A request without a status byte cannot be answered: it is returned with length 0.
 public struct VirtioBlock: VirtioDevice {
+    /// The virtio-blk sector in bytes: `sector`, `capacity` and IN/OUT lengths count in these whatever
+    /// `blk_size` says (5.2.4, 5.2.6).
     public static let sectorSize: UInt64 = 512
     /// Length of the GET_ID answer.
     public static let identifierLength = 20
 
     /// Feature bits of virtio-blk (5.2.3).
     public enum Feature {
+        /// VIRTIO_BLK_F_SIZE_MAX: the largest single data segment is in `size_max`.
         public static let sizeMax: UInt64 = 1 << 1
+        /// VIRTIO_BLK_F_SEG_MAX: the most data segments in one request is in `seg_max`.
         public static let segmentMax: UInt64 = 1 << 2
+        /// VIRTIO_BLK_F_RO: the device is read-only; offered only for a read-only disk.
         public static let readOnly: UInt64 = 1 << 5
+        /// VIRTIO_BLK_F_BLK_SIZE: the logical block size is in `blk_size`.
         public static let blockSize: UInt64 = 1 << 6
+        /// VIRTIO_BLK_F_FLUSH: the device takes FLUSH requests.
         public static let flush: UInt64 = 1 << 9
     }
 
     /// Request types.
     public enum RequestType {
+        /// VIRTIO_BLK_T_IN: read sectors into the device-writable buffers.
         public static let read: UInt32 = 0
+        /// VIRTIO_BLK_T_OUT: write the device-readable data after the header to the disk.
         public static let write: UInt32 = 1
+        /// VIRTIO_BLK_T_FLUSH: make completed writes durable.
         public static let flush: UInt32 = 4
+        /// VIRTIO_BLK_T_GET_ID: return the device's id string (20 bytes, NUL-padded).
         public static let getID: UInt32 = 8
     }
 
     /// The status byte the device writes last.
     public enum Status {
+        /// VIRTIO_BLK_S_OK: the request succeeded.
         public static let ok: UInt8 = 0
+        /// VIRTIO_BLK_S_IOERR: the request was refused or failed (bad range or segments, read-only disk,
+        /// backend error).
         public static let ioError: UInt8 = 1
+        /// VIRTIO_BLK_S_UNSUPP: the request type is not one the device knows.
         public static let unsupported: UInt8 = 2
     }
 
@@ -47,6 +62,7 @@ public struct VirtioBlock: VirtioDevice {
     public struct Settings: Equatable, Codable, Sendable {
         /// Disk size in 512-byte sectors.
         public var capacity: UInt64
+        /// The disk refuses writes: VIRTIO_BLK_F_RO is offered and OUT requests answer IOERR.
         public var isReadOnly: Bool
         /// The GET_ID answer (at most 20 bytes; shorter ids are NUL-padded).
         public var identifier: [UInt8]
@@ -59,9 +75,13 @@ public struct VirtioBlock: VirtioDevice {
         /// The largest queue size the driver may choose.
         public var queueSizeMaximum: UInt16
 
+        /// The default `queueSizeMaximum`, in descriptors.
         public static let defaultQueueSize: UInt16 = 256
+        /// The default `segmentSizeMaximum`: 4 MiB.
         public static let defaultSegmentSizeMaximum: UInt32 = 4 << 20
 
+        /// A disk of `capacity` sectors. `identifier` is cut to its first 20 bytes; `seg_max` follows from
+        /// the queue size, less the two descriptors a chain needs for the header and the status byte.
         public init(
             capacity: UInt64, isReadOnly: Bool, identifier: [UInt8], queueSizeMaximum: UInt16 = defaultQueueSize,
             segmentSizeMaximum: UInt32 = defaultSegmentSizeMaximum, blockSize: UInt32 = UInt32(VirtioBlock.sectorSize)
@@ -79,18 +99,27 @@ public struct VirtioBlock: VirtioDevice {
 
     /// Requests served, by outcome.
     public struct Statistics: Equatable, Codable, Sendable {
+        /// Successful IN requests.
         public var reads = 0
+        /// Successful OUT requests.
         public var writes = 0
+        /// Successful FLUSH requests.
         public var flushes = 0
+        /// GET_ID requests answered.
         public var identifies = 0
+        /// Bytes read from the disk into guest memory by successful IN requests.
         public var bytesRead: UInt64 = 0
+        /// Bytes written to the disk by successful OUT requests.
         public var bytesWritten: UInt64 = 0
         /// Requests answered IOERR or UNSUPP, or that had no status byte.
         public var failures = 0
     }
 
+    /// The device's fixed properties, taken from the backend and the options at creation.
     public let settings: Settings
+    /// Where the sectors live.
     public let backend: any BlockBackend
+    /// Requests served since the device was created; a reset does not clear them.
     public private(set) var statistics = Statistics()
     /// Scratch I/O vectors, reused for every request.
     private var vectors: [iovec] = []
@@ -107,10 +136,15 @@ public struct VirtioBlock: VirtioDevice {
 
     // MARK: VirtioDevice
 
+    /// `VirtioDeviceType.block` (5.2.1).
     public var deviceType: UInt32 { VirtioDeviceType.block }
+    /// One request queue (`requestq`, 5.2.2); VIRTIO_BLK_F_MQ is not offered.
     public var queueCount: Int { 1 }
+    /// `settings.queueSizeMaximum`.
     public var maximumQueueSize: UInt16 { settings.queueSizeMaximum }
 
+    /// VERSION_1, indirect descriptors and event index, with SIZE_MAX, SEG_MAX, BLK_SIZE and FLUSH,
+    /// and RO for a read-only disk.
     public var offeredFeatures: UInt64 {
         var features = VirtioFeature.version1 | VirtioFeature.ringIndirectDescriptors | VirtioFeature.ringEventIndex
         features |= Feature.sizeMax | Feature.segmentMax | Feature.blockSize | Feature.flush
@@ -135,10 +169,15 @@ public struct VirtioBlock: VirtioDevice {
         return bytes
     }
 
+    /// Nothing to set up: requests are served the same whichever features the driver accepted.
     public mutating func activate(features: UInt64) {}
 
+    /// Nothing to do: the device keeps no state between requests (the statistics stay).
     public mutating func reset() {}
 
+    /// Serves one request (see the type's description) and writes its status byte last. Returns the
+    /// data bytes written into the chain plus one for the status byte, or 0 for a chain without a
+    /// device-writable byte (no status can be given, so it counts as a failure).
     public mutating func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> VirtioChainResult {
         // The status byte is the last device-writable byte; without one there is no answer.
         guard chain.writableLength >= 1 else {

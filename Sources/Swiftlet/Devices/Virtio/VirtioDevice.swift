@@ -46,6 +46,7 @@ public enum VirtioChainResult: Equatable, Sendable {
 /// Something that wakes another party: a queue's notification eventfd, or an irqfd that
 /// raises the device's interrupt. Tests substitute counters.
 public protocol VirtioSignal: Sendable {
+    /// Wakes the other party (for an eventfd, adds 1 to its counter). Must not block; cannot fail.
     func signal()
 }
 

@@ -15,58 +15,98 @@
 ///     0x0a0/0x0a4 QueueDevice (used ring)              0x0ac SHMSel, 0x0b0-0x0bc SHM len/base
 ///     0x0c0 QueueReset          0x0fc ConfigGeneration 0x100+ device configuration
 public struct VirtioMMIORegisters: Equatable, Codable, Sendable {
+    /// MagicValue: 0x74726976, the bytes "virt" read as a little-endian word.
     public static let magic: UInt32 = 0x7472_6976  // "virt"
+    /// Version: 2, the virtio 1.x register layout (1 is the legacy interface, which Swiftlet lacks).
     public static let version: UInt32 = 2
     /// "SWLT" (as the MMIO test device); drivers do not look at it.
     public static let vendorID: UInt32 = 0x5357_4C54
     /// The window a device occupies on the MMIO bus (registers and configuration space).
     public static let windowSize: UInt64 = 0x1000
+    /// Where the device configuration space starts within the window.
     public static let configurationOffset: UInt64 = 0x100
 
     /// Register offsets.
     public enum Offset {
+        /// MagicValue (R): `VirtioMMIORegisters.magic`.
         public static let magic: UInt64 = 0x000
+        /// Version (R): `VirtioMMIORegisters.version`.
         public static let version: UInt64 = 0x004
+        /// DeviceID (R): the virtio device type; 0 would mean no device.
         public static let deviceID: UInt64 = 0x008
+        /// VendorID (R): `VirtioMMIORegisters.vendorID`.
         public static let vendorID: UInt64 = 0x00C
+        /// DeviceFeatures (R): 32 of the offered feature bits, the word chosen by DeviceFeaturesSel.
         public static let deviceFeatures: UInt64 = 0x010
+        /// DeviceFeaturesSel (W): which word DeviceFeatures shows (0 for bits 0-31, 1 for bits 32-63).
         public static let deviceFeaturesSelect: UInt64 = 0x014
+        /// DriverFeatures (W): 32 of the accepted feature bits, the word chosen by DriverFeaturesSel.
         public static let driverFeatures: UInt64 = 0x020
+        /// DriverFeaturesSel (W): which word a DriverFeatures write sets (0 for bits 0-31, 1 for bits 32-63).
         public static let driverFeaturesSelect: UInt64 = 0x024
+        /// QueueSel (W): the queue, from 0, that the Queue* registers below refer to.
         public static let queueSelect: UInt64 = 0x030
+        /// QueueNumMax (R): the largest size the selected queue takes; 0 if it does not exist.
         public static let queueSizeMaximum: UInt64 = 0x034
+        /// QueueNum (W): the size, in descriptors, the driver chose for the selected queue.
         public static let queueSize: UInt64 = 0x038
+        /// QueueReady (RW): 1 enables the selected queue; reads whether it is enabled.
         public static let queueReady: UInt64 = 0x044
+        /// QueueNotify (W): the driver tells the device that a queue, given by index, has new buffers.
         public static let queueNotify: UInt64 = 0x050
+        /// InterruptStatus (R): why the device interrupted (`VirtioInterruptBit`).
         public static let interruptStatus: UInt64 = 0x060
+        /// InterruptACK (W): clears the InterruptStatus bits written as 1.
         public static let interruptAcknowledge: UInt64 = 0x064
+        /// Status (RW): the device status bits (`VirtioDeviceStatus`); writing 0 resets the device.
         public static let status: UInt64 = 0x070
+        /// QueueDescLow (W): bits 0-31 of the selected queue's descriptor table address.
         public static let queueDescriptorLow: UInt64 = 0x080
+        /// QueueDescHigh (W): bits 32-63 of the selected queue's descriptor table address.
         public static let queueDescriptorHigh: UInt64 = 0x084
+        /// QueueDriverLow (W): bits 0-31 of the selected queue's available (driver) ring address.
         public static let queueDriverLow: UInt64 = 0x090
+        /// QueueDriverHigh (W): bits 32-63 of the selected queue's available (driver) ring address.
         public static let queueDriverHigh: UInt64 = 0x094
+        /// QueueDeviceLow (W): bits 0-31 of the selected queue's used (device) ring address.
         public static let queueDeviceLow: UInt64 = 0x0A0
+        /// QueueDeviceHigh (W): bits 32-63 of the selected queue's used (device) ring address.
         public static let queueDeviceHigh: UInt64 = 0x0A4
+        /// SHMSel (W): the shared memory region SHMLen/SHMBase describe; Swiftlet's devices have none.
         public static let sharedMemorySelect: UInt64 = 0x0AC
+        /// SHMLenLow (R): bits 0-31 of the selected region's length; all ones means no such region.
         public static let sharedMemoryLengthLow: UInt64 = 0x0B0
+        /// SHMLenHigh (R): bits 32-63 of the selected region's length; all ones means no such region.
         public static let sharedMemoryLengthHigh: UInt64 = 0x0B4
+        /// SHMBaseLow (R): bits 0-31 of the selected region's guest address.
         public static let sharedMemoryBaseLow: UInt64 = 0x0B8
+        /// SHMBaseHigh (R): bits 32-63 of the selected region's guest address.
         public static let sharedMemoryBaseHigh: UInt64 = 0x0BC
+        /// QueueReset (RW): resets the selected queue alone; needs VIRTIO_F_RING_RESET, which is not offered.
         public static let queueReset: UInt64 = 0x0C0
+        /// ConfigGeneration (R): changes whenever the configuration space does, so the driver can detect
+        /// a read torn by a change (2.5).
         public static let configGeneration: UInt64 = 0x0FC
     }
 
     /// What the driver programmed for one queue.
     public struct QueueRegisters: Equatable, Codable, Sendable {
+        /// QueueNum: the size the driver chose, in descriptors; starts at `queueSizeMaximum`, and the
+        /// queue becomes ready only if it is a power of two no larger.
         public var size: UInt16
+        /// QueueReady: the driver enabled the queue with a valid size before DRIVER_OK.
         public var ready = false
+        /// QueueDescLow/High: guest physical address of the descriptor table.
         public var descriptorTable: UInt64 = 0
+        /// QueueDriverLow/High: guest physical address of the available (driver) ring.
         public var availableRing: UInt64 = 0
+        /// QueueDeviceLow/High: guest physical address of the used (device) ring.
         public var usedRing: UInt64 = 0
     }
 
     /// What the transport must do after a register write.
     public enum WriteEffect: Equatable, Sendable {
+        /// Nothing more to do: the write only changed registers, or was ignored.
         case none
         /// Signal queue `index`'s notifier (the driver wrote QueueNotify after DRIVER_OK).
         case notify(queue: Int)
@@ -77,21 +117,32 @@ public struct VirtioMMIORegisters: Equatable, Codable, Sendable {
     }
 
     // Identity, fixed when the device is created.
+    /// DeviceID: the virtio device type (`VirtioDeviceType`).
     public let deviceID: UInt32
+    /// DeviceFeatures: every feature bit the device offers, read 32 bits at a time.
     public let offeredFeatures: UInt64
+    /// QueueNumMax: the largest size of every queue, in descriptors.
     public let queueSizeMaximum: UInt16
     /// The device configuration space.
     public private(set) var configuration: [UInt8]
 
     // Driver-visible state.
+    /// DeviceFeaturesSel as last written; words other than 0 and 1 read as 0.
     public private(set) var deviceFeaturesSelect: UInt32 = 0
+    /// DriverFeaturesSel as last written; DriverFeatures writes to words other than 0 and 1 are ignored.
     public private(set) var driverFeaturesSelect: UInt32 = 0
     /// The feature bits the driver wrote (accepted or not).
     public private(set) var driverFeatures: UInt64 = 0
+    /// QueueSel as last written; a queue that does not exist reads 0 and ignores writes.
     public private(set) var queueSelect: UInt32 = 0
+    /// The registers of each queue, indexed by queue number.
     public private(set) var queues: [QueueRegisters]
+    /// Status: the `VirtioDeviceStatus` bits the driver set, plus DEVICE_NEEDS_RESET set by the device.
     public private(set) var status: UInt32 = 0
+    /// InterruptStatus: the pending `VirtioInterruptBit`s. The transport sets `usedBuffer`,
+    /// `updateConfiguration` and `setNeedsReset` set `configurationChange`; InterruptACK clears them.
     public internal(set) var interruptStatus: UInt32 = 0
+    /// ConfigGeneration: bumped (wrapping) by every `updateConfiguration`; kept across a reset.
     public private(set) var configGeneration: UInt32 = 0
 
     /// A device in its reset state.

@@ -4,8 +4,11 @@ import Synchronization
 
 /// Where a virtio-mmio device sits: its 4 KiB window on the MMIO bus and its interrupt.
 public struct VirtioMMIOSlot: Equatable, Sendable {
+    /// The slot's place in the machine's one sequence of virtio devices, from 0.
     public let index: Int
+    /// Guest physical address of the device's register window (`VirtioMMIORegisters.windowSize` bytes).
     public let address: GuestAddress
+    /// The interrupt line (GSI) the device raises through its irqfd.
     public let gsi: UInt32
 
     /// Slot `index` of the x86 layout (`X86Layout.virtioMMIOBase`, `virtioFirstGSI`).
@@ -224,11 +227,17 @@ extension VirtioMMIOTransport where Device == VirtioNet {
 
 /// A virtio device that could not be added to the machine.
 public enum VirtioSetupError: Error, Sendable, CustomStringConvertible {
+    /// The image of disk `index` (from 0, in `--disk` order) cannot be used.
     case disk(index: Int, DiskImageError)
+    /// The tap of network interface `index` (from 0, in `--net` order) cannot be used.
     case network(index: Int, TapError)
+    /// Creating an eventfd, registering an irqfd or ioeventfd with KVM, or adding a descriptor to the
+    /// event loop failed.
     case host(SystemError)
+    /// The device's window could not be registered on the MMIO bus (it overlaps another device).
     case bus(BusError)
 
+    /// A one-line explanation naming the disk or interface by index, when there is one.
     public var description: String {
         switch self {
         case .disk(let index, let error): "disk \(index): \(error)"

@@ -24,7 +24,9 @@ import Glibc
 /// event loop before the first read after activation: `activate` and `reset` run on a vCPU
 /// thread, which never touches the tap.
 public struct VirtioNet: VirtioDevice {
+    /// Index of receiveq1 (5.1.2): buffers the device fills with frames from the tap.
     public static let receiveQueue = 0
+    /// Index of transmitq1 (5.1.2): frames the driver sends to the tap.
     public static let transmitQueue = 1
     /// The largest frame (without the virtio-net header) a driver may send: 64 KiB of IP
     /// packet, segmented or not, plus an Ethernet header and a VLAN tag.
@@ -40,12 +42,21 @@ public struct VirtioNet: VirtioDevice {
         public static let checksum: UInt64 = 1 << 0
         /// The driver takes frames with partial checksums.
         public static let guestChecksum: UInt64 = 1 << 1
+        /// VIRTIO_NET_F_MAC: the configuration space holds the device's MAC address.
         public static let mac: UInt64 = 1 << 5
+        /// VIRTIO_NET_F_GUEST_TSO4: the driver takes TCP over IPv4 frames larger than the MTU, unsegmented.
         public static let guestTSO4: UInt64 = 1 << 7
+        /// VIRTIO_NET_F_GUEST_TSO6: the driver takes TCP over IPv6 frames larger than the MTU, unsegmented.
         public static let guestTSO6: UInt64 = 1 << 8
+        /// VIRTIO_NET_F_GUEST_ECN: the driver takes such TCP frames with ECN bits.
         public static let guestECN: UInt64 = 1 << 9
+        /// VIRTIO_NET_F_HOST_TSO4: the driver may send TCP over IPv4 frames larger than the MTU
+        /// for the device (the host) to segment.
         public static let hostTSO4: UInt64 = 1 << 11
+        /// VIRTIO_NET_F_HOST_TSO6: the driver may send TCP over IPv6 frames larger than the MTU
+        /// for the device (the host) to segment.
         public static let hostTSO6: UInt64 = 1 << 12
+        /// VIRTIO_NET_F_HOST_ECN: the driver may send such TCP frames with ECN bits.
         public static let hostECN: UInt64 = 1 << 13
         /// The configuration space has a link status.
         public static let status: UInt64 = 1 << 16
@@ -56,15 +67,21 @@ public struct VirtioNet: VirtioDevice {
 
     /// What the device is, as a plain value.
     public struct Settings: Equatable, Codable, Sendable {
+        /// The guest's address, in the configuration's `mac` field.
         public var mac: MACAddress
+        /// VIRTIO_NET_S_LINK_UP in the configuration's `status` field; false once the tap went away.
         public var linkUp: Bool
         /// The offloads offered to the driver (in both directions): what the tap supports, or
         /// none when the configuration turned them off.
         public var offloads: NetworkOffloads
+        /// The largest size the driver may give either queue, in descriptors.
         public var queueSizeMaximum: UInt16
 
+        /// The default `queueSizeMaximum`, in descriptors.
         public static let defaultQueueSize: UInt16 = 256
 
+        /// Settings with `offloads` made `consistent` (segmentation only with checksums, ECN only with
+        /// segmentation).
         public init(mac: MACAddress, linkUp: Bool = true, offloads: NetworkOffloads, queueSizeMaximum: UInt16 = defaultQueueSize) {
             self.mac = mac
             self.linkUp = linkUp
@@ -75,9 +92,13 @@ public struct VirtioNet: VirtioDevice {
 
     /// Frames moved and frames dropped, by reason.
     public struct Statistics: Equatable, Codable, Sendable {
+        /// Receive: frames delivered to the driver.
         public var receivedFrames = 0
+        /// Receive: bytes of the delivered frames, without the virtio-net header.
         public var receivedBytes: UInt64 = 0
+        /// Transmit: frames the tap accepted.
         public var transmittedFrames = 0
+        /// Transmit: bytes of the accepted frames, without the virtio-net header.
         public var transmittedBytes: UInt64 = 0
         /// Receive: frames read from the tap that were larger than the driver's chain.
         public var receiveTooLarge = 0
@@ -101,6 +122,7 @@ public struct VirtioNet: VirtioDevice {
         /// The errno of the last failed tap read or write.
         public var lastBackendErrno: Int32?
 
+        /// Every counter at zero and no errno.
         public init() {}
 
         /// Every frame dropped, for whatever reason.
@@ -109,10 +131,13 @@ public struct VirtioNet: VirtioDevice {
         }
     }
 
+    /// The device's properties; only the link status changes after creation.
     public private(set) var settings: Settings
+    /// Where frames go and come from (the tap).
     public let backend: any NetworkBackend
     /// The features the driver accepted (0 until activation and after a reset).
     public private(set) var negotiatedFeatures: UInt64 = 0
+    /// Frames moved and dropped since the device was created; a reset does not clear them.
     public private(set) var statistics = Statistics()
     /// A tap read failed with something other than "no frame": the machine stops watching it.
     public private(set) var backendFailure: SystemError?
@@ -132,10 +157,15 @@ public struct VirtioNet: VirtioDevice {
 
     // MARK: VirtioDevice
 
+    /// `VirtioDeviceType.network` (5.1.1).
     public var deviceType: UInt32 { VirtioDeviceType.network }
+    /// Two, `receiveQueue` and `transmitQueue`: no control queue, no multi-queue.
     public var queueCount: Int { 2 }
+    /// `settings.queueSizeMaximum`.
     public var maximumQueueSize: UInt16 { settings.queueSizeMaximum }
 
+    /// VERSION_1, indirect descriptors, event index, MAC and STATUS, plus for each offload in
+    /// `settings.offloads` its pair of bits: CSUM and GUEST_CSUM, HOST_ and GUEST_TSO4, TSO6, ECN.
     public var offeredFeatures: UInt64 {
         var features = VirtioFeature.version1 | VirtioFeature.ringIndirectDescriptors | VirtioFeature.ringEventIndex
         features |= Feature.mac | Feature.status
@@ -167,16 +197,22 @@ public struct VirtioNet: VirtioDevice {
         return offloads.consistent
     }
 
+    /// Records the accepted features; the matching receive offloads (limited to those offered) are
+    /// applied to the tap before its next read, on the event loop.
     public mutating func activate(features: UInt64) {
         negotiatedFeatures = features
         pendingReceiveOffloads = Self.receiveOffloads(for: features).intersection(settings.offloads)
     }
 
+    /// Forgets the negotiated features; the tap's receive offloads are switched off before its next read.
     public mutating func reset() {
         negotiatedFeatures = 0
         pendingReceiveOffloads = []
     }
 
+    /// On the receive queue, fills the chain with the next frame from the tap (`.deferred` when none
+    /// is waiting); on the transmit queue, sends the chain's frame and returns it with length 0. A chain
+    /// on any other queue is returned unused.
     public mutating func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> VirtioChainResult {
         switch queue {
         case Self.receiveQueue: receive(into: chain, memory: memory)

@@ -8,8 +8,10 @@
 ///     6  csum_start: u16    8  csum_offset: u16
 ///     10 num_buffers: u16   (receive: how many buffers the frame spans; 1 without MRG_RXBUF)
 public struct VirtioNetHeader: Equatable, Codable, Sendable {
+    /// The header's length in bytes: the VERSION_1 layout, which always includes `num_buffers`.
     public static let size = 12
 
+    /// Bits of `flags` (VIRTIO_NET_HDR_F_*).
     public enum Flag {
         /// The frame's checksum from `checksumStart` is partial: the receiver completes it.
         public static let needsChecksum: UInt8 = 1
@@ -19,24 +21,39 @@ public struct VirtioNetHeader: Equatable, Codable, Sendable {
         public static let rscInfo: UInt8 = 4
     }
 
+    /// Values of `gso_type` (VIRTIO_NET_HDR_GSO_*).
     public enum SegmentationType {
+        /// VIRTIO_NET_HDR_GSO_NONE: a frame no larger than the MTU, not to be segmented.
         public static let none: UInt8 = 0
+        /// VIRTIO_NET_HDR_GSO_TCPV4: TCP over IPv4, to be cut into segments of `segmentSize` bytes.
         public static let tcp4: UInt8 = 1
+        /// VIRTIO_NET_HDR_GSO_UDP: UDP fragmentation (UFO); never negotiated here, so always refused.
         public static let udp: UInt8 = 3
+        /// VIRTIO_NET_HDR_GSO_TCPV6: TCP over IPv6, to be cut into segments of `segmentSize` bytes.
         public static let tcp6: UInt8 = 4
+        /// VIRTIO_NET_HDR_GSO_UDP_L4: UDP segmentation (USO); never negotiated here, so always refused.
         public static let udpL4: UInt8 = 5
         /// Added to a TCP type when the segments carry ECN bits.
         public static let ecn: UInt8 = 0x80
     }
 
+    /// `flags`: `Flag` bits.
     public var flags: UInt8 = 0
+    /// `gso_type`: a `SegmentationType`, possibly with `SegmentationType.ecn` added.
     public var segmentationType: UInt8 = SegmentationType.none
+    /// `hdr_len`: bytes of headers (Ethernet through TCP) that each segment repeats.
     public var headerLength: UInt16 = 0
+    /// `gso_size`: payload bytes per segment (the MSS) of a frame to be segmented.
     public var segmentSize: UInt16 = 0
+    /// `csum_start`: offset in the frame where the partial checksum starts (with NEEDS_CSUM).
     public var checksumStart: UInt16 = 0
+    /// `csum_offset`: where the completed checksum goes, in bytes after `checksumStart`.
     public var checksumOffset: UInt16 = 0
+    /// `num_buffers`: on receive, how many buffers the frame spans (always 1 here, without
+    /// MRG_RXBUF); 0 on transmit.
     public var bufferCount: UInt16 = 0
 
+    /// A header with these fields; by default all zero, a complete frame with no offload.
     public init(
         flags: UInt8 = 0, segmentationType: UInt8 = SegmentationType.none, headerLength: UInt16 = 0, segmentSize: UInt16 = 0,
         checksumStart: UInt16 = 0, checksumOffset: UInt16 = 0, bufferCount: UInt16 = 0

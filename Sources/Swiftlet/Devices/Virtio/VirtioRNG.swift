@@ -13,30 +13,45 @@ public struct VirtioRNG: VirtioDevice {
 
     /// Requests served.
     public struct Statistics: Equatable, Codable, Sendable {
+        /// Chains served, including those getrandom(2) failed for.
         public var requests = 0
+        /// Random bytes written into guest memory.
         public var bytes: UInt64 = 0
         /// getrandom(2) failures (the request got fewer bytes, possibly none).
         public var failures = 0
     }
 
+    /// The largest size the driver may give `requestq`, in descriptors.
     public let queueSizeMaximum: UInt16
+    /// Requests served since the device was created; a reset does not clear them.
     public private(set) var statistics = Statistics()
 
+    /// A device whose queue takes up to `queueSizeMaximum` descriptors (a power of two).
     public init(queueSizeMaximum: UInt16 = 64) {
         self.queueSizeMaximum = queueSizeMaximum
     }
 
+    /// `VirtioDeviceType.entropy` (5.4.1).
     public var deviceType: UInt32 { VirtioDeviceType.entropy }
+    /// One queue, `requestq` (5.4.2).
     public var queueCount: Int { 1 }
+    /// `queueSizeMaximum`.
     public var maximumQueueSize: UInt16 { queueSizeMaximum }
+    /// VERSION_1, indirect descriptors and event index; virtio-rng has no feature bits of its own (5.4.3).
     public var offeredFeatures: UInt64 {
         VirtioFeature.version1 | VirtioFeature.ringIndirectDescriptors | VirtioFeature.ringEventIndex
     }
+    /// Empty: virtio-rng has no device configuration (5.4.4).
     public var configurationSpace: [UInt8] { [] }
 
+    /// Nothing to set up: no device-specific features.
     public mutating func activate(features: UInt64) {}
+    /// Nothing to do: the device keeps no state between requests (the statistics stay).
     public mutating func reset() {}
 
+    /// Fills the chain's device-writable buffers, up to `maximumRequestBytes`, with getrandom(2)
+    /// (retrying on EINTR) and returns how many bytes it wrote; after a failure the rest is left
+    /// unwritten and the shorter length returned.
     public mutating func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) -> VirtioChainResult {
         let wanted = Int(min(chain.writableLength, UInt64(Self.maximumRequestBytes)))
         var failed = false

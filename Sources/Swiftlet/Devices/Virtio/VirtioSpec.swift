@@ -11,12 +11,17 @@ public enum VirtioFeature {
 
 /// Bits of the device status register (2.1).
 public enum VirtioDeviceStatus {
+    /// ACKNOWLEDGE: the guest found the device and recognised it as a virtio device.
     public static let acknowledge: UInt32 = 0x01
+    /// DRIVER: the guest has a driver for the device type.
     public static let driver: UInt32 = 0x02
+    /// DRIVER_OK: the driver is set up and the device may serve requests.
     public static let driverOK: UInt32 = 0x04
+    /// FEATURES_OK: the driver accepted its features; the device clears it if it cannot take them (3.1.1).
     public static let featuresOK: UInt32 = 0x08
     /// Set by the device: it hit an error it cannot recover from until the driver resets it.
     public static let deviceNeedsReset: UInt32 = 0x40
+    /// FAILED: the driver gave up on the device; it stays inactive until reset.
     public static let failed: UInt32 = 0x80
 }
 
@@ -30,7 +35,9 @@ public enum VirtioInterruptBit {
 
 /// Virtio device types (5).
 public enum VirtioDeviceType {
+    /// virtio-net, the network device (5.1).
     public static let network: UInt32 = 1
+    /// virtio-blk, the block device (5.2).
     public static let block: UInt32 = 2
     /// virtio-rng, the entropy device (5.4).
     public static let entropy: UInt32 = 4

@@ -29,8 +29,11 @@ public struct Virtqueue: Equatable, Codable, Sendable {
 
     /// Descriptor flags (2.7.5).
     public enum DescriptorFlag {
+        /// VIRTQ_DESC_F_NEXT: the chain continues at the descriptor in `next`.
         public static let next: UInt16 = 1
+        /// VIRTQ_DESC_F_WRITE: the buffer is device-writable (otherwise device-readable).
         public static let write: UInt16 = 2
+        /// VIRTQ_DESC_F_INDIRECT: the buffer is a table of further descriptors (2.7.5.3).
         public static let indirect: UInt16 = 4
     }
 
@@ -39,8 +42,11 @@ public struct Virtqueue: Equatable, Codable, Sendable {
 
     /// Number of descriptors (a power of two).
     public let size: UInt16
+    /// Guest physical address of the descriptor table (QueueDesc; 16-byte aligned).
     public let descriptorTable: UInt64
+    /// Guest physical address of the available ring (QueueDriver; 2-byte aligned).
     public let availableRing: UInt64
+    /// Guest physical address of the used ring (QueueDevice; 4-byte aligned).
     public let usedRing: UInt64
     /// VIRTIO_F_RING_INDIRECT_DESC was negotiated.
     public let indirectDescriptors: Bool
@@ -53,9 +59,11 @@ public struct Virtqueue: Equatable, Codable, Sendable {
     /// `nextUsed` when the device last decided whether to interrupt (EVENT_IDX).
     public private(set) var usedAtLastInterruptCheck: UInt16 = 0
 
-    /// Sizes of the three areas in bytes.
+    /// Size in bytes of the descriptor table of a queue of `size` descriptors (16 bytes each).
     public static func descriptorTableLength(size: UInt16) -> UInt64 { descriptorSize * UInt64(size) }
+    /// Size in bytes of the available ring: flags, idx, `size` 2-byte entries and used_event.
     public static func availableRingLength(size: UInt16) -> UInt64 { 6 + 2 * UInt64(size) }
+    /// Size in bytes of the used ring: flags, idx, `size` 8-byte elements and avail_event.
     public static func usedRingLength(size: UInt16) -> UInt64 { 6 + 8 * UInt64(size) }
 
     /// A queue over the areas the driver programmed, checked against `memory`.
@@ -255,11 +263,14 @@ struct Descriptor {
 
 /// One guest buffer of a descriptor chain, already checked to lie in guest RAM.
 public struct VirtqueueBuffer: Equatable, Sendable {
+    /// Guest physical address of the buffer's first byte.
     public var address: GuestAddress
+    /// Length in bytes; never 0 in a chain (empty descriptors are skipped).
     public var length: UInt32
     /// Device-writable (the device fills it) rather than device-readable.
     public var isWritable: Bool
 
+    /// A buffer with these fields, unchecked (`DescriptorChain` checks the buffers it takes).
     public init(address: GuestAddress, length: UInt32, isWritable: Bool) {
         self.address = address
         self.length = length
@@ -275,12 +286,14 @@ public struct DescriptorChain: Sendable {
     public private(set) var head: UInt16 = 0
     /// The chain's non-empty buffers, device-readable first.
     public private(set) var buffers: [VirtqueueBuffer] = []
-    /// Total bytes of the device-readable and device-writable buffers.
+    /// Total bytes of the device-readable buffers.
     public private(set) var readableLength: UInt64 = 0
+    /// Total bytes of the device-writable buffers.
     public private(set) var writableLength: UInt64 = 0
     /// Why the chain is unusable (the request fails; its buffers are incomplete).
     public internal(set) var error: VirtqueueError?
 
+    /// An empty chain (head 0, no buffers), for `Virtqueue.popAvailable` to fill.
     public init() {}
 
     /// Index of the first writable buffer (`buffers.count` if none).
@@ -366,27 +379,48 @@ public struct DescriptorChain: Sendable {
 
 /// Why a virtqueue cannot be set up, or a ring or chain cannot be used.
 public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The three areas of a split virtqueue; `rawValue` names them in messages: `descriptorTable`,
+    /// `availableRing` (the driver area) and `usedRing` (the device area).
     public enum Area: String, Sendable { case descriptorTable = "descriptor table", availableRing = "available ring", usedRing = "used ring" }
 
     // Set-up (at DRIVER_OK).
+    /// QueueNum is 0, not a power of two, or larger than `maximum` (QueueNumMax, at most 32768).
     case invalidSize(UInt16, maximum: UInt16)
+    /// An area's address is not a multiple of its alignment (16, 2 or 4 bytes, 2.7).
     case misaligned(Area, address: UInt64, alignment: UInt64)
+    /// An area of `length` bytes at `address` does not lie wholly in guest RAM.
     case areaOutsideGuestMemory(Area, address: UInt64, length: UInt64)
     // The rings: the queue cannot be used any more.
+    /// A read or write of a ring field or of the queue's descriptor table at `address` fell outside
+    /// guest RAM.
     case ringOutsideGuestMemory(address: UInt64)
+    /// The driver's `avail->idx` is more than `size` entries ahead of the device's `nextAvailable`.
     case availableIndexJump(availableIndex: UInt16, nextAvailable: UInt16, size: UInt16)
+    /// An available-ring entry names a head descriptor past the end of the table of `size`.
     case headIndexOutOfRange(UInt16, size: UInt16)
     // One chain: that request fails.
+    /// A descriptor's `next` lies past the end of its table (the queue's, or an indirect one).
     case nextIndexOutOfRange(UInt16, tableSize: UInt32)
+    /// The chain has more than `limit` descriptors (its table's size), so it must loop.
     case chainTooLong(limit: Int)
+    /// VIRTQ_DESC_F_INDIRECT without VIRTIO_F_RING_INDIRECT_DESC negotiated.
     case indirectNotNegotiated
+    /// A descriptor has both INDIRECT and NEXT set, which the driver must not do (2.7.5.3).
     case indirectWithNext
+    /// An indirect table holds an INDIRECT descriptor; tables do not nest (2.7.5.3).
     case nestedIndirect
+    /// An indirect descriptor's length is 0 or not a multiple of 16 bytes.
     case indirectTableLength(UInt32)
+    /// An indirect table of `count` descriptors, more than the queue size `limit`.
     case indirectTableTooLong(count: UInt32, limit: UInt32)
+    /// An indirect table of `length` bytes at `address` does not lie wholly in guest RAM.
     case indirectTableOutsideGuestMemory(address: UInt64, length: UInt32)
+    /// A buffer of `length` bytes at `address` does not lie wholly in guest RAM.
     case bufferOutsideGuestMemory(address: UInt64, length: UInt32)
+    /// A device-readable descriptor follows a device-writable one; readable ones come first (2.7.5).
     case readableAfterWritable
+    /// The readable or the writable buffers add up to more than `UInt32.max` bytes, which a used-ring
+    /// length cannot express.
     case chainLengthOverflow
 
     /// Whether the queue as a whole is unusable (the device sets DEVICE_NEEDS_RESET), rather
@@ -400,6 +434,7 @@ public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible 
         }
     }
 
+    /// A one-line explanation, with guest addresses in hex.
     public var description: String {
         switch self {
         case .invalidSize(let size, let maximum): "queue size \(size) is not a power of two between 1 and \(maximum)"

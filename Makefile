@@ -3,6 +3,7 @@
 #                         initramfs, and boot Linux into a shell on this terminal
 #   make run-tiny         boot the 64-bit tiny guest (seconds, not minutes)
 #   make test             install what is missing, build the tiny guests, run every test suite
+#   make lint             check that every public symbol of the library is documented
 #   make guests           build the tiny test guests (Guests/build/)
 #   make guest-kernel     build vmlinux and bzImage from Debian's linux-source (cached)
 #   make guest-initramfs  build the busybox initramfs with Swiftlet's init (cached)
@@ -18,7 +19,7 @@ SWIFTLET_RELEASE := .build/release/swiftlet
 # Debian packages the build, the guests and the tests need.
 APT_PACKAGES := gcc binutils make libc6-dev libfdt-dev device-tree-compiler
 
-.PHONY: all deps build release guests test run run-tiny guest-kernel guest-initramfs check-linux test-kernel clean bench fuzz
+.PHONY: all deps build release guests test lint run run-tiny guest-kernel guest-initramfs check-linux test-kernel clean bench fuzz
 
 # Guest kernel and initramfs are cached outside the work tree (see Guests/linux/build-kernel.sh).
 export SWIFTLET_CACHE ?= /var/cache/swiftlet
@@ -59,8 +60,12 @@ release: deps
 guests: deps
 	$(MAKE) -C Guests tiny
 
-test: deps guests
+test: deps guests lint
 	$(SWIFT) test
+
+# Every public symbol of the library has a documentation comment.
+lint:
+	python3 Tools/check-doc-comments.py
 
 run-tiny: build guests
 	$(SWIFTLET_DEBUG) boot --kernel Guests/build/longmode-hello.elf

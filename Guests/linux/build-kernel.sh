@@ -35,18 +35,9 @@ set -euo pipefail
 RECIPE_REVISION=1
 
 PROG=build-kernel
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
-
-usage() {
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-}
-
-case "${1:-}" in
-    -h|--help) usage; exit 0 ;;
-    "") ;;
-    *) usage >&2; die "unexpected argument: $1" ;;
-esac
+# shellcheck source=../script-common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../script-common.sh"
+handle_help_argument "$@"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 fragment="$here/microvm.config"
@@ -66,24 +57,7 @@ keep_source="${SWIFTLET_KERNEL_KEEP_SOURCE:-0}"
 # ---------------------------------------------------------------- packages
 packages=(linux-source build-essential flex bison bc libelf-dev libssl-dev
           cpio xz-utils lz4 patch)
-
-is_installed() {
-    [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
-}
-
-missing=()
-for p in "${packages[@]}"; do
-    is_installed "$p" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    command -v apt-get >/dev/null || die "missing packages (${missing[*]}) and no apt-get to install them"
-    [[ $(id -u) == 0 ]] || die "missing packages (${missing[*]}); run as root or install them with apt-get"
-    log "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2 || die "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
-        || die "apt-get install failed for: ${missing[*]}"
-fi
+install_missing_packages "${packages[@]}"
 
 # ---------------------------------------------------------- linux-source
 shopt -s nullglob

@@ -23,6 +23,7 @@
  *
  * MMIO goes through register-indirect accesses only (see mmio.h).
  */
+#include "physmem.h"
 #include "serial.h"
 #include "mmio.h"
 
@@ -182,23 +183,6 @@ static void delay(int iterations)
         cpu_relax();
 }
 
-/* Reads guest physical memory (identity-mapped). The empty asm hides the constant address
- * from gcc, which otherwise warns about small constant pointers (e.g. the BDA at 0x40E). */
-static inline uint8_t rd8(uint64_t addr)
-{
-    __asm__("" : "+r"(addr));
-    return *(const volatile uint8_t *)addr;
-}
-
-static inline uint16_t rd16(uint64_t addr)
-{
-    return (uint16_t)(rd8(addr) | (uint16_t)rd8(addr + 1) << 8);
-}
-
-static inline uint32_t rd32(uint64_t addr)
-{
-    return (uint32_t)rd16(addr) | (uint32_t)rd16(addr + 2) << 16;
-}
 
 static uint8_t checksum(uint64_t addr, uint32_t length)
 {

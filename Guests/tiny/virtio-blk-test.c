@@ -121,20 +121,6 @@ static uint16_t used_seen;
 static uint32_t reg_read(uint32_t offset) { return mmio_read32(REG(offset)); }
 static void reg_write(uint32_t offset, uint32_t value) { mmio_write32(REG(offset), value); }
 
-static void fail(const char *what)
-{
-    serial_puts("FAIL: ");
-    serial_puts(what);
-    serial_putc('\n');
-    guest_exit();
-}
-
-static void print_value(const char *label, uint32_t value)
-{
-    serial_puts(label);
-    serial_putdec32(value);
-}
-
 static void set_descriptor(struct desc *table, int index, uint64_t addr, uint32_t len, uint16_t flags)
 {
     table[index].addr = addr;
@@ -156,7 +142,7 @@ static uint32_t submit(void)
     reg_write(QUEUE_NOTIFY, 0);
     for (uint32_t spins = 0; *(volatile uint16_t *)&used_ring.idx == used_seen; spins++) {
         if (spins == POLL_LIMIT)
-            fail("request timed out");
+            guest_fail("request timed out");
     }
     barrier();
     uint32_t length = used_ring.ring[used_seen % QUEUE_SIZE].len;
@@ -192,11 +178,11 @@ void guest_main(void)
     uint32_t magic = reg_read(MAGIC), version = reg_read(VERSION), device = reg_read(DEVICE_ID);
     serial_puts("virtio-blk-test: magic=");
     serial_puthex32(magic);
-    print_value(" version=", version);
-    print_value(" device=", device);
+    serial_put_labelled(" version=", version);
+    serial_put_labelled(" device=", device);
     serial_putc('\n');
     if (magic != 0x74726976 || version != 2 || device != 2)
-        fail("not a virtio-mmio v2 block device");
+        guest_fail("not a virtio-mmio v2 block device");
 
     /* Reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK. */
     reg_write(STATUS, 0);
@@ -207,7 +193,7 @@ void guest_main(void)
     reg_write(DEVICE_FEATURES_SEL, 1);
     uint32_t offered_high = reg_read(DEVICE_FEATURES);
     if (!(offered_high & F_VERSION_1_HIGH))
-        fail("VIRTIO_F_VERSION_1 not offered");
+        guest_fail("VIRTIO_F_VERSION_1 not offered");
     uint32_t wanted = BLK_F_SIZE_MAX | BLK_F_SEG_MAX | BLK_F_RO | BLK_F_BLK_SIZE | BLK_F_FLUSH | F_INDIRECT_DESC | F_EVENT_IDX;
     uint32_t accepted = offered_low & wanted;
     reg_write(DRIVER_FEATURES_SEL, 0);
@@ -216,22 +202,22 @@ void guest_main(void)
     reg_write(DRIVER_FEATURES, F_VERSION_1_HIGH);
     reg_write(STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
     if (!(reg_read(STATUS) & STATUS_FEATURES_OK))
-        fail("FEATURES_OK refused");
+        guest_fail("FEATURES_OK refused");
     int read_only = (accepted & BLK_F_RO) != 0;
     serial_puts("features: ro=");
     serial_putdec32(read_only);
-    print_value(" indirect=", (accepted & F_INDIRECT_DESC) != 0);
-    print_value(" event_idx=", (accepted & F_EVENT_IDX) != 0);
-    print_value(" flush=", (accepted & BLK_F_FLUSH) != 0);
+    serial_put_labelled(" indirect=", (accepted & F_INDIRECT_DESC) != 0);
+    serial_put_labelled(" event_idx=", (accepted & F_EVENT_IDX) != 0);
+    serial_put_labelled(" flush=", (accepted & BLK_F_FLUSH) != 0);
     serial_putc('\n');
     if (!(accepted & F_INDIRECT_DESC))
-        fail("indirect descriptors not offered");
+        guest_fail("indirect descriptors not offered");
 
     /* Queue 0. */
     reg_write(QUEUE_SEL, 0);
     uint32_t queue_max = reg_read(QUEUE_NUM_MAX);
     if (queue_max < QUEUE_SIZE)
-        fail("queue too small");
+        guest_fail("queue too small");
     reg_write(QUEUE_NUM, QUEUE_SIZE);
     reg_write(QUEUE_DESC_LOW, (uint32_t)(uint64_t)descriptors);
     reg_write(QUEUE_DESC_HIGH, (uint32_t)((uint64_t)descriptors >> 32));
@@ -241,21 +227,21 @@ void guest_main(void)
     reg_write(QUEUE_DEVICE_HIGH, (uint32_t)((uint64_t)&used_ring >> 32));
     reg_write(QUEUE_READY, 1);
     if (reg_read(QUEUE_READY) != 1)
-        fail("queue not ready");
+        guest_fail("queue not ready");
     reg_write(STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
     if (reg_read(STATUS) & STATUS_NEEDS_RESET)
-        fail("device needs reset after DRIVER_OK");
+        guest_fail("device needs reset after DRIVER_OK");
 
     uint64_t capacity = (uint64_t)reg_read(CONFIG + 4) << 32 | reg_read(CONFIG);
     uint32_t size_max = reg_read(CONFIG + 8), seg_max = reg_read(CONFIG + 12), blk_size = reg_read(CONFIG + 20);
-    print_value("config: capacity=", (uint32_t)capacity);
-    print_value(" size_max=", size_max);
-    print_value(" seg_max=", seg_max);
-    print_value(" blk_size=", blk_size);
-    print_value(" queue_max=", queue_max);
+    serial_put_labelled("config: capacity=", (uint32_t)capacity);
+    serial_put_labelled(" size_max=", size_max);
+    serial_put_labelled(" seg_max=", seg_max);
+    serial_put_labelled(" blk_size=", blk_size);
+    serial_put_labelled(" queue_max=", queue_max);
     serial_putc('\n');
     if (capacity < 2 * COPY_SECTOR)
-        fail("disk smaller than 32 MiB");
+        guest_fail("disk smaller than 32 MiB");
 
     /* Largest power-of-two segment the device takes, at most 4 MiB. */
     uint32_t segment = 4 * MIB;
@@ -263,26 +249,26 @@ void guest_main(void)
         segment >>= 1;
     uint32_t segments = TRANSFER / segment;
     if (segments > seg_max || segments + 2 > QUEUE_SIZE)
-        fail("segments too small for a 16 MiB request");
+        guest_fail("segments too small for a 16 MiB request");
 
     /* 1. Read 16 MiB from sector 0. */
     uint32_t length = transfer(BLK_T_IN, 0, SOURCE_BUFFER, segments, segment);
-    print_value("read: segments=", segments);
-    print_value(" status=", status_byte);
-    print_value(" len=", length);
+    serial_put_labelled("read: segments=", segments);
+    serial_put_labelled(" status=", status_byte);
+    serial_put_labelled(" len=", length);
     serial_putc('\n');
     uint32_t isr = 0;
     for (int spins = 0; spins < 100000 && !(isr & 1); spins++)
         isr = reg_read(INTERRUPT_STATUS);
     reg_write(INTERRUPT_ACK, isr);
-    print_value("isr=", isr);
-    print_value(" after_ack=", reg_read(INTERRUPT_STATUS));
+    serial_put_labelled("isr=", isr);
+    serial_put_labelled(" after_ack=", reg_read(INTERRUPT_STATUS));
     serial_putc('\n');
 
     uint32_t samples[SAMPLES];
     for (uint32_t i = 0; i < SAMPLES; i++) {
         samples[i] = fnv1a((const volatile uint8_t *)(SOURCE_BUFFER + i * MIB), SAMPLE);
-        print_value("sample ", i);
+        serial_put_labelled("sample ", i);
         serial_puts(" fnv=");
         serial_puthex32(samples[i]);
         serial_putc('\n');
@@ -300,8 +286,8 @@ void guest_main(void)
     descriptors[0].len = (2 + segments) * sizeof(struct desc);
     descriptors[0].flags = DESC_F_INDIRECT;
     length = submit();
-    print_value("write: status=", status_byte);
-    print_value(" len=", length);
+    serial_put_labelled("write: status=", status_byte);
+    serial_put_labelled(" len=", length);
     serial_putc('\n');
 
     /* 3. Read the copy back and compare the samples. */
@@ -309,32 +295,32 @@ void guest_main(void)
     uint32_t mismatches = 0;
     for (uint32_t i = 0; i < SAMPLES; i++)
         mismatches += fnv1a((const volatile uint8_t *)(COPY_BUFFER + i * MIB), SAMPLE) != samples[i];
-    print_value("reread: status=", status_byte);
-    print_value(" len=", length);
-    print_value(" mismatches=", mismatches);
+    serial_put_labelled("reread: status=", status_byte);
+    serial_put_labelled(" len=", length);
+    serial_put_labelled(" mismatches=", mismatches);
     serial_putc('\n');
 
     /* GET_ID: 20 bytes. */
     length = transfer(BLK_T_GET_ID, 0, (uint64_t)identifier, 1, 20);
     identifier[20] = 0;
-    print_value("getid: status=", status_byte);
-    print_value(" len=", length);
+    serial_put_labelled("getid: status=", status_byte);
+    serial_put_labelled(" len=", length);
     serial_puts(" id=");
     serial_puts(identifier);
     serial_putc('\n');
 
     /* FLUSH, a read past the end, an unknown type. */
     transfer(BLK_T_FLUSH, 0, 0, 0, 0);
-    print_value("flush: status=", status_byte);
+    serial_put_labelled("flush: status=", status_byte);
     transfer(BLK_T_IN, capacity, COPY_BUFFER, 1, 512);
-    print_value(" past_end: status=", status_byte);
+    serial_put_labelled(" past_end: status=", status_byte);
     transfer(99, 0, 0, 0, 0);
-    print_value(" unknown: status=", status_byte);
+    serial_put_labelled(" unknown: status=", status_byte);
     serial_putc('\n');
 
-    print_value("avail_event=", *(volatile uint16_t *)&used_ring.avail_event);
-    print_value(" used=", *(volatile uint16_t *)&used_ring.idx);
-    print_value(" device_status=", reg_read(STATUS));
+    serial_put_labelled("avail_event=", *(volatile uint16_t *)&used_ring.avail_event);
+    serial_put_labelled(" used=", *(volatile uint16_t *)&used_ring.idx);
+    serial_put_labelled(" device_status=", reg_read(STATUS));
     serial_putc('\n');
     serial_puts("done\n");
 }

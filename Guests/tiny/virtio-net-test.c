@@ -35,19 +35,7 @@ static uint8_t tx_buffer[HEADER_SIZE + 128] __attribute__((aligned(64)));
 static uint8_t mac[6];
 static uintptr_t base;
 
-static void fail(const char *what)
-{
-    serial_puts("FAIL: ");
-    serial_puts(what);
-    serial_putc('\n');
-    guest_exit();
-}
 
-static void put_value(const char *label, uint32_t value)
-{
-    serial_puts(label);
-    serial_putdec32(value);
-}
 
 static void put_hex8(uint8_t value)
 {
@@ -84,9 +72,9 @@ static uint32_t transmit(uint8_t *buffer, uint32_t length)
     virtq_notify(base, &tx_queue);
     uint32_t id, used;
     if (virtq_wait_used(&tx_queue, &id, &used) != 0)
-        fail("transmit timed out");
+        guest_fail("transmit timed out");
     if (id != 0)
-        fail("transmit returned the wrong chain");
+        guest_fail("transmit returned the wrong chain");
     return used;
 }
 
@@ -101,33 +89,33 @@ void guest_main(void)
     uint32_t slot;
     base = virtio_find(1, &slot);
     if (!base)
-        fail("no virtio-net device");
-    put_value("virtio-net-test: slot=", slot);
-    put_value(" device=", virtio_read(base, VIRTIO_DEVICE_ID));
+        guest_fail("no virtio-net device");
+    serial_put_labelled("virtio-net-test: slot=", slot);
+    serial_put_labelled(" device=", virtio_read(base, VIRTIO_DEVICE_ID));
     serial_putc('\n');
 
     uint32_t offered;
     int64_t accepted = virtio_negotiate(base, NET_F_MAC | NET_F_STATUS, &offered);
     if (accepted < 0)
-        fail("feature negotiation");
-    put_value("features: mac=", (accepted & NET_F_MAC) != 0);
-    put_value(" status=", (accepted & NET_F_STATUS) != 0);
+        guest_fail("feature negotiation");
+    serial_put_labelled("features: mac=", (accepted & NET_F_MAC) != 0);
+    serial_put_labelled(" status=", (accepted & NET_F_STATUS) != 0);
     serial_putc('\n');
     if (!(accepted & NET_F_MAC) || !(accepted & NET_F_STATUS))
-        fail("MAC or STATUS not offered");
+        guest_fail("MAC or STATUS not offered");
 
     for (int i = 0; i < 6; i++)
         mac[i] = mmio_read8(base + VIRTIO_CONFIG + i);
     uint32_t link = mmio_read8(base + VIRTIO_CONFIG + 6) | (uint32_t)mmio_read8(base + VIRTIO_CONFIG + 7) << 8;
     serial_puts("config: mac=");
     put_mac(mac);
-    put_value(" link=", link & NET_S_LINK_UP);
+    serial_put_labelled(" link=", link & NET_S_LINK_UP);
     serial_putc('\n');
 
     if (virtio_setup_queue(base, RX_QUEUE, &rx_queue) != 0 || virtio_setup_queue(base, TX_QUEUE, &tx_queue) != 0)
-        fail("queue setup");
+        guest_fail("queue setup");
     if (virtio_driver_ok(base) != 0)
-        fail("device needs reset after DRIVER_OK");
+        guest_fail("device needs reset after DRIVER_OK");
     for (uint16_t i = 0; i < RX_BUFFERS; i++)
         give_rx_buffer(i);
     virtq_notify(base, &rx_queue);
@@ -147,8 +135,8 @@ void guest_main(void)
     for (; payload < 64; payload++)
         frame[14 + payload] = (uint8_t)payload;
     uint32_t used = transmit(tx_buffer, HEADER_SIZE + 14 + payload);
-    put_value("hello: len=", 14 + payload);
-    put_value(" used=", used);
+    serial_put_labelled("hello: len=", 14 + payload);
+    serial_put_labelled(" used=", used);
     serial_putc('\n');
 
     /* 2. Echo until BYE. */
@@ -156,9 +144,9 @@ void guest_main(void)
     for (;;) {
         uint32_t id, length;
         if (virtq_wait_used(&rx_queue, &id, &length) != 0)
-            fail("no frame arrived");
+            guest_fail("no frame arrived");
         if (id >= RX_BUFFERS || length < HEADER_SIZE + 14 || length > RX_BUFFER_SIZE)
-            fail("bad receive entry");
+            guest_fail("bad receive entry");
         volatile uint8_t *buffer = rx_buffers[id];
         volatile uint8_t *received = buffer + HEADER_SIZE;
         uint32_t frame_length = length - HEADER_SIZE;
@@ -172,8 +160,8 @@ void guest_main(void)
         /* Without offloads the device must hand over flags 0, gso_type 0, num_buffers 1. */
         uint32_t header_ok = buffer[0] == 0 && buffer[1] == 0 && buffer[10] == 1 && buffer[11] == 0;
         if (starts_with(received + 14, frame_length - 14, "BYE")) {
-            put_value("bye: len=", frame_length);
-            put_value(" header=", header_ok);
+            serial_put_labelled("bye: len=", frame_length);
+            serial_put_labelled(" header=", header_ok);
             serial_putc('\n');
             break;
         }
@@ -185,15 +173,15 @@ void guest_main(void)
             buffer[i] = 0;
         used = transmit((uint8_t *)buffer, length);
         echoed++;
-        put_value("echo ", echoed);
-        put_value(": len=", frame_length);
-        put_value(" header=", header_ok);
-        put_value(" used=", used);
+        serial_put_labelled("echo ", echoed);
+        serial_put_labelled(": len=", frame_length);
+        serial_put_labelled(" header=", header_ok);
+        serial_put_labelled(" used=", used);
         serial_putc('\n');
         give_rx_buffer((uint16_t)id);
         virtq_notify(base, &rx_queue);
     }
-    put_value("done: echoed=", echoed);
-    put_value(" ignored=", ignored);
+    serial_put_labelled("done: echoed=", echoed);
+    serial_put_labelled(" ignored=", ignored);
     serial_putc('\n');
 }

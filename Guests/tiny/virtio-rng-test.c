@@ -20,19 +20,7 @@ static uint8_t second[64] __attribute__((aligned(64)));
 static uint8_t big[BIG] __attribute__((aligned(4096)));
 static uintptr_t base;
 
-static void fail(const char *what)
-{
-    serial_puts("FAIL: ");
-    serial_puts(what);
-    serial_putc('\n');
-    guest_exit();
-}
 
-static void put_value(const char *label, uint32_t value)
-{
-    serial_puts(label);
-    serial_putdec32(value);
-}
 
 /* Publishes the chain at descriptor 0 and waits for it; returns the used length. */
 static uint32_t request(void)
@@ -41,9 +29,9 @@ static uint32_t request(void)
     virtq_notify(base, &queue);
     uint32_t id, length;
     if (virtq_wait_used(&queue, &id, &length) != 0)
-        fail("request timed out");
+        guest_fail("request timed out");
     if (id != 0)
-        fail("wrong chain returned");
+        guest_fail("wrong chain returned");
     return length;
 }
 
@@ -61,18 +49,18 @@ void guest_main(void)
     uint32_t slot;
     base = virtio_find(4, &slot);
     if (!base)
-        fail("no virtio-rng device");
-    put_value("virtio-rng-test: slot=", slot);
-    put_value(" device=", virtio_read(base, VIRTIO_DEVICE_ID));
+        guest_fail("no virtio-rng device");
+    serial_put_labelled("virtio-rng-test: slot=", slot);
+    serial_put_labelled(" device=", virtio_read(base, VIRTIO_DEVICE_ID));
     serial_putc('\n');
 
     uint32_t offered;
     if (virtio_negotiate(base, 0, &offered) < 0)
-        fail("feature negotiation");
+        guest_fail("feature negotiation");
     if (virtio_setup_queue(base, 0, &queue) != 0)
-        fail("queue setup");
+        guest_fail("queue setup");
     if (virtio_driver_ok(base) != 0)
-        fail("device needs reset after DRIVER_OK");
+        guest_fail("device needs reset after DRIVER_OK");
 
     virtq_set(&queue, 0, (uint64_t)first, sizeof first, VIRTQ_DESC_F_WRITE, 0);
     uint32_t first_length = request();
@@ -87,13 +75,13 @@ void guest_main(void)
         differ |= first[i] != second[i];
     int zero = all_zero(first, sizeof first) || all_zero(second, sizeof second) || all_zero(second + 32, 32) ||
                all_zero(big, 64) || all_zero(big + big_length - 64, 64);
-    put_value("rng: first=", first_length);
-    put_value(" second=", second_length);
-    put_value(" differ=", differ);
-    put_value(" zero=", zero);
+    serial_put_labelled("rng: first=", first_length);
+    serial_put_labelled(" second=", second_length);
+    serial_put_labelled(" differ=", differ);
+    serial_put_labelled(" zero=", zero);
     serial_putc('\n');
-    put_value("big: len=", big_length);
-    put_value(" untouched_after=", all_zero(big + big_length, BIG - big_length));
+    serial_put_labelled("big: len=", big_length);
+    serial_put_labelled(" untouched_after=", all_zero(big + big_length, BIG - big_length));
     serial_putc('\n');
     serial_puts("done\n");
 }

@@ -18,6 +18,7 @@
  * at most its first 4096 bytes are printed, and nothing outside the VMM's 4 GiB identity map is
  * touched.
  */
+#include "physmem.h"
 #include "serial.h"
 
 #define BP_EXT_RAMDISK_IMAGE  0x0C0
@@ -44,28 +45,6 @@
 #define FNV1A_BASIS           0x811c9dc5u
 #define FNV1A_PRIME           0x01000193u
 
-/* Reads guest physical memory (identity-mapped). The empty asm hides the constant address
- * from gcc, which otherwise warns about small constant pointers (e.g. the BDA at 0x40E). */
-static inline uint8_t rd8(uint64_t addr)
-{
-    __asm__("" : "+r"(addr));
-    return *(const volatile uint8_t *)addr;
-}
-
-static inline uint16_t rd16(uint64_t addr)
-{
-    return (uint16_t)(rd8(addr) | (uint16_t)rd8(addr + 1) << 8);
-}
-
-static inline uint32_t rd32(uint64_t addr)
-{
-    return (uint32_t)rd16(addr) | (uint32_t)rd16(addr + 2) << 16;
-}
-
-static inline uint64_t rd64(uint64_t addr)
-{
-    return (uint64_t)rd32(addr) | (uint64_t)rd32(addr + 4) << 32;
-}
 
 /* "0x" and lowercase hex digits without leading zeros ("0x0" for zero). */
 static void put_hex(uint64_t value)

@@ -42,3 +42,17 @@ void guest_exit(void)
     for (;;)
         __asm__ volatile("cli; hlt");
 }
+
+void serial_put_labelled(const char *label, uint32_t value)
+{
+    serial_puts(label);
+    serial_putdec32(value);
+}
+
+void guest_fail(const char *what)
+{
+    serial_puts("FAIL: ");
+    serial_puts(what);
+    serial_putc('\n');
+    guest_exit();
+}

@@ -29,6 +29,12 @@ void serial_puthex32(uint32_t value);
 /* Unsigned decimal, no leading zeros. */
 void serial_putdec32(uint32_t value);
 
+/* The label, then the value in unsigned decimal. */
+void serial_put_labelled(const char *label, uint32_t value);
+
+/* Prints "FAIL: <what>" and a newline, then ends the VM. */
+__attribute__((noreturn)) void guest_fail(const char *what);
+
 /* Writes 0xFE to port 0x64; never returns. */
 __attribute__((noreturn)) void guest_exit(void);
 

@@ -7,9 +7,6 @@ let package = Package(
         .library(name: "Swiftlet", targets: ["Swiftlet"]),
         .executable(name: "swiftlet", targets: ["swiftlet"]),
     ],
-    dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
-    ],
     targets: [
         // C shim: ioctl request numbers, fixed-signature ioctl wrappers, eventfd helpers.
         .target(name: "CKVM"),
@@ -22,13 +19,11 @@ let package = Package(
             dependencies: ["CKVM", "CLibFDT"],
             exclude: ["Arch/README.md"]
         ),
-        // The command-line front end: argument parsing only, everything else is the library.
+        // The command-line front end: argument parsing only (hand-written, no Foundation: start
+        // time and memory), everything else is the library.
         .executableTarget(
             name: "swiftlet",
-            dependencies: [
-                "Swiftlet",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
+            dependencies: ["Swiftlet"]
         ),
         // libFuzzer target for the virtqueue walker and the virtio-mmio transport. A plain build
         // gets a stub; `make fuzz` builds it with -sanitize=fuzzer -DSWIFTLET_FUZZ and runs it.

@@ -1,4 +1,3 @@
-import ArgumentParser
 import Swiftlet
 
 #if canImport(Glibc)
@@ -7,47 +6,72 @@ import Swiftlet
 
 /// `swiftlet dump-dtb`: writes the device tree a machine would boot with, for reading with
 /// `dtc -I dtb -O dts`.
-struct DumpDTB: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "dump-dtb",
+struct DumpDTB {
+    static let help = CommandHelp(
         abstract: "Write the flattened device tree (DTB) that describes a machine.",
-        discussion: """
+        arguments: [
+            HelpEntry("<OUT>", help: "Where to write the blob ('-' for stdout)."),
+        ],
+        options: [
+            HelpEntry("--arch", value: "arch", help: "The guest architecture: aarch64."),
+            HelpEntry("--memory", value: "size", help: "Guest memory, e.g. 128M or 1G (binary units).", default: "128M"),
+            HelpEntry("--cpus", value: "n", help: "Number of vCPUs.", default: "1"),
+            HelpEntry("--cmdline", value: "text", help: "The kernel command line (replaces the default)."),
+            HelpEntry("--initrd", value: "file", help: "An initrd image: its size sets /chosen's initrd range."),
+            HelpEntry("--virtio-devices", value: "n", help: "Number of virtio-mmio devices to describe.", default: "0"),
+        ],
+        discussion: wrap("""
             Builds the device tree an aarch64 guest boots with (memory, vCPUs with PSCI, GICv3, \
             timer, the ns16550a UART, virtio-mmio devices, /chosen) and writes it to OUT \
             ('-' for stdout). Read it with: dtc -I dtb -O dts OUT. Docs/DEVICETREE.md describes \
             the layout. Only --arch aarch64 is supported: x86_64 guests get no device tree.
-            """
+            """, width: CommandHelp.width)
     )
 
-    @Option(name: .long, help: ArgumentHelp("The guest architecture: aarch64.", valueName: "arch"))
-    var arch: String
-
-    @Option(name: .long, help: ArgumentHelp("Guest memory, e.g. 128M or 1G (binary units).", valueName: "size"))
-    var memory: String = "128M"
-
-    @Option(name: .long, help: ArgumentHelp("Number of vCPUs.", valueName: "n"))
-    var cpus: String = "1"
-
-    @Option(name: .long, help: ArgumentHelp("The kernel command line (replaces the default).", valueName: "text"))
+    var arch = ""
+    var memory = "128M"
+    var cpus = "1"
     var cmdline: String?
-
-    @Option(name: .long, help: ArgumentHelp("An initrd image: its size sets /chosen's initrd range.", valueName: "file"))
     var initrd: String?
+    var virtioDevices = "0"
+    var output = ""
 
-    @Option(name: .long, help: ArgumentHelp("Number of virtio-mmio devices to describe.", valueName: "n"))
-    var virtioDevices: String = "0"
+    /// Reads `swiftlet dump-dtb`'s arguments (those after `dump-dtb`). The values are checked by
+    /// `run()`: a bad one there is a one-line error with exit status 1.
+    static func parse(_ arguments: some Sequence<String>) throws(UsageError) -> DumpDTB {
+        var dump = DumpDTB()
+        var arch: String?
+        var output: String?
+        var reader = ArgumentReader(arguments)
+        while let argument = reader.next() {
+            switch argument {
+            case .option("--arch"): arch = try reader.value()
+            case .option("--memory"): dump.memory = try reader.value()
+            case .option("--cpus"): dump.cpus = try reader.value()
+            case .option("--cmdline"): dump.cmdline = try reader.value()
+            case .option("--initrd"): dump.initrd = try reader.value()
+            case .option("--virtio-devices"): dump.virtioDevices = try reader.value()
+            case .option(let name): throw ArgumentReader.unknownOption(name)
+            case .positional(let text):
+                guard output == nil else { throw ArgumentReader.unexpectedArgument(text) }
+                output = text
+            }
+        }
+        guard let arch else { throw UsageError("missing '--arch <arch>': the guest architecture") }
+        guard let output else { throw UsageError("missing <OUT>: where to write the blob ('-' for stdout)") }
+        dump.arch = arch
+        dump.output = output
+        return dump
+    }
 
-    @Argument(help: ArgumentHelp("Where to write the blob ('-' for stdout).", valueName: "OUT"))
-    var output: String
-
-    func run() throws {
+    func run() {
         guard arch == "aarch64" || arch == "arm64" else {
             fail("unsupported --arch '\(arch)': device trees are built for aarch64 only")
         }
         guard let memorySize = parseMemorySize(memory) else {
             fail("cannot read --memory '\(memory)'; use a size such as 128M or 1G")
         }
-        // Counts are read here, not by ArgumentParser, so a bad one is a one-line error too.
+        // Counts are read here, not by the parser, so a bad one is a one-line error too.
         guard let vcpuCount = Int(cpus) else { fail("cannot read --cpus '\(cpus)'; use a whole number") }
         guard let virtioDeviceCount = Int(virtioDevices) else {
             fail("cannot read --virtio-devices '\(virtioDevices)'; use a whole number")

@@ -1,31 +1,76 @@
-import ArgumentParser
 import Swiftlet
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// `swiftlet`: the command-line front end. It parses arguments and calls the library; nothing
-/// else happens here.
+/// `swiftlet`: the command-line front end. It reads the arguments (ArgumentReader: hand-written,
+/// no Foundation, for start time and memory) and calls the library; nothing else happens here.
 @main
-struct SwiftletCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "swiftlet",
-        abstract: "Swiftlet: a KVM micro virtual machine monitor written in Swift.",
-        version: SwiftletVersion.string,
-        subcommands: [Boot.self, DumpDTB.self]
-    )
-
+struct SwiftletCommand {
     static func main() {
         // The boot timer measures from here: as close to process start as Swift code gets.
         ProcessClock.markStart()
-        main(nil)
+        let arguments = CommandLine.arguments.dropFirst()
+        guard let first = arguments.first else { return Command.root.printHelp() }
+        if first == "help" { return help(arguments.dropFirst()) }
+        guard let command = Command(named: first) else {
+            // No command: only --help and --version are understood.
+            if ArgumentReader.contains("-h", "--help", in: arguments) { return Command.root.printHelp() }
+            if ArgumentReader.contains("--version", in: arguments) { return printVersion() }
+            Command.root.fail(first.hasPrefix("-") ? ArgumentReader.unknownOption(first) : UsageError("unknown command '\(first)'"))
+        }
+        let rest = arguments.dropFirst()
+        // Help and version win over anything else on the line, as in most tools.
+        if ArgumentReader.contains("-h", "--help", in: rest) { return command.printHelp() }
+        if ArgumentReader.contains("--version", in: rest) { return printVersion() }
+        switch command {
+        case .boot:
+            let boot: Boot
+            do { boot = try Boot.parse(rest) } catch { command.fail(error) }
+            boot.run()
+        case .dumpDTB:
+            let dump: DumpDTB
+            do { dump = try DumpDTB.parse(rest) } catch { command.fail(error) }
+            dump.run()
+        case .root:
+            break
+        }
+    }
+
+    /// `swiftlet help [<command>]`.
+    private static func help(_ arguments: ArraySlice<String>) {
+        guard let topic = arguments.first, topic != "-h", topic != "--help" else { return Command.root.printHelp() }
+        guard let command = Command(named: topic) else { Command.root.fail(UsageError("unknown command '\(topic)'")) }
+        guard arguments.count == 1 else { Command.root.fail(ArgumentReader.unexpectedArgument(arguments[arguments.startIndex + 1])) }
+        command.printHelp()
+    }
+
+    private static func printVersion() {
+        writeAll(SwiftletVersion.string + "\n", to: STDOUT_FILENO)
     }
 }
 
-struct Boot: ParsableCommand {
-    static let configuration = CommandConfiguration(
+/// `swiftlet boot`: its options, as read from the command line.
+struct Boot {
+    static let help = CommandHelp(
         abstract: "Boot a kernel image in a new microVM with the serial console on this terminal.",
+        options: [
+            HelpEntry("--kernel", value: "file", help: "The kernel image to boot."),
+            HelpEntry("--format", value: "format", help: "How to load the kernel image: auto, elf, bzimage or flat-real-mode.",
+                      default: KernelFormat.automatic.rawValue),
+            HelpEntry("--memory", value: "size", help: "Guest memory, e.g. 128M or 1G (binary units).", default: "128M"),
+            HelpEntry("--cpus", value: "n", help: "Number of vCPUs.", default: "1"),
+            HelpEntry("--initrd", value: "file", help: "An initrd or initramfs image for a Linux kernel."),
+            HelpEntry("--cmdline", value: "text", help: "The kernel command line (replaces the default)."),
+            HelpEntry("--cpuid-mask", value: "list", help: "CPUID features to hide, comma-separated names or templates."),
+            HelpEntry("--report-boot-time", help: "Print the guest's boot time (boot-timer port write) on stderr at the end."),
+            HelpEntry("--report-memory", help: "Print the guest's resident memory and the process's peak RSS on stderr at the end."),
+            HelpEntry("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124)."),
+            HelpEntry("--disk", value: "disk", help: "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME][,direct=on] (repeatable)."),
+            HelpEntry("--net", value: "net", help: "A virtio-net interface over a host tap: tap=NAME[,mac=MAC][,offload=off] (repeatable)."),
+            HelpEntry("--rng", help: "Add a virtio-rng entropy device (backed by getrandom)."),
+        ],
         discussion: """
             Image formats (--format):
               auto            (default) ELF64 and bzImage are recognised by their magic numbers.
@@ -42,11 +87,12 @@ struct Boot: ParsableCommand {
                               SP = 0xfff0.
 
             Linux: for ELF and bzImage kernels Swiftlet writes a zero page (boot_params) with the
-            e820 map, the command line (--cmdline, default: \(LinuxBoot.defaultCommandLine)),
-            the initrd (--initrd, placed at the top of RAM below 3 GiB and the kernel's
-            initrd_addr_max) and an MP table for --cpus processors. --cpuid-mask hides CPUID
-            features from the guest and adds clearcpuid= to the command line; it takes feature
-            names (cx16,popcnt,...) and the template 'emulated'.
+            e820 map, the command line (--cmdline), the initrd (--initrd, placed at the top of RAM
+            below 3 GiB and the kernel's initrd_addr_max) and an MP table for --cpus processors.
+            The default command line is
+              \(LinuxBoot.defaultCommandLine)
+            --cpuid-mask hides CPUID features from the guest and adds clearcpuid= to the command
+            line; it takes feature names (cx16,popcnt,...) and the template 'emulated'.
 
             Disks (--disk, repeatable): each is a virtio-blk device over a raw image file,
               --disk path=FILE[,readonly=on][,id=NAME][,direct=on]
@@ -81,80 +127,86 @@ struct Boot: ParsableCommand {
             a Ctrl-A. A guest ends the VM by writing 0xfe to port 0x64 (i8042 reset).
 
             Exit status: 0 the guest reset, powered off or was stopped (Ctrl-A x); 1 the VM could
-            not be built (bad flags, unreadable or invalid kernel, no KVM); 3 triple fault;
+            not be built (unreadable or invalid kernel, disk or tap, no KVM); 64 a usage error
+            (unknown option, bad value); 3 triple fault;
             4 KVM internal (emulation) error; 5 VM entry failure; 6 unhandled exit; 7 a vCPU call
             failed; 8 guest panic; 124 --timeout reached; 128 + N stopped by signal N (SIGINT,
             SIGTERM and SIGHUP stop the VM cleanly).
             """
     )
 
-    @Option(name: .long, help: ArgumentHelp("The kernel image to boot.", valueName: "file"))
-    var kernel: String
-
-    @Option(name: .long, help: ArgumentHelp("How to load the kernel image: auto, elf or flat-real-mode.", valueName: "format"))
-    var format: String = KernelFormat.automatic.rawValue
-
-    @Option(name: .long, help: ArgumentHelp("Guest memory, e.g. 128M or 1G (binary units).", valueName: "size"))
-    var memory: String = "128M"
-
-    @Option(name: .long, help: ArgumentHelp("Number of vCPUs.", valueName: "n"))
-    var cpus: Int = 1
-
-    @Option(name: .long, help: ArgumentHelp("An initrd or initramfs image for a Linux kernel.", valueName: "file"))
+    var kernel = ""
+    var format = KernelFormat.automatic.rawValue
+    var memory = "128M"
+    var cpus = 1
     var initrd: String?
-
-    @Option(name: .long, help: ArgumentHelp("The kernel command line (replaces the default).", valueName: "text"))
     var cmdline: String?
-
-    @Option(name: .long, help: ArgumentHelp("CPUID features to hide, comma-separated names or templates.", valueName: "list"))
     var cpuidMask: String?
-
-    @Flag(name: .long, help: "Print the guest's boot time (boot-timer port write) on stderr at the end.")
     var reportBootTime = false
-
-    @Flag(name: .long, help: "Print the guest's resident memory and the process's peak RSS on stderr at the end.")
     var reportMemory = false
-
-    @Option(name: .long, help: ArgumentHelp("Stop the VM after this many seconds (exit status 124).", valueName: "seconds"))
     var timeout: Double?
-
-    @Option(name: .long, help: ArgumentHelp("A virtio-blk disk: path=FILE[,readonly=on][,id=NAME][,direct=on] (repeatable).", valueName: "disk"))
     var disk: [String] = []
-
-    @Option(name: .long, help: ArgumentHelp("A virtio-net interface over a host tap: tap=NAME[,mac=MAC][,offload=off] (repeatable).", valueName: "net"))
     var net: [String] = []
-
-    @Flag(name: .long, help: "Add a virtio-rng entropy device (backed by getrandom).")
     var rng = false
 
-    mutating func validate() throws {
+    /// Reads `swiftlet boot`'s arguments (those after `boot`) and checks them.
+    static func parse(_ arguments: some Sequence<String>) throws(UsageError) -> Boot {
+        var boot = Boot()
+        var kernel: String?
+        var reader = ArgumentReader(arguments)
+        while let argument = reader.next() {
+            switch argument {
+            case .option("--kernel"): kernel = try reader.value()
+            case .option("--format"): boot.format = try reader.value()
+            case .option("--memory"): boot.memory = try reader.value()
+            case .option("--cpus"): boot.cpus = try reader.integer()
+            case .option("--initrd"): boot.initrd = try reader.value()
+            case .option("--cmdline"): boot.cmdline = try reader.value()
+            case .option("--cpuid-mask"): boot.cpuidMask = try reader.value()
+            case .option("--report-boot-time"): try reader.flag(); boot.reportBootTime = true
+            case .option("--report-memory"): try reader.flag(); boot.reportMemory = true
+            case .option("--timeout"): boot.timeout = try reader.number()
+            case .option("--disk"): boot.disk.append(try reader.value())
+            case .option("--net"): boot.net.append(try reader.value())
+            case .option("--rng"): try reader.flag(); boot.rng = true
+            case .option(let name): throw ArgumentReader.unknownOption(name)
+            case .positional(let text): throw ArgumentReader.unexpectedArgument(text)
+            }
+        }
+        guard let kernel else { throw UsageError("missing '--kernel <file>': the kernel image to boot") }
+        boot.kernel = kernel
+        try boot.validate()
+        return boot
+    }
+
+    private func validate() throws(UsageError) {
         guard KernelFormat(rawValue: format) != nil else {
-            throw ValidationError("unknown --format '\(format)'; use one of: \(KernelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw UsageError("unknown --format '\(format)'; use one of: \(KernelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         guard parseMemorySize(memory) != nil else {
-            throw ValidationError("cannot read --memory '\(memory)'; use a size such as 128M or 1G")
+            throw UsageError("cannot read --memory '\(memory)'; use a size such as 128M or 1G")
         }
-        if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be a positive number of seconds") }
+        if let timeout, !(timeout > 0) { throw UsageError("--timeout must be a positive number of seconds") }
         if let cpuidMask {
-            do { _ = try CPUIDFeature.parseMask(cpuidMask) } catch { throw ValidationError("--cpuid-mask: \(error)") }
+            do { _ = try CPUIDFeature.parseMask(cpuidMask) } catch { throw UsageError("--cpuid-mask: \(error)") }
         }
         for value in disk {
-            do { _ = try DiskConfiguration.parse(value) } catch { throw ValidationError("--disk '\(value)': \(error)") }
+            do { _ = try DiskConfiguration.parse(value) } catch { throw UsageError("--disk '\(value)': \(error)") }
         }
         var macs = Set<MACAddress>()
         for value in net {
             let network: NetworkConfiguration
-            do { network = try NetworkConfiguration.parse(value) } catch { throw ValidationError("--net '\(value)': \(error)") }
+            do { network = try NetworkConfiguration.parse(value) } catch { throw UsageError("--net '\(value)': \(error)") }
             guard macs.insert(network.effectiveMAC).inserted else {
-                throw ValidationError("--net '\(value)': MAC address \(network.effectiveMAC) is already in use by another --net")
+                throw UsageError("--net '\(value)': MAC address \(network.effectiveMAC) is already in use by another --net")
             }
         }
         guard disk.count + net.count + (rng ? 1 : 0) <= X86Layout.virtioMMIOSlotCount else {
-            throw ValidationError("at most \(X86Layout.virtioMMIOSlotCount) virtio devices (--disk, --net and --rng together) are supported")
+            throw UsageError("at most \(X86Layout.virtioMMIOSlotCount) virtio devices (--disk, --net and --rng together) are supported")
         }
     }
 
-    func run() throws {
+    func run() {
         // Console output may go to a pipe that closes early: get EPIPE, not a fatal signal.
         signal(SIGPIPE, SIG_IGN)
         let configuration = MachineConfiguration(

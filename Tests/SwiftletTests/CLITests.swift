@@ -92,6 +92,118 @@ struct CLITests {
         #expect(result.stderr == "swiftlet: stopped: deadline reached\n")
     }
 
+    /// Every option of `swiftlet boot`, as its help lists them.
+    static let bootOptions = [
+        "--kernel <file>", "--format <format>", "--memory <size>", "--cpus <n>", "--initrd <file>", "--cmdline <text>",
+        "--cpuid-mask <list>", "--report-boot-time", "--report-memory", "--timeout <seconds>", "--disk <disk>", "--net <net>",
+        "--rng",
+    ]
+
+    @Test("--help, -h and help exit 0 and list the commands", arguments: [["--help"], ["-h"], ["help"], []])
+    func rootHelp(arguments: [String]) throws {
+        let result = try Subprocess.run(Self.binary, arguments)
+        #expect(result.status == 0)
+        #expect(result.stderr == "")
+        for text in ["USAGE: swiftlet <command>", "boot", "dump-dtb", "--version", "-h, --help"] {
+            #expect(result.stdout.contains(text), "swiftlet \(arguments) does not mention \(text)")
+        }
+    }
+
+    @Test("boot's help lists every option, with defaults, and the discussion", arguments: [["boot", "--help"], ["boot", "-h"], ["help", "boot"]])
+    func bootHelp(arguments: [String]) throws {
+        let result = try Subprocess.run(Self.binary, arguments)
+        #expect(result.status == 0)
+        #expect(result.stderr == "")
+        #expect(result.stdout.contains("USAGE: swiftlet boot --kernel <file> [options]"))
+        for option in Self.bootOptions {
+            #expect(result.stdout.contains("\n  \(option) "), "boot's help does not list \(option)")
+        }
+        #expect(result.stdout.contains("(default: 128M)"))
+        for paragraph in ["Image formats (--format):", "Disks (--disk, repeatable)", "Network (--net, repeatable)", "Entropy (--rng)",
+                          "Boot timer:", "Ctrl-A x stops the VM", "Exit status: 0 the guest reset"] {
+            #expect(result.stdout.contains(paragraph), "boot's help lacks \(paragraph)")
+        }
+        // The generated part (usage and options, before the preformatted discussion) fits 80 columns.
+        let generated = result.stdout.split(separator: "\n").prefix { !$0.hasPrefix("Image formats") }
+        #expect(generated.allSatisfy { $0.count <= 80 })
+    }
+
+    @Test("dump-dtb's help lists its options and OUT")
+    func dumpDTBHelp() throws {
+        let result = try Self.swiftlet("dump-dtb", "--help")
+        #expect(result.status == 0)
+        for text in ["USAGE: swiftlet dump-dtb", "<OUT>", "--arch <arch>", "--virtio-devices <n>", "dtc -I dtb -O dts"] {
+            #expect(result.stdout.contains(text))
+        }
+    }
+
+    @Test("usage errors exit 64 with the error, the usage line and a pointer to the help, and start nothing", arguments: [
+        ["boot", "--bogus"], ["boot", "--kernel"], ["boot"], ["boot", "--kernel", "/nonexistent", "stray"],
+        ["boot", "--kernel", "/nonexistent", "--cpus", "two"], ["boot", "--kernel", "/nonexistent", "--timeout", "soon"],
+        ["boot", "--kernel", "/nonexistent", "--rng=on"], ["boot", "--kernel", "/nonexistent", "--memory="],
+        ["boot", "--kernel", "/nonexistent", "--", "--rng"],
+    ])
+    func bootUsageErrors(arguments: [String]) throws {
+        // A real guest: had a VM started, its output would be on stdout.
+        let kernel = try TestSupport.guest("longmode-hello.elf")
+        let result = try Subprocess.run(Self.binary, arguments.map { $0 == "/nonexistent" ? kernel : $0 })
+        #expect(result.status == 64)
+        #expect(result.stdout == "")
+        #expect(result.stderr.hasPrefix("Error: "))
+        #expect(result.stderr.hasSuffix("\nUsage: swiftlet boot --kernel <file> [options]\nSee 'swiftlet boot --help'.\n"))
+        #expect(result.stderr.filter { $0 == "\n" }.count == 3)
+    }
+
+    @Test("usage errors of swiftlet itself and of dump-dtb exit 64", arguments: [
+        ["bogus"], ["--bogus"], ["help", "bogus"], ["dump-dtb", "/tmp/x.dtb"], ["dump-dtb", "--arch", "aarch64"],
+        ["dump-dtb", "--arch", "aarch64", "a.dtb", "b.dtb"], ["dump-dtb", "--arch", "aarch64", "--kernel", "x", "a.dtb"],
+    ])
+    func otherUsageErrors(arguments: [String]) throws {
+        let result = try Subprocess.run(Self.binary, arguments)
+        #expect(result.status == 64)
+        #expect(result.stderr.hasPrefix("Error: "))
+        #expect(result.stderr.contains("\nUsage: swiftlet "))
+    }
+
+    @Test("--help wins over errors on the same line, and --version works after a command")
+    func helpAndVersionFirst() throws {
+        let help = try Self.swiftlet("boot", "--bogus", "--help")
+        #expect(help.status == 0)
+        #expect(help.stdout.hasPrefix("Boot a kernel image"))
+        let version = try Self.swiftlet("boot", "--version")
+        #expect(version.status == 0)
+        #expect(version.stdout == "0.1.0\n")
+    }
+
+    @Test("--name=value works as --name value; the last of a repeated option wins",
+          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+    func equalsForm() throws {
+        let result = try Self.swiftlet(
+            "boot", "--kernel=/nonexistent", "--kernel=" + (try TestSupport.guest("longmode-hello.elf")), "--memory=256M", "--cpus=1",
+            "--format=elf", "--timeout=20", "--report-memory")
+        #expect(result.status == 0)
+        #expect(result.stdout == "Hello from 64-bit long mode\n")
+        #expect(result.stderr.hasPrefix("swiftlet: guest resident "))
+    }
+
+    @Test("dump-dtb writes a device tree blob, to a file or to stdout")
+    func dumpDTB() throws {
+        let file = try TemporaryFile(contents: [])
+        let result = try Self.swiftlet("dump-dtb", "--arch", "aarch64", "--memory=256M", "--cpus", "2", file.path)
+        #expect(result.status == 0)
+        #expect(result.stderr == "")
+        let fd = open(file.path, O_RDONLY)
+        guard fd >= 0 else { throw TestFailure("open \(file.path) failed: errno \(errno)") }
+        defer { close(fd) }
+        var header = [UInt8](repeating: 0, count: 40)
+        #expect(header.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } == 40)
+        #expect(header.prefix(4) == [0xd0, 0x0d, 0xfe, 0xed])  // FDT magic, big-endian
+        // The same blob on stdout (compared as both decode, since it is not text).
+        let piped = try Self.swiftlet("dump-dtb", "--memory", "256M", "--cpus=2", "--arch=aarch64", "-")
+        #expect(piped.status == 0)
+        #expect(piped.stdout == (try Subprocess.contents(of: file.path)))
+    }
+
     @Test("dump-dtb refuses an unknown architecture")
     func dumpDTBArch() throws {
         let result = try Self.swiftlet("dump-dtb", "--arch", "mips", "/tmp/x.dtb")

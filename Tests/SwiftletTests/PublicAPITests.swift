@@ -81,6 +81,32 @@ struct PublicAPITests {
         #expect(await machine.waitUntilExit() == .stopped(.requested))
     }
 
+    @Test("a machine starts once; wait() called before start() waits for the start and the end")
+    func lifecycle() async throws {
+        let machine = try Machine(
+            MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .none))
+        async let early = machine.waitUntilExit()
+        try await Task.sleep(for: .milliseconds(50))
+        try machine.start()
+        machine.setDeadline(after: TestSupport.guestDeadline)
+        #expect(await early == .reset)
+        do {
+            try machine.start()
+            Issue.record("a second start() was accepted")
+        } catch {
+            #expect(error.step == .startThreads)
+            #expect("\(error)" == "cannot start the VMM threads: the machine was already started (a machine runs once)")
+        }
+    }
+
+    @Test("a machine that is never started goes away cleanly")
+    func neverStarted() throws {
+        for _ in 0..<3 {
+            _ = try Machine(
+                MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .none))
+        }
+    }
+
     @Test("two machines run at once in one process")
     func twoMachines() async throws {
         let first = BufferSerialOutput()

@@ -166,6 +166,25 @@ struct VirtioMMIOTransportTests {
         #expect(f.log.all == ["reset", "activate 100000000", "queue 0 head 0 buffers 1"])
     }
 
+    @Test("one call serves at most a ring's worth of chains, then yields and re-signals the queue")
+    func queueBudget() throws {
+        let f = try Fixture()
+        var ring = RingDriver(memory: f.memory, size: 4)
+        f.driver.negotiate(VirtioFeature.version1)
+        f.driver.setUpQueue(0, ring)
+        f.driver.driverOK()
+        for head in 0..<4 {
+            try ring.setDescriptor(head, address: 0x10000 + UInt64(head) * 0x100, length: 4, flags: Flag.write)
+            try ring.publish(UInt16(head))
+        }
+        let before = f.notifiers[0].count
+        #expect(f.transport.processQueue(0) == .yielded)
+        #expect(try ring.usedIndex() == 4)
+        #expect(f.notifiers[0].count == before + 1, "the event loop is woken to come back to the queue")
+        #expect(f.transport.processQueue(0) == .drained)
+        #expect(f.notifiers[0].count == before + 1)
+    }
+
     @Test("a completion sets InterruptStatus bit 0 and raises the interrupt; InterruptACK clears it")
     func completionInterrupt() throws {
         let f = try Fixture()

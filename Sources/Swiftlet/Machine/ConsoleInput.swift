@@ -33,9 +33,9 @@ final class ConsoleInput: Sendable {
 
     /// Starts watching the terminal (if any) and delivering queued input.
     func attach() throws(SystemError) {
-        if let terminal {
+        if terminal != nil {
             do {
-                try loop.add(terminal.inputDescriptor, events: EPOLLIN.rawValue) { [self] events in readable(events) }
+                try watchTerminal()
             } catch where error.errno == EPERM {
                 // Regular files and /dev/null cannot be polled; they are always readable.
                 state.withLock { $0.readFromPoller = true }
@@ -47,6 +47,14 @@ final class ConsoleInput: Sendable {
             return flushPending() || state.withLock { $0.readFromPoller && !$0.endOfInput }
         }
         loop.wake()
+    }
+
+    /// Watches the terminal for input. Pausing and end of input remove it from the loop
+    /// entirely: epoll reports a hang-up even for a descriptor watched for no events, which
+    /// would wake the loop over and over.
+    private func watchTerminal() throws(SystemError) {
+        guard let terminal else { return }
+        try loop.add(terminal.inputDescriptor, events: EPOLLIN.rawValue) { [self] events in readable(events) }
     }
 
     /// Queues `bytes` for the guest (from any thread); they reach the UART in order.
@@ -66,7 +74,7 @@ final class ConsoleInput: Sendable {
                 state.endOfInput = true
                 return !state.readFromPoller
             }
-            if polled { loop.modify(terminal.inputDescriptor, events: 0) }
+            if polled { loop.remove(terminal.inputDescriptor) }
             return
         }
         var stop = false
@@ -100,8 +108,13 @@ final class ConsoleInput: Sendable {
             state.paused = waiting
             return (waiting, waiting)
         }
-        if let pause = changePause, let terminal, !state.withLock({ $0.readFromPoller }) {
-            loop.modify(terminal.inputDescriptor, events: pause ? 0 : EPOLLIN.rawValue)
+        let polled = !state.withLock { $0.readFromPoller || $0.endOfInput }
+        if let pause = changePause, let terminal, polled {
+            if pause {
+                loop.remove(terminal.inputDescriptor)
+            } else if (try? watchTerminal()) == nil {
+                state.withLock { $0.endOfInput = true }
+            }
         }
         return waiting
     }

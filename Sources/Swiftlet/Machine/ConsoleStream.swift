@@ -46,13 +46,22 @@ public final class ConsoleStream: SerialOutput, @unchecked Sendable {
 
     /// Delivers what is buffered, then ends the stream.
     func finish() {
-        deliver()
-        continuation.finish()
+        ring.withLock { ring in
+            let chunk = ring.removeAll()
+            if !chunk.isEmpty { continuation.yield(chunk) }
+            ring.finished = true
+            continuation.finish()
+        }
     }
 
+    /// Takes and yields under the ring's lock, so a `finish()` on another thread can neither
+    /// overtake a chunk already taken nor drop it.
     private func deliver() {
-        let chunk = ring.withLock { $0.removeAll() }
-        if !chunk.isEmpty { continuation.yield(chunk) }
+        ring.withLock { ring in
+            guard !ring.finished else { return }
+            let chunk = ring.removeAll()
+            if !chunk.isEmpty { continuation.yield(chunk) }
+        }
     }
 }
 
@@ -62,6 +71,8 @@ struct ByteRing {
     private var head = 0
     private(set) var count = 0
     private(set) var dropped = 0
+    /// The stream was finished; nothing more is delivered.
+    var finished = false
 
     init(capacity: Int) { storage = [UInt8](repeating: 0, count: capacity) }
 

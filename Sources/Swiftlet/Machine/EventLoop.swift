@@ -15,8 +15,19 @@ final class EventLoop: Sendable {
     /// Called about every `pollInterval` while it returns true (work waiting for room elsewhere).
     private let pollers = Mutex<[@Sendable () -> Bool]>([])
     private let stopped = Atomic<Bool>(false)
-    /// A one-shot action at a CLOCK_MONOTONIC time in nanoseconds (the machine's deadline).
-    private let deadline = Mutex<(at: UInt64, action: @Sendable () -> Void)?>(nil)
+    /// A one-shot action at a CLOCK_MONOTONIC time (the machine's deadline). Kept in a class:
+    /// a closure stored in a tuple inside the Mutex gained a reabstraction thunk on every
+    /// `withLock`, until calling it overflowed the stack.
+    private let deadline = Mutex<Deadline?>(nil)
+
+    private final class Deadline: Sendable {
+        let nanoseconds: UInt64
+        let action: @Sendable () -> Void
+        init(nanoseconds: UInt64, action: @escaping @Sendable () -> Void) {
+            self.nanoseconds = nanoseconds
+            self.action = action
+        }
+    }
     static let pollIntervalMilliseconds: Int32 = 5
 
     init() throws(SystemError) {
@@ -70,7 +81,8 @@ final class EventLoop: Sendable {
     /// Calls `action` on the loop thread `seconds` from now (replacing an earlier deadline).
     func setDeadline(after seconds: Double, _ action: @escaping @Sendable () -> Void) {
         let delay = UInt64(max(0, min(seconds, 1e9)) * 1e9)
-        deadline.withLock { $0 = (monotonicNanoseconds() + delay, action) }
+        let due = Deadline(nanoseconds: monotonicNanoseconds() + delay, action: action)
+        deadline.withLock { $0 = due }
         wake()
     }
 
@@ -80,14 +92,14 @@ final class EventLoop: Sendable {
         var pollersBusy = true
         while !stopped.load(ordering: .acquiring) {
             var timeout = pollersBusy ? EventLoop.pollIntervalMilliseconds : -1
-            if let due = deadline.withLock({ $0?.at }) {
+            if let due = deadline.withLock({ $0 }) {
                 let now = monotonicNanoseconds()
-                if now >= due {
-                    deadline.withLock { $0 }?.action()
-                    deadline.withLock { $0 = nil }
+                if now >= due.nanoseconds {
+                    deadline.withLock { if $0 === due { $0 = nil } }
+                    due.action()
                     continue
                 }
-                let untilDue = Int32(clamping: (due - now + 999_999) / 1_000_000)
+                let untilDue = Int32(clamping: (due.nanoseconds - now + 999_999) / 1_000_000)
                 timeout = timeout < 0 ? untilDue : min(timeout, untilDue)
             }
             let count = events.withUnsafeMutableBufferPointer {

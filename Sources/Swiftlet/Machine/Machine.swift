@@ -82,6 +82,13 @@ public final class Machine: @unchecked Sendable {
     private let threads = Mutex<[NativeThread]>([])
     private let eventThread = Mutex<NativeThread?>(nil)
     private let waiting = Mutex<Void>(())
+    /// Where the machine is in its life: `start()` runs once; `wait()` waits for it.
+    private let lifecycle = Mutex(Lifecycle.built)
+    private let lifecycleChanged = ParkingGate()
+
+    private enum Lifecycle: Equatable {
+        case built, starting, started
+    }
 
     /// Builds the machine described by `configuration`.
     public init(_ configuration: MachineConfiguration) throws(MachineError) {
@@ -213,6 +220,28 @@ public final class Machine: @unchecked Sendable {
 
     /// Starts the vCPU threads and the event-loop thread (console input).
     public func start() throws(MachineError) {
+        let first = lifecycle.withLock { state -> Bool in
+            guard state == .built else { return false }
+            state = .starting
+            return true
+        }
+        guard first else { throw MachineError(step: .startThreads, underlying: MachineLifecycleError.alreadyStarted) }
+        defer {
+            lifecycle.withLock { $0 = .started }
+            lifecycleChanged.wakeAll()
+        }
+        do {
+            try startThreads()
+        } catch {
+            // Undo what started: end the machine, join its threads, restore the terminal.
+            control.finish(.stopped(.requested))
+            lifecycle.withLock { $0 = .started }
+            _ = wait()
+            throw error
+        }
+    }
+
+    private func startThreads() throws(MachineError) {
         _ = VCPUKick.installed
         let control = self.control
         let dispatcher = self.dispatcher
@@ -238,7 +267,10 @@ public final class Machine: @unchecked Sendable {
 
     /// Waits for the guest to end; returns how it ended. Joins every thread and restores the
     /// terminal before returning.
+    ///
+    /// Called before `start()`, it waits for the machine to be started and then to end.
     public func wait() -> GuestExit {
+        lifecycleChanged.waitUntil { _ in lifecycle.withLock { $0 } == .started }
         // One waiter joins; concurrent waiters block on the lock until it is done.
         waiting.withLock { _ in
             let vcpuThreads = threads.withLock { $0 }
@@ -273,7 +305,12 @@ public final class Machine: @unchecked Sendable {
 
     deinit {
         stop()
-        _ = wait()
+        if lifecycle.withLock({ $0 }) == .built {
+            // Never started: no threads to join, only the handlers' reference cycles to break.
+            eventLoop.removeAllHandlers()
+        } else {
+            _ = wait()
+        }
     }
 }
 
@@ -305,5 +342,18 @@ public enum X86MemoryMap {
         var regions = [(start: GuestAddress(0), size: below)]
         if size > below { regions.append((start: X86Layout.ramAbove4GStart, size: size - below)) }
         return regions
+    }
+}
+
+/// A call that does not fit where the machine is in its life.
+public enum MachineLifecycleError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// `start()` was called a second time.
+    case alreadyStarted
+
+    /// One line saying what was wrong.
+    public var description: String {
+        switch self {
+        case .alreadyStarted: "the machine was already started (a machine runs once)"
+        }
     }
 }

@@ -37,7 +37,8 @@ final class RunControl: Sendable {
         let threads = state.withLock { $0.threads }
         for vcpu in vcpus { vcpu.requestImmediateExit(true) }
         for thread in threads { _ = pthread_kill(thread, VCPUKick.signal) }
-        gate.waitUntil { parked in parked >= threads.count || self.isStopping }
+        // A resume() racing with this pause releases the wait too (nobody will park then).
+        gate.waitUntil { parked in parked >= threads.count || self.isStopping || !self.isPaused }
     }
 
     /// Lets parked vCPUs run again.

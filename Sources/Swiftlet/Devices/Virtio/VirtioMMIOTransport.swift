@@ -152,8 +152,16 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: BusDevice {
             else { return (false, false, .stopped) }
             defer { work.queues[index] = queue }
             var service = VirtioQueueService.stopped
+            // At most a ring's worth of chains per call: a driver that keeps re-posting chains
+            // must not keep the event loop from its other descriptors (and the deadline).
+            var budget = Int(queue.size)
             do throws(VirtqueueError) {
                 serving: while resetRequests.load(ordering: .acquiring) == 0 {
+                    if budget == 0 {
+                        service = .yielded
+                        break
+                    }
+                    budget -= 1
                     guard try queue.popAvailable(from: memory, into: &work.chain) else {
                         // Drained: re-arm notifications, then look again in case chains came in
                         // while they were suppressed.
@@ -186,6 +194,7 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: BusDevice {
                 return (false, true, .stopped)
             }
         }
+        if service == .yielded { notifiers[index].signal() }
         if raise || needsReset {
             registers.withLock { registers in
                 if needsReset { registers.setNeedsReset() } else { registers.interruptStatus |= VirtioInterruptBit.usedBuffer }
@@ -231,6 +240,9 @@ public enum VirtioQueueService: Equatable, Sendable {
     case drained
     /// The device left a chain for later (`VirtioChainResult.deferred`); chains remain.
     case deferred
+    /// A ring's worth of chains was served and more are waiting: the queue's notifier was
+    /// signalled, so the event loop comes back to this queue after its other work.
+    case yielded
     /// Nothing was served to the end: the device is not live, the queue is not enabled, a
     /// ring is broken, or a reset is waiting.
     case stopped

@@ -174,6 +174,8 @@ final class TapReceivePump: Sendable {
             detach(transport)
             return
         }
+        // A yielded queue is served again from its notifier; the tap's watching stays as it is.
+        guard service != .yielded else { return }
         let change = state.withLock { state -> Bool? in
             let watch = service == .deferred
             guard !state.detached, watch != state.watching else { return nil }

@@ -148,60 +148,73 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: BusDevice {
     @discardableResult
     public func processQueue(_ index: Int) -> VirtioQueueService {
         let (raise, needsReset, service) = work.withLock { work -> (Bool, Bool, VirtioQueueService) in
-            guard work.isActive, !work.isBroken, index >= 0, index < work.queues.count, var queue = work.queues[index]
-            else { return (false, false, .stopped) }
-            defer { work.queues[index] = queue }
-            var service = VirtioQueueService.stopped
-            // At most a ring's worth of chains per call: a driver that keeps re-posting chains
-            // must not keep the event loop from its other descriptors (and the deadline).
-            var budget = Int(queue.size)
-            do throws(VirtqueueError) {
-                serving: while resetRequests.load(ordering: .acquiring) == 0 {
-                    if budget == 0 {
-                        service = .yielded
-                        break
-                    }
-                    budget -= 1
-                    guard try queue.popAvailable(from: memory, into: &work.chain) else {
-                        // Drained: re-arm notifications, then look again in case chains came in
-                        // while they were suppressed.
-                        if try queue.enableNotifications(memory) { continue }
-                        service = .drained
-                        break
-                    }
-                    let length: UInt32
-                    if let error = work.chain.error {
-                        work.statistics.failedChains += 1
-                        work.statistics.lastError = error
-                        length = 0
+            let outcome = serve(index, &work)
+            // The registers change while `work` is still held (work, then registers): a guest
+            // reset cannot complete in between and inherit a stale interrupt or NEEDS_RESET bit.
+            if outcome.raise || outcome.needsReset {
+                registers.withLock { registers in
+                    if outcome.needsReset {
+                        registers.setNeedsReset()
                     } else {
-                        switch work.device.handle(work.chain, queue: index, memory: memory) {
-                        case .used(let written):
-                            length = written
-                            work.statistics.requests += 1
-                        case .deferred:
-                            queue.putBackLastAvailable()
-                            service = .deferred
-                            break serving
-                        }
+                        registers.interruptStatus |= VirtioInterruptBit.usedBuffer
                     }
-                    try queue.addUsed(head: work.chain.head, length: length, memory: memory)
                 }
-                return (try queue.needsInterrupt(memory), false, service)
-            } catch {
-                work.isBroken = true
-                work.statistics.lastError = error
-                return (false, true, .stopped)
             }
+            return outcome
         }
         if service == .yielded { notifiers[index].signal() }
-        if raise || needsReset {
-            registers.withLock { registers in
-                if needsReset { registers.setNeedsReset() } else { registers.interruptStatus |= VirtioInterruptBit.usedBuffer }
-            }
-            interrupt.signal()
-        }
+        if raise || needsReset { interrupt.signal() }
         return service
+    }
+
+    /// Walks queue `index` with `work` held; says whether to raise the used-buffer interrupt,
+    /// whether the ring broke (NEEDS_RESET), and how the queue was left.
+    private func serve(_ index: Int, _ work: inout Work) -> (raise: Bool, needsReset: Bool, service: VirtioQueueService) {
+        guard work.isActive, !work.isBroken, index >= 0, index < work.queues.count, var queue = work.queues[index]
+        else { return (false, false, .stopped) }
+        defer { work.queues[index] = queue }
+        var service = VirtioQueueService.stopped
+        // At most a ring's worth of chains per call: a driver that keeps re-posting chains
+        // must not keep the event loop from its other descriptors (and the deadline).
+        var budget = Int(queue.size)
+        do throws(VirtqueueError) {
+            serving: while resetRequests.load(ordering: .acquiring) == 0 {
+                if budget == 0 {
+                    service = .yielded
+                    break
+                }
+                budget -= 1
+                guard try queue.popAvailable(from: memory, into: &work.chain) else {
+                    // Drained: re-arm notifications, then look again in case chains came in
+                    // while they were suppressed.
+                    if try queue.enableNotifications(memory) { continue }
+                    service = .drained
+                    break
+                }
+                let length: UInt32
+                if let error = work.chain.error {
+                    work.statistics.failedChains += 1
+                    work.statistics.lastError = error
+                    length = 0
+                } else {
+                    switch work.device.handle(work.chain, queue: index, memory: memory) {
+                    case .used(let written):
+                        length = written
+                        work.statistics.requests += 1
+                    case .deferred:
+                        queue.putBackLastAvailable()
+                        service = .deferred
+                        break serving
+                    }
+                }
+                try queue.addUsed(head: work.chain.head, length: length, memory: memory)
+            }
+            return (try queue.needsInterrupt(memory), false, service)
+        } catch {
+            work.isBroken = true
+            work.statistics.lastError = error
+            return (false, true, .stopped)
+        }
     }
 
     // MARK: Host side

@@ -13,6 +13,10 @@
 #   make fuzz             fuzz the virtqueue walker and virtio-mmio transport (FUZZ_SECONDS=60)
 #   make build            debug build;  make release: the optimised build users install
 
+# The toolchain's usual place on the development machines, if it is not on PATH already.
+ifneq ($(wildcard /opt/swift/usr/bin/swift),)
+export PATH := /opt/swift/usr/bin:$(PATH)
+endif
 SWIFT ?= swift
 SWIFTLET_DEBUG := .build/debug/swiftlet
 SWIFTLET_RELEASE := .build/release/swiftlet

@@ -225,13 +225,6 @@ enum ELF64 {
     }
 }
 
-extension Array where Element == UInt8 {
-    /// Little-endian integers at byte offset `i` (the caller checked the bounds).
-    func le16(_ i: Int) -> UInt16 { UInt16(self[i]) | UInt16(self[i + 1]) << 8 }
-    func le32(_ i: Int) -> UInt32 { UInt32(le16(i)) | UInt32(le16(i + 2)) << 16 }
-    func le64(_ i: Int) -> UInt64 { UInt64(le32(i)) | UInt64(le32(i + 4)) << 32 }
-}
-
 /// The parts of the Linux x86 boot protocol's setup header (boot.rst) the bzImage loader reads.
 public enum BzImage {
     /// Enough of the image to hold the whole setup header.

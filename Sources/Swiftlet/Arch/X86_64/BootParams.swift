@@ -89,20 +89,20 @@ public struct BootParams: Equatable, Sendable {
     /// Stores a byte at `offset` (which must lie inside the page).
     public mutating func set(_ value: UInt8, at offset: Int) { bytes[offset] = value }
     /// Stores `value` little-endian in the 2 bytes at `offset` (which must lie inside the page).
-    public mutating func set(_ value: UInt16, at offset: Int) { setLittleEndian(UInt64(value), at: offset, size: 2) }
+    public mutating func set(_ value: UInt16, at offset: Int) { bytes.replace(at: offset, with: value) }
     /// Stores `value` little-endian in the 4 bytes at `offset` (which must lie inside the page).
-    public mutating func set(_ value: UInt32, at offset: Int) { setLittleEndian(UInt64(value), at: offset, size: 4) }
+    public mutating func set(_ value: UInt32, at offset: Int) { bytes.replace(at: offset, with: value) }
     /// Stores `value` little-endian in the 8 bytes at `offset` (which must lie inside the page).
-    public mutating func set(_ value: UInt64, at offset: Int) { setLittleEndian(value, at: offset, size: 8) }
+    public mutating func set(_ value: UInt64, at offset: Int) { bytes.replace(at: offset, with: value) }
 
     /// The byte at `offset`.
     public func uint8(at offset: Int) -> UInt8 { bytes[offset] }
     /// The little-endian 16-bit field at `offset`.
-    public func uint16(at offset: Int) -> UInt16 { UInt16(littleEndian(at: offset, size: 2)) }
+    public func uint16(at offset: Int) -> UInt16 { bytes.le16(offset) }
     /// The little-endian 32-bit field at `offset`.
-    public func uint32(at offset: Int) -> UInt32 { UInt32(littleEndian(at: offset, size: 4)) }
+    public func uint32(at offset: Int) -> UInt32 { bytes.le32(offset) }
     /// The little-endian 64-bit field at `offset`.
-    public func uint64(at offset: Int) -> UInt64 { littleEndian(at: offset, size: 8) }
+    public func uint64(at offset: Int) -> UInt64 { bytes.le64(offset) }
 
     /// Sets the e820 table (at most 128 entries).
     public mutating func setE820(_ entries: [E820Entry]) throws(BootSetupError) {
@@ -156,15 +156,6 @@ public struct BootParams: Equatable, Sendable {
         set(UInt16(0xFE00), at: Offset.heapEndPtr)
     }
 
-    private mutating func setLittleEndian(_ value: UInt64, at offset: Int, size: Int) {
-        for i in 0..<size { bytes[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(i))) }
-    }
-
-    private func littleEndian(at offset: Int, size: Int) -> UInt64 {
-        var value: UInt64 = 0
-        for i in 0..<size { value |= UInt64(bytes[offset + i]) << (8 * UInt64(i)) }
-        return value
-    }
 }
 
 /// One entry of the BIOS e820 memory map.

@@ -110,13 +110,3 @@ public enum MPTable {
         [EntryType.ioInterrupt.rawValue, type.rawValue, 0, 0, 0, sourceIRQ, ioapic, pin]
     }
 }
-
-extension Array where Element == UInt8 {
-    mutating func replace(at offset: Int, with bytes: [UInt8]) {
-        for (i, byte) in bytes.enumerated() { self[offset + i] = byte }
-    }
-
-    mutating func replace<T: FixedWidthInteger>(at offset: Int, with value: T) {
-        for i in 0..<(T.bitWidth / 8) { self[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * i)) }
-    }
-}

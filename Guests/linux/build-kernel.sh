@@ -8,9 +8,12 @@
 #   SWIFTLET_CACHE                   cache root, default /var/cache/swiftlet.
 #                                    Must be outside the work tree (the source
 #                                    tree and objects take ~1.5 GB while building).
-#   SWIFTLET_KERNEL_EMULATION_PATCH  1: apply 0001-skip-int3-selftest.patch, needed
-#                                    on software-KVM hosts that cannot emulate int3
-#                                    in guest kernel mode (the development host).
+#   SWIFTLET_KERNEL_EMULATION_PATCH  1: apply the patch set in emulated/ (in name
+#                                    order), needed on software-KVM hosts that
+#                                    emulate guest kernel mode (the development
+#                                    host): no int3 self-test, system calls from
+#                                    the fault SYSCALL raises there, no fwait on
+#                                    task exit.  Each patch's header says why.
 #                                    0 (default): plain kernel.
 #   SWIFTLET_KERNEL_JOBS             parallel make jobs, default $(nproc).
 #   SWIFTLET_KERNEL_KEEP_SOURCE      1: keep the extracted, built source tree in
@@ -20,7 +23,7 @@
 #
 # Output: $SWIFTLET_CACHE/linux-<debian version>-<key>/{vmlinux,bzImage,config,
 # System.map,kernel.release,build.log}, where <key> is a short sha256 of the
-# fragment, the patch (only if applied), whether it was applied, the
+# fragment, the patches (only if applied: names and contents), whether they were applied, the
 # linux-source version and RECIPE_REVISION below.  If vmlinux and bzImage
 # already exist for the key nothing is built.  $SWIFTLET_CACHE/kernel-current
 # is a symlink to the directory of the last requested build.
@@ -41,9 +44,11 @@ handle_help_argument "$@"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 fragment="$here/microvm.config"
-patchfile="$here/0001-skip-int3-selftest.patch"
 [[ -f $fragment ]] || die "config fragment not found: $fragment"
-[[ -f $patchfile ]] || die "patch not found: $patchfile"
+shopt -s nullglob
+patches=("$here"/emulated/*.patch)
+shopt -u nullglob
+((${#patches[@]})) || die "no patches in $here/emulated"
 
 emulation_patch="${SWIFTLET_KERNEL_EMULATION_PATCH:-0}"
 case "$emulation_patch" in
@@ -82,7 +87,9 @@ key=$(
         printf 'emulation-patch=%s\n' "$emulation_patch"
         printf -- '--- fragment\n'; cat "$fragment"
         if [[ $emulation_patch == 1 ]]; then
-            printf -- '--- patch\n'; cat "$patchfile"
+            for p in "${patches[@]}"; do
+                printf -- '--- patch %s\n' "$(basename "$p")"; cat "$p"
+            done
         fi
     } | sha256sum | cut -c1-12
 )
@@ -133,9 +140,11 @@ if [[ ! -f $src/.swiftlet-prepared ]]; then
     tar -xJf "$tarball" -C "$src.tmp" --strip-components=1 \
         || die "extracting $tarball failed"
     if [[ $emulation_patch == 1 ]]; then
-        log "applying $(basename "$patchfile")"
-        patch -d "$src.tmp" -p1 -N --no-backup-if-mismatch -s < "$patchfile" >&2 \
-            || die "$(basename "$patchfile") does not apply to linux-source $src_version"
+        for p in "${patches[@]}"; do
+            log "applying $(basename "$p")"
+            patch -d "$src.tmp" -p1 -N --no-backup-if-mismatch -s < "$p" >&2 \
+                || die "$(basename "$p") does not apply to linux-source $src_version"
+        done
     fi
     touch "$src.tmp/.swiftlet-prepared"
     mv "$src.tmp" "$src"

@@ -17,7 +17,8 @@
  *     session with the console as controlling terminal, and reaps every
  *     orphan that gets re-parented to PID 1 while waiting for it.
  *  5. When the workload exits: prints its exit status, terminates what is
- *     left (SIGTERM, then SIGKILL), syncs and ends the VM (see "Ending the VM").
+ *     left (SIGTERM, then SIGKILL), syncs, reports the status to the VMM and
+ *     ends the VM (see "Exit status" and "Ending the VM").
  *
  * Command selection (first match wins):
  *  a. Words after "--" on the kernel command line.  The kernel passes them to
@@ -32,6 +33,14 @@
  *         swiftlet.cmd="mount /dev/vda /mnt && ls /mnt"
  *     (Inside the value use single quotes only; double quotes just group.)
  *  c. Otherwise an interactive /bin/sh on the console.
+ *
+ * Exit status:
+ *  Init writes the workload's status, one byte, to Swiftlet's exit-status
+ *  port (0x441, X86Layout.exitStatusPort): the exit status for a command that
+ *  exited, 128 + N for one killed by signal N (as a shell reports it), 127
+ *  when it could not be executed, 1 when init could not start it at all.
+ *  Swiftlet then exits with that status when the VM resets.  Other VMMs
+ *  ignore the write (an unclaimed port).
  *
  * Ending the VM:
  *  With ACPI (/sys/firmware/acpi exists) init calls reboot(RB_POWER_OFF) and,
@@ -70,6 +79,7 @@
 
 #define BOOT_TIMER_PORT 0x440
 #define BOOT_TIMER_VALUE 123
+#define EXIT_STATUS_PORT 0x441
 #define BANNER "Swiftlet guest init: ready\n"
 #define DEFAULT_PATH "/bin:/sbin:/usr/bin:/usr/sbin"
 
@@ -395,12 +405,15 @@ int main(int argc, char **argv)
     int test_mode = test && strcmp(test, "1") == 0;
 
     /* 1. Boot timer, first thing.  Errors are reported once we can print. */
-    int timer_errno = 0;
+    /* The boot-timer and exit-status ports are adjacent: one ioperm covers both. */
+    int timer_errno = 0, ports = 0;
     if (is_pid1 && !test_mode) {
-        if (ioperm(BOOT_TIMER_PORT, 1, 1) == 0)
+        if (ioperm(BOOT_TIMER_PORT, EXIT_STATUS_PORT - BOOT_TIMER_PORT + 1, 1) == 0) {
+            ports = 1;
             outb(BOOT_TIMER_VALUE, BOOT_TIMER_PORT);
-        else
+        } else {
             timer_errno = errno;
+        }
     }
 
     /* 2. Console and banner. */
@@ -449,10 +462,14 @@ int main(int argc, char **argv)
     }
 
     /* 5. Shut down. */
+    int code = status == -1 ? 1 : WIFEXITED(status) ? WEXITSTATUS(status)
+             : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1;
     terminate_all();
     sync();
     if (!is_pid1)
-        return status == -1 ? 1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        return code;
+    if (ports)
+        outb((unsigned char)code, EXIT_STATUS_PORT);
     end_vm();
     return 0;
 }

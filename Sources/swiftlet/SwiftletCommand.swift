@@ -122,11 +122,18 @@ struct Boot {
             Boot timer: the guest writes the byte 123 to port 0x440 when it is ready; with
             --report-boot-time Swiftlet prints the time since it started.
 
+            Exit status of a guest command: the guest writes one byte to port 0x441 before it
+            resets or powers off, and swiftlet exits with that value. Swiftlet's guest init runs
+            the words after "--" on the kernel command line (or a shell when there are none)
+            and reports its status there, 128 + N for a command killed by signal N:
+              --cmdline '... -- /bin/sh -c "exit 7"'     exits 7
+
             The console: guest serial output (COM1, port 0x3f8) goes to stdout; typed input goes
             to the guest, with the terminal in raw mode. Ctrl-A x stops the VM; Ctrl-A Ctrl-A sends
             a Ctrl-A. A guest ends the VM by writing 0xfe to port 0x64 (i8042 reset).
 
-            Exit status: 0 the guest reset, powered off or was stopped (Ctrl-A x); 1 the VM could
+            Exit status: the guest command's status when the guest reported one (port 0x441,
+            above); otherwise 0 the guest reset, powered off or was stopped (Ctrl-A x); 1 the VM could
             not be built (unreadable or invalid kernel, disk or tap, no KVM); 64 a usage error
             (unknown option, bad value); 3 triple fault;
             4 KVM internal (emulation) error; 5 VM entry failure; 6 unhandled exit; 7 a vCPU call

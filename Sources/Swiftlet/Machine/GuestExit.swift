@@ -6,6 +6,9 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
     case reset
     /// The guest powered off (a KVM shutdown system event).
     case powerOff
+    /// The guest's init reported its command's exit status (`ExitStatusPort`) and then reset or
+    /// powered off. The CLI exits with `status`.
+    case commandExited(status: UInt8)
     /// A vCPU executed `hlt` with nothing to wake it (only without an in-kernel irqchip).
     case halted(vcpu: UInt32, rip: UInt64)
     /// The guest reported a crash (a KVM crash system event, or a guest kernel panic).
@@ -26,7 +29,7 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
     /// Whether the guest ended the way a guest is meant to (reset, power-off, host request).
     public var isClean: Bool {
         switch self {
-        case .reset, .powerOff, .halted, .stopped(.requested), .stopped(.signal): true
+        case .reset, .powerOff, .commandExited, .halted, .stopped(.requested), .stopped(.signal): true
         default: false
         }
     }
@@ -35,6 +38,7 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
     public var exitCode: Int32 {
         switch self {
         case .reset, .powerOff, .halted, .stopped(.requested): 0
+        case .commandExited(let status): Int32(status)
         case .tripleFault: 3
         case .internalError: 4
         case .entryFailure: 5
@@ -51,6 +55,7 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .reset: "guest requested a reset"
         case .powerOff: "guest powered off"
+        case .commandExited(let status): "the guest's command exited with status \(status)"
         case .halted(let vcpu, let rip): "vCPU \(vcpu) halted at RIP \(hex(rip))"
         case .guestPanic(let vcpu): "guest panicked (reported on vCPU \(vcpu))"
         case .tripleFault(let vcpu, let rip): "triple fault (KVM_EXIT_SHUTDOWN) on vCPU \(vcpu) at RIP \(hex(rip))"
@@ -63,6 +68,20 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
         case .stopped(.requested): "stopped by the host"
         case .stopped(.deadline): "stopped: deadline reached"
         case .stopped(.signal(let number)): "stopped by signal \(number)"
+        }
+    }
+}
+
+extension GuestExit {
+    /// How a machine that ended with `exit` is reported when the guest wrote `reportedStatus` to
+    /// the exit-status device: a reset or power-off becomes `.commandExited`; every other ending
+    /// (a crash, a host stop, a deadline) is kept, so a status reported before a panic or a
+    /// timeout does not hide it.
+    public static func ending(_ exit: GuestExit, reportedStatus: UInt8?) -> GuestExit {
+        guard let status = reportedStatus else { return exit }
+        switch exit {
+        case .reset, .powerOff: return .commandExited(status: status)
+        default: return exit
         }
     }
 }

@@ -68,6 +68,9 @@ public final class Machine: @unchecked Sendable {
     public let bootParams: BootParams?
     /// The boot-timer device; `bootTimer.bootNanoseconds` is the guest's boot time.
     public let bootTimer: BootTimer
+    /// The exit-status device; its report turns a reset or power-off into
+    /// `GuestExit.commandExited(status:)`.
+    public let exitStatus: ExitStatusPort
     /// The virtio-blk devices, one per `configuration.disks` entry, in slot order.
     public let disks: [VirtioBlockTransport]
     /// The virtio-net devices, one per `configuration.networks` entry, in slot order.
@@ -168,6 +171,8 @@ public final class Machine: @unchecked Sendable {
         }
         let bootTimer = BootTimer()
         self.bootTimer = bootTimer
+        let exitStatus = ExitStatusPort()
+        self.exitStatus = exitStatus
         let serial = SerialPort(output: PanicWatchingOutput(output, control: control), interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ))
         self.serial = serial
         consoleInput = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop) {
@@ -181,6 +186,7 @@ public final class Machine: @unchecked Sendable {
                 I8042Device(resetHandler: { control.finish(.reset) }), base: UInt64(X86Layout.i8042DataPort), length: 5,
                 name: "i8042")
             try portIO.register(bootTimer, base: UInt64(X86Layout.bootTimerPort), length: 1, name: "boot timer")
+            try portIO.register(exitStatus, base: UInt64(X86Layout.exitStatusPort), length: 1, name: "exit status")
             try mmio.register(
                 MMIOTestDevice(), base: X86Layout.mmioTestDeviceAddress.rawValue, length: X86Layout.mmioTestDeviceSize,
                 name: "MMIO test device")
@@ -266,7 +272,8 @@ public final class Machine: @unchecked Sendable {
     }
 
     /// Waits for the guest to end; returns how it ended. Joins every thread and restores the
-    /// terminal before returning.
+    /// terminal before returning. A reset or power-off after the guest reported an exit status
+    /// (`exitStatus`) is returned as `.commandExited(status:)`.
     ///
     /// Called before `start()`, it waits for the machine to be started and then to end.
     public func wait() -> GuestExit {
@@ -282,7 +289,7 @@ public final class Machine: @unchecked Sendable {
             eventLoop.removeAllHandlers()
             terminal?.restore()
         }
-        return control.exit ?? .stopped(.requested)
+        return GuestExit.ending(control.exit ?? .stopped(.requested), reportedStatus: exitStatus.reportedStatus)
     }
 
     /// Stops the guest with reason `.deadline` if it is still running `seconds` from now.

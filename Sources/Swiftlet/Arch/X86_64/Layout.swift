@@ -93,4 +93,6 @@ public enum X86Layout {
     public static let i8042CommandPort: UInt16 = 0x64
     /// Boot timer (`BootTimer`): the guest writes the byte 123 here when it is ready.
     public static let bootTimerPort: UInt16 = 0x440
+    /// Exit status (`ExitStatusPort`): the guest's init writes its command's status (one byte).
+    public static let exitStatusPort: UInt16 = 0x441
 }

@@ -85,11 +85,14 @@ run: build guest-kernel guest-initramfs
 	  --cmdline "$(LINUX_ARGS)" $(LINUX_CPUID_MASK)
 
 # Debian packages the end-to-end kernel check needs.
-TEST_KERNEL_PACKAGES := iproute2 iputils-ping e2fsprogs qemu-system-x86
+TEST_KERNEL_PACKAGES := iproute2 iputils-ping e2fsprogs qemu-system-x86 busybox-static musl-tools
+# vCPUs of test-kernel's main boot (its second boot always uses 4).
+TEST_KERNEL_CPUS ?= 2
 
-test-kernel: build guest-kernel
+test-kernel: build guest-kernel guest-initramfs
 	@$(call apt-install,$(TEST_KERNEL_PACKAGES))
-	python3 Guests/test-kernel.py $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(if $(filter 1,$(EMULATED_KVM)),--emulated)
+	python3 Guests/test-kernel.py $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(INITRAMFS) --cpus=$(TEST_KERNEL_CPUS) \
+	  $(if $(filter 1,$(EMULATED_KVM)),--emulated)
 
 check-linux: build guest-kernel guest-initramfs
 	Guests/check-linux.sh $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(INITRAMFS) $(CHECK_LINUX_TIMEOUT) \

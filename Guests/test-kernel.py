@@ -1,25 +1,38 @@
 #!/usr/bin/env python3
 """End-to-end checks of Swiftlet's devices against Linux's own drivers (`make test-kernel`).
 
-Boots the Guests kernel with a read-only ext4 root on virtio-blk and a virtio-net device on a
-tap inside a network namespace this script creates, and checks, each with a deadline:
+One boot serves many checks. The Guests kernel boots on CPUS vCPUs (default 2) with a
+read-only ext4 root on virtio-blk (busybox and Swiftlet's init), a read-only data disk of
+random bytes, a read-write ext4 disk, virtio-rng, and a virtio-net device on a tap inside a
+network namespace this script creates. Kernel milestones, each with a deadline:
   - the kernel finds the disk ("[vda] N 512-byte logical blocks" with the image's size),
-  - mounts the ext4 root read-only and runs /sbin/init (a loop: see Guests/rootfs/loop-init.S),
+  - mounts the ext4 root read-only and runs /sbin/init (Swiftlet's init, Guests/initramfs),
   - configures eth0 with the given MAC and address (kernel `ip=`),
-  - answers ping from the namespace,
-  - stops cleanly on SIGTERM (exit status 143), and the image file is unchanged.
-Then the same kernel, image and command line under QEMU's microvm machine, timed side by side,
-and writes both timings to .build-bench/kernel-e2e.json (make bench reports them).
+  - answers ping from the namespace.
+Then real programs in the guest (Guests/rootfs/e2e-checks.sh, run by init after "--"):
+  - `sha256sum /dev/vdb` equals the host's checksum of that image,
+  - a file written on the read-write ext4 disk is read back by the host after the VM ends
+    (debugfs from e2fsprogs),
+  - the guest pings the host, `/dev/hwrng` yields bytes,
+  - `nproc` equals the vCPU count, a shell pinned to each CPU (taskset) runs there, and two
+    processes on different CPUs exchange a line through a pipe,
+  - the script's exit status (7) reaches the host as swiftlet's exit status, and the
+    read-only images are unchanged.
+A second, short boot from the initramfs on 4 vCPUs runs `sh -c "exit $(nproc)"`: exit status 4.
+Then the first boot's kernel, images, command line and checks under QEMU's microvm machine,
+timed side by side (reported, not counted), and both timings go to .build-bench/kernel-e2e.json
+(make bench reports them).
 
 All traffic stays inside the namespace. A panic, emulation failure or deadline prints the
 serial log's last lines and the exit reason, and fails the check.
 
-Usage: Guests/test-kernel.py SWIFTLET VMLINUX [--emulated] [--skip-qemu]
+Usage: Guests/test-kernel.py SWIFTLET VMLINUX INITRAMFS [--emulated] [--skip-qemu] [--cpus=N]
 """
 import hashlib
 import json
 import os
 import re
+import secrets
 import select
 import shutil
 import signal
@@ -33,6 +46,9 @@ GUEST_IP = "10.0.2.15"
 HOST_IP = "10.0.2.2"
 TAP = "swltap0"
 IMAGE_MIB = 16
+DATA_MIB = 4
+RW_MIB = 8
+SCRIPT_STATUS = 7  # what e2e-checks.sh exits with; must arrive as swiftlet's exit status
 # On a KVM that emulates guest kernel code (Docs/LINUX.md). The clearcpuid= list is the
 # `emulated` template of `--cpuid-mask` (CPUIDFeature.templates): written out here so that
 # Swiftlet and QEMU get exactly the same command line.
@@ -41,6 +57,7 @@ EMULATED_ARGS = ("noxsave tsc=reliable no_timer_check nowatchdog mitigations=off
                  "bmi1,bmi2,avx,avx2,avx512f,erms,fsrm,pcid")
 DEADLINES = {  # seconds from the VMM's start, per milestone
     "disk": 150, "root": 170, "init": 190, "ipconfig": 190, "ping": 60, "stop": 30,
+    "checks": 330, "exit": 360,
 }
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,17 +84,41 @@ def run(*args, **kwargs):
 
 
 def build_root_image(workdir):
-    """A 16 MiB ext4 image whose /sbin/init only loops."""
+    """A 16 MiB ext4 root: static busybox with its applet links, Swiftlet's init as /sbin/init
+    and the check script as /e2e-checks.sh."""
     root = os.path.join(workdir, "root")
-    for d in ("sbin", "dev", "proc", "sys", "tmp"):
+    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "mnt", "etc"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
-    init = os.path.join(root, "sbin", "init")
-    run("gcc", "-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none", "-o", init,
-        os.path.join(REPO, "Guests", "rootfs", "loop-init.S"))
+    run("musl-gcc", "-static", "-Os", "-s", "-Wall", "-o", os.path.join(root, "sbin", "init"),
+        os.path.join(REPO, "Guests", "initramfs", "init.c"))
+    busybox = os.path.join(root, "bin", "busybox")
+    shutil.copy("/bin/busybox", busybox)
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        link = os.path.join(root, "bin", applet)
+        if applet != "busybox" and not os.path.lexists(link):
+            os.symlink("busybox", link)
+    shutil.copy(os.path.join(REPO, "Guests", "rootfs", "e2e-checks.sh"), os.path.join(root, "e2e-checks.sh"))
     image = os.path.join(workdir, "root.ext4")
     run("mkfs.ext4", "-q", "-F", "-L", "swiftlet-root", "-d", root, image, f"{IMAGE_MIB}M",
         stdout=subprocess.DEVNULL)
     return image
+
+
+def build_data_images(workdir):
+    """A read-only disk of random bytes and an empty read-write ext4 disk."""
+    data = os.path.join(workdir, "data.img")
+    with open(data, "wb") as f:
+        f.write(os.urandom(DATA_MIB << 20))
+    rw = os.path.join(workdir, "rw.ext4")
+    run("mkfs.ext4", "-q", "-F", "-L", "swiftlet-rw", rw, f"{RW_MIB}M", stdout=subprocess.DEVNULL)
+    return data, rw
+
+
+def debugfs_cat(image, path):
+    """The contents of `path` in the ext4 `image`, read on the host (None if debugfs fails)."""
+    result = subprocess.run(["debugfs", "-R", f"cat {path}", image], capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
 
 
 def sha256(path):
@@ -150,6 +191,25 @@ class SerialWatcher:
                 continue
             self.pump(0.5)
 
+    def wait_exit(self, timeout):
+        """The exit status once the VMM ends by itself, or None (then it is killed)."""
+        deadline = self.start + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            self.pump(0.5)
+        if self.process.poll() is None:
+            self.stop(signal.SIGTERM, 10)
+            return None
+        self.pump(0.2)
+        while self.partial or select.select([self.process.stdout], [], [], 0)[0]:
+            before = len(self.lines)
+            self.pump(0.1)
+            if len(self.lines) == before:
+                if self.partial:
+                    self.lines.append(self.partial.decode(errors="replace").rstrip("\r"))
+                    self.partial = b""
+                break
+        return self.process.returncode
+
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -207,44 +267,95 @@ def boot_checks(label, watcher, namespace, image_blocks, counted=True):
     return timings
 
 
+def guest_checks(label, watcher, cpus, data_sha, counted=True):
+    """Reads the E2E lines of Guests/rootfs/e2e-checks.sh and compares them with the host's view."""
+    found = watcher.wait_for("banner", r"Swiftlet guest init: ready", DEADLINES["init"] + 30)
+    check(f"{label}: init runs in user space (banner)", found is not None,
+          f"after {found[0]:.1f}s" if found else "not seen", counted)
+    found = watcher.wait_for("checks", r"^E2E done", DEADLINES["checks"])
+    values = {}
+    for line in watcher.lines:
+        m = re.match(r"^E2E (\S+) ?(.*)$", line)
+        if m:
+            values[m.group(1)] = m.group(2).strip()
+    check(f"{label}: the guest's check script runs to its end", found is not None,
+          f"after {found[0]:.1f}s" if found else "not seen", counted)
+    check(f"{label}: guest sha256sum /dev/vdb equals the host's", values.get("vdb-sha256") == data_sha,
+          values.get("vdb-sha256", "no result"), counted)
+    check(f"{label}: the guest writes a file on the read-write ext4 disk", values.get("rw-write") == "ok",
+          values.get("rw-write", "no result"), counted)
+    check(f"{label}: the guest pings the host", values.get("ping-host") == "ok",
+          values.get("ping-host", "no result"), counted)
+    check(f"{label}: /dev/hwrng yields 32 bytes", values.get("hwrng-bytes") == "32",
+          values.get("hwrng-bytes", "no result"), counted)
+    check(f"{label}: nproc is {cpus}", values.get("nproc") == str(cpus), values.get("nproc", "no result"), counted)
+    pinned = [values.get(f"pinned-{i}") for i in range(cpus)]
+    check(f"{label}: a shell pinned to each CPU runs there (taskset)", pinned == [str(i) for i in range(cpus)],
+          f"CPUs seen: {pinned}", counted)
+    if cpus >= 2:
+        check(f"{label}: processes on CPUs 0 and 1 exchange a line through a pipe",
+              values.get("pipe") == "hello-from-cpu-0 to-cpu-1", values.get("pipe", "no result"), counted)
+    return values
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    flags = {a for a in sys.argv[1:] if a.startswith("--")}
-    if len(args) != 2:
+    flags = {a for a in sys.argv[1:] if a.startswith("--") and "=" not in a}
+    options = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    if len(args) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    swiftlet, vmlinux = (os.path.abspath(a) for a in args)
+    swiftlet, vmlinux, initramfs = (os.path.abspath(a) for a in args)
+    cpus = int(options.get("cpus", "2"))
     emulated = "--emulated" in flags
-    for tool in ("ip", "mkfs.ext4", "ping", "gcc"):
+    for tool in ("ip", "mkfs.ext4", "debugfs", "ping", "gcc", "musl-gcc"):
         if shutil.which(tool) is None:
             log(f"missing tool: {tool} (make test-kernel installs it)")
             return 1
-    cmdline = (f"console=ttyS0 reboot=k panic=1 root=/dev/vda rootfstype=ext4 ro "
-               f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0:guest:eth0:off")
+    token = "swiftlet-e2e-" + secrets.token_hex(8)
+    base = "console=ttyS0 reboot=k panic=1"
     if emulated:
-        cmdline += " " + EMULATED_ARGS
-    summary = {"kernel": vmlinux, "cmdline": cmdline, "emulated_kvm": emulated}
+        base += " " + EMULATED_ARGS
+    cmdline = (f"{base} root=/dev/vda rootfstype=ext4 ro "
+               f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0:guest:eth0:off "
+               f"-- /bin/sh /e2e-checks.sh {token} {SCRIPT_STATUS}")
+    cpuid = ["--cpuid-mask", "emulated"] if emulated else []
+    summary = {"kernel": vmlinux, "cmdline": cmdline, "emulated_kvm": emulated, "cpus": cpus}
     with tempfile.TemporaryDirectory(prefix="swiftlet-e2e-") as workdir:
         image = build_root_image(workdir)
+        data, rw = build_data_images(workdir)
         blocks = os.path.getsize(image) // 512
-        before = sha256(image)
+        before, data_sha = sha256(image), sha256(data)
         with Namespace() as namespace:
-            argv = namespace.command(swiftlet, "boot", "--kernel", vmlinux, "--memory", "128M", "--cpus", "1",
+            argv = namespace.command(swiftlet, "boot", "--kernel", vmlinux, "--memory", "128M", "--cpus", str(cpus),
+                                     *cpuid,
                                      "--disk", f"path={image},readonly=on",
-                                     "--net", f"tap={TAP},mac={MAC}",
+                                     "--disk", f"path={data},readonly=on",
+                                     "--disk", f"path={rw}",
+                                     "--net", f"tap={TAP},mac={MAC}", "--rng",
                                      "--cmdline", cmdline, "--timeout", "600")
             log("booting with Swiftlet: " + " ".join(argv[4:]))
             watcher = SerialWatcher(argv)
             summary["swiftlet"] = boot_checks("swiftlet", watcher, namespace, blocks)
-            status = watcher.stop(signal.SIGTERM, DEADLINES["stop"])
-            check("swiftlet: SIGTERM stops the VM cleanly", status == 128 + signal.SIGTERM,
+            guest_checks("swiftlet", watcher, cpus, data_sha)
+            status = watcher.wait_exit(DEADLINES["exit"])
+            check(f"swiftlet: the guest command's exit status ({SCRIPT_STATUS}) is swiftlet's", status == SCRIPT_STATUS,
                   f"exit status {status}")
+            if "banner" in watcher.seen:
+                summary["swiftlet"]["banner_seconds"] = round(watcher.seen["banner"][0], 2)
+            if "checks" in watcher.seen and "banner" in watcher.seen:
+                summary["swiftlet"]["checks_seconds"] = round(watcher.seen["checks"][0] - watcher.seen["banner"][0], 2)
             if not all(passed for _, passed, _ in results):
-                log("serial log (last lines):\n" + watcher.tail())
-            check("swiftlet: the read-only image is unchanged", sha256(image) == before)
+                log("serial log (last lines):\n" + watcher.tail(40))
+            written = debugfs_cat(rw, "/f")
+            check("swiftlet: the host reads back the file the guest wrote (debugfs)",
+                  written is not None and written.strip() == token, repr(written)[:80])
+            check("swiftlet: the read-only images are unchanged", sha256(image) == before and sha256(data) == data_sha)
 
             if "--skip-qemu" not in flags and shutil.which("qemu-system-x86_64"):
-                summary["qemu"] = run_qemu(namespace, vmlinux, image, cmdline, blocks)
+                summary["qemu"] = run_qemu(namespace, vmlinux, image, data, rw, cmdline, blocks, cpus, data_sha)
+
+        summary["swiftlet_4cpu"] = boot_four(swiftlet, vmlinux, initramfs, base, cpuid)
     os.makedirs(os.path.join(REPO, ".build-bench"), exist_ok=True)
     summary["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
     with open(os.path.join(REPO, ".build-bench", "kernel-e2e.json"), "w") as f:
@@ -253,6 +364,9 @@ def main():
     if s.get("init_seconds") and q.get("init_seconds"):
         log(f"time to /sbin/init: Swiftlet {s['init_seconds']} s, QEMU {q['init_seconds']} s "
             f"(ratio {s['init_seconds'] / q['init_seconds']:.2f}x)")
+    if s.get("checks_seconds") and q.get("checks_seconds"):
+        log(f"guest check script (banner to done): Swiftlet {s['checks_seconds']} s, QEMU {q['checks_seconds']} s "
+            f"(ratio {s['checks_seconds'] / q['checks_seconds']:.2f}x)")
     if s.get("ping_ms") and q.get("ping_ms"):
         log(f"ping round trip: Swiftlet {s['ping_ms']} ms, QEMU {q['ping_ms']} ms "
             f"(ratio {s['ping_ms'] / q['ping_ms']:.2f}x)")
@@ -262,17 +376,44 @@ def main():
     return 0 if failed == 0 else 1
 
 
-def run_qemu(namespace, vmlinux, image, cmdline, blocks):
-    """The same boot under QEMU's microvm machine (the comparison, not Swiftlet's check)."""
-    for cpu in ("host", "host,-arch-capabilities"):
+def boot_four(swiftlet, vmlinux, initramfs, base, cpuid):
+    """4 vCPUs on the host's cores, from the initramfs: the shell's `exit $(nproc)` must give 4."""
+    argv = [swiftlet, "boot", "--kernel", vmlinux, "--initrd", initramfs, "--memory", "128M", "--cpus", "4",
+            *cpuid, "--cmdline", base + ' -- /bin/sh -c "exit $(nproc)"', "--timeout", "300"]
+    log("booting with Swiftlet on 4 vCPUs: " + " ".join(argv[1:]))
+    watcher = SerialWatcher(argv)
+    found = watcher.wait_for("banner", r"Swiftlet guest init: ready", DEADLINES["init"] + 30)
+    status = watcher.wait_exit(DEADLINES["exit"])
+    check("swiftlet 4 vCPUs: init runs and `exit $(nproc)` gives exit status 4", status == 4,
+          f"banner after {found[0]:.1f}s, exit status {status}" if found else f"no banner, exit status {status}")
+    if status != 4:
+        log("serial log (last lines):\n" + watcher.tail(30))
+    return {"banner_seconds": round(found[0], 2)} if found else {}
+
+
+def run_qemu(namespace, vmlinux, image, data, rw, cmdline, blocks, cpus, data_sha):
+    """The same boot and checks under QEMU's microvm machine (the comparison, not Swiftlet's check).
+
+    QEMU gets its own copy of the read-write disk. Its KVM paravirtual features that need a
+    hypercall (PV IPIs, PV unhalt, PV sched-yield) are off, as Swiftlet's `emulated` mask does.
+    """
+    rw_copy = rw + ".qemu"
+    run("mkfs.ext4", "-q", "-F", "-L", "swiftlet-rw", rw_copy, f"{RW_MIB}M", stdout=subprocess.DEVNULL)
+    pv_off = "kvm-pv-ipi=off,kvm-pv-unhalt=off,kvm-pv-sched-yield=off"
+    for cpu in (f"host,{pv_off}", f"host,-arch-capabilities,{pv_off}"):
         argv = namespace.command(
             "qemu-system-x86_64", "-M", "microvm,acpi=off", "-enable-kvm", "-cpu", cpu, "-m", "128M",
-            "-smp", "1", "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
+            "-smp", str(cpus), "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
             "-kernel", vmlinux, "-append", cmdline,
             "-drive", f"id=root,file={image},format=raw,if=none,readonly=on",
             "-device", "virtio-blk-device,drive=root",
+            "-drive", f"id=data,file={data},format=raw,if=none,readonly=on",
+            "-device", "virtio-blk-device,drive=data",
+            "-drive", f"id=rw,file={rw_copy},format=raw,if=none",
+            "-device", "virtio-blk-device,drive=rw",
             "-netdev", f"tap,id=net0,ifname={TAP},script=no,downscript=no",
-            "-device", f"virtio-net-device,netdev=net0,mac={MAC}")
+            "-device", f"virtio-net-device,netdev=net0,mac={MAC}",
+            "-device", "virtio-rng-device")
         log(f"booting with QEMU (-cpu {cpu})")
         watcher = SerialWatcher(argv)
         time.sleep(2)
@@ -281,7 +422,12 @@ def run_qemu(namespace, vmlinux, image, cmdline, blocks):
         watcher.pump(0.2)
         log("QEMU refused to start:\n" + watcher.tail(5))
     timings = boot_checks("qemu", watcher, namespace, blocks, counted=False)
-    watcher.stop(signal.SIGTERM, 20)
+    guest_checks("qemu", watcher, cpus, data_sha, counted=False)
+    watcher.wait_exit(DEADLINES["exit"])
+    if "banner" in watcher.seen:
+        timings["banner_seconds"] = round(watcher.seen["banner"][0], 2)
+    if "checks" in watcher.seen and "banner" in watcher.seen:
+        timings["checks_seconds"] = round(watcher.seen["checks"][0] - watcher.seen["banner"][0], 2)
     if "init_seconds" not in timings:
         log("QEMU's serial log (last lines):\n" + watcher.tail())
     return timings

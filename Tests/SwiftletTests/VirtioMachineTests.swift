@@ -30,6 +30,21 @@ struct VirtioMachineTests {
         #expect(LinuxBoot.commandLine(base: "", cpuidMask: []) == "")
     }
 
+    @Test("the VMM's words go before a `--` so Linux reads them and init gets only the command")
+    func commandLineBeforeInitArguments() throws {
+        let mask = try CPUIDFeature.parseMask("popcnt")
+        let slot = VirtioMMIOSlot(x86: 0)
+        #expect(LinuxBoot.commandLine(base: "console=ttyS0 root=/dev/vda -- /bin/sh -c \"exit 7\"", cpuidMask: mask, virtioDevices: [slot])
+            == "console=ttyS0 root=/dev/vda clearcpuid=popcnt virtio_mmio.device=4K@0xd0000000:5 -- /bin/sh -c \"exit 7\"")
+        #expect(LinuxBoot.commandLine(base: "-- true", cpuidMask: mask) == "clearcpuid=popcnt -- true")
+        #expect(LinuxBoot.commandLine(base: "quiet --", cpuidMask: mask) == "quiet clearcpuid=popcnt --")
+        // Only a word that is exactly "--", outside double quotes, splits.
+        #expect(LinuxBoot.commandLine(base: "a --b c-- swiftlet.cmd=\"x -- y\"", cpuidMask: mask)
+            == "a --b c-- swiftlet.cmd=\"x -- y\" clearcpuid=popcnt")
+        // A second "--" belongs to init's arguments.
+        #expect(LinuxBoot.commandLine(base: "a -- echo -- b", cpuidMask: mask) == "a clearcpuid=popcnt -- echo -- b")
+    }
+
     @Test("--disk values", arguments: [
         ("path=/img", DiskConfiguration(path: "/img")),
         ("/img", DiskConfiguration(path: "/img")),

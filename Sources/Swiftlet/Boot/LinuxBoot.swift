@@ -12,10 +12,37 @@ public enum LinuxBoot {
     /// plus `virtio_mmio.device=SIZE@ADDRESS:IRQ` for each virtio device (there is no other way
     /// for the guest to discover them).
     public static func commandLine(base: String?, cpuidMask: [CPUIDFeature], virtioDevices: [VirtioMMIOSlot] = []) -> String {
-        var words = [base ?? defaultCommandLine]
+        let (kernelPart, initPart) = splitAtInitArguments(base ?? defaultCommandLine)
+        var words = [kernelPart]
         if !cpuidMask.isEmpty { words.append("clearcpuid=" + cpuidMask.map(\.name).joined(separator: ",")) }
         words += virtioDevices.map(\.commandLineWord)
+        if let initPart { words.append(initPart) }
         return words.filter { !$0.isEmpty }.joined(separator: " ")
+    }
+
+    /// Splits a command line at its first `--` word (outside double quotes, as the kernel reads
+    /// it): what comes before is for the kernel, `--` and what follows are init's arguments.
+    /// The VMM's own words (`clearcpuid=`, `virtio_mmio.device=`) go before that split, or
+    /// Linux would hand them to init instead of reading them.
+    static func splitAtInitArguments(_ line: String) -> (kernel: String, initArguments: String?) {
+        let bytes = Array(line.utf8)
+        var inQuote = false
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == UInt8(ascii: "\"") { inQuote.toggle() }
+            let wordStart = index == 0 || bytes[index - 1] == UInt8(ascii: " ") || bytes[index - 1] == UInt8(ascii: "\t")
+                || bytes[index - 1] == UInt8(ascii: "\n")
+            if !inQuote, wordStart, byte == UInt8(ascii: "-"), index + 1 < bytes.count, bytes[index + 1] == UInt8(ascii: "-"),
+                index + 2 == bytes.count || [UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n")].contains(bytes[index + 2])
+            {
+                let kernel = String(decoding: bytes[..<index], as: UTF8.self)
+                let rest = String(decoding: bytes[index...], as: UTF8.self)
+                return (String(kernel.reversed().drop(while: { $0 == " " || $0 == "\t" || $0 == "\n" }).reversed()), rest)
+            }
+            index += 1
+        }
+        return (line, nil)
     }
 
     /// Checks `line` against the kernel's limit; returns its bytes with the terminating NUL.

@@ -94,13 +94,19 @@ struct Boot {
             --cpuid-mask hides CPUID features from the guest and adds clearcpuid= to the command
             line; it takes feature names (cx16,popcnt,...) and the template 'emulated'.
 
-            Disks (--disk, repeatable): each is a virtio-blk device over a raw image file,
+            Disks (--disk, repeatable): each is a virtio-blk device over a raw image file or a
+            host block device (/dev/loopN, a partition),
               --disk path=FILE[,readonly=on][,id=NAME][,direct=on]
             readonly=on offers the disk read-only (the guest's writes fail with an I/O error);
             id= is what the guest reads as the disk's serial (at most 20 bytes, default diskN);
             direct=on opens the image with O_DIRECT (its size must be a multiple of 4 KiB).
             Linux names them /dev/vda, /dev/vdb, ... A missing or unreadable image ends with
             exit status 1.
+
+            Host files: --kernel and --initrd must be regular files, a --disk path a regular file
+            or a block device. A directory, FIFO, socket or character device (/dev/null, a
+            terminal) is refused at once with one line saying what it is, before it is opened:
+            nothing waits on a FIFO and no device driver is touched.
 
             Network (--net, repeatable): each is a virtio-net device over a host tap interface,
               --net tap=NAME[,mac=MAC][,offload=off]
@@ -133,9 +139,10 @@ struct Boot {
             a Ctrl-A. A guest ends the VM by writing 0xfe to port 0x64 (i8042 reset).
 
             Exit status: the guest command's status when the guest reported one (port 0x441,
-            above); otherwise 0 the guest reset, powered off or was stopped (Ctrl-A x); 1 the VM could
-            not be built (unreadable or invalid kernel, disk or tap, no KVM); 64 a usage error
-            (unknown option, bad value); 3 triple fault;
+            above); otherwise 0 the guest reset, powered off or was stopped (Ctrl-A x); 1 the VM
+            could not be built (unreadable, invalid or wrong kind of kernel, initrd or disk, a tap
+            that cannot be opened, no KVM); 64 a usage error (unknown option, bad value); 3 triple
+            fault;
             4 KVM internal (emulation) error; 5 VM entry failure; 6 unhandled exit; 7 a vCPU call
             failed; 8 guest panic; 124 --timeout reached; 128 + N stopped by signal N (SIGINT,
             SIGTERM and SIGHUP stop the VM cleanly).

@@ -32,6 +32,49 @@ struct CLITests {
         #expect(result.status == 1)
         #expect(result.stderr.hasPrefix("swiftlet: cannot load the kernel: "))
         #expect(result.stderr.filter { $0 == "\n" }.count == 1)
+        if path == "/dev/null" {
+            #expect(result.stderr == "swiftlet: cannot load the kernel: kernel /dev/null is a character device, not a regular file\n")
+        }
+    }
+
+    /// Where a bad host file is given on the command line.
+    enum HostFileRole: String, CaseIterable, CustomTestStringConvertible {
+        case kernel = "--kernel", initrd = "--initrd", disk = "--disk"
+        var testDescription: String { rawValue }
+    }
+
+    @Test("a FIFO nobody writes, a socket, a directory, /dev/null or /dev/zero as --kernel, --initrd or --disk is a one-line error at once",
+          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .timeLimit(.minutes(2)), arguments: HostFileRole.allCases)
+    func unusableHostFile(role: HostFileRole) throws {
+        guard access(Self.binary, X_OK) == 0 else { throw TestFailure("\(Self.binary) is missing: run `swift build` first") }
+        let files = try SpecialFiles()
+        let kernel = try TestSupport.guest("longmode-hello.elf")
+        let cases: [(String, String)] = [
+            (files.fifo, "a FIFO"), (files.socket, "a socket"), (files.subdirectory, "a directory"),
+            ("/dev/null", "a character device"), ("/dev/zero", "a character device"),
+        ]
+        for (path, kind) in cases {
+            let arguments: [String]
+            let expected: String
+            switch role {
+            case .kernel:
+                arguments = ["boot", "--kernel", path]
+                expected = "swiftlet: cannot load the kernel: kernel \(path) is \(kind), not a regular file\n"
+            case .initrd:
+                arguments = ["boot", "--kernel", kernel, "--initrd", path, "--timeout", "20"]
+                expected = "swiftlet: cannot write the boot structures: initrd \(path) is \(kind), not a regular file\n"
+            case .disk:
+                arguments = ["boot", "--kernel", kernel, "--disk", "path=\(path)", "--timeout", "20"]
+                expected = "swiftlet: cannot create the devices: disk 0: disk image \(path) is \(kind), not a regular file or a block device\n"
+            }
+            // A blocking open of the FIFO would hang here until the deadline kills swiftlet (the run throws).
+            let start = Subprocess.monotonicNow()
+            let result = try Subprocess.run(Self.binary, arguments, timeout: 15)
+            #expect(result.status == 1, "\(arguments)")
+            #expect(result.stderr == expected)
+            #expect(result.stdout.isEmpty)
+            #expect(Subprocess.monotonicNow() - start < 10, "\(arguments) took too long")
+        }
     }
 
     @Test("bad flags are usage errors", arguments: [

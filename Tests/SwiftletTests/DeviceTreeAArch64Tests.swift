@@ -142,6 +142,10 @@ struct DeviceTreeAArch64Tests {
         #expect(throws: AArch64MachineError.initrdUnreadable(SystemError("open /nonexistent/initrd.cpio", errno: ENOENT))) {
             try AArch64MachineDescription(missing)
         }
+        let device = MachineConfiguration(kernelPath: "", initrdPath: "/dev/null")
+        #expect(throws: AArch64MachineError.initrdNotARegularFile(path: "/dev/null", kind: .characterDevice)) {
+            try AArch64MachineDescription(device)
+        }
     }
 
     @Test("the layout: devices below RAM, apart from each other, redistributors for every vCPU")

@@ -343,23 +343,21 @@ struct KernelLoaderTests {
         #expect(system.errno == ENOENT)
     }
 
-    @Test("a directory is unreadable with EISDIR")
-    func directory() throws {
-        var template = Array("/tmp/swiftlet-kernel-dir-XXXXXX".utf8CString)
-        let created = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        try #require(created != nil)
-        let path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-        defer { rmdir(path) }
+    @Test("a directory, a FIFO nobody writes, a socket and character devices are refused by kind, at once")
+    func notARegularFile() throws {
+        let files = try SpecialFiles()
+        let cases: [(String, HostFileKind)] = [
+            (files.subdirectory, .directory), (files.fifo, .fifo), (files.socket, .socket),
+            ("/dev/null", .characterDevice), ("/dev/zero", .characterDevice),
+        ]
         let memory = try makeMemory()
-        for format in KernelFormat.allCases {
-            let result = Result { () throws(KernelLoadError) in try KernelLoader.load(path, format: format, into: memory) }
-            let error = expectFailure((path, result))
-            guard case .unreadable(let system) = error else {
-                Issue.record("expected unreadable, got \(String(describing: error))")
-                return
+        for (path, kind) in cases {
+            for format in KernelFormat.allCases {
+                let result = Result { () throws(KernelLoadError) in try KernelLoader.load(path, format: format, into: memory) }
+                #expect(expectFailure((path, result)) == .notARegularFile(path: path, kind: kind))
             }
-            #expect(system.errno == EISDIR)
         }
+        #expect(KernelLoadError.notARegularFile(path: files.fifo, kind: .fifo).description == "kernel \(files.fifo) is a FIFO, not a regular file")
     }
 
     // MARK: Flat real mode
@@ -415,6 +413,7 @@ struct KernelLoaderTests {
             .doesNotFit(path: path, address: GuestAddress(0x100_0000), size: 0x2000),
             .overlapsReserved(path: path, address: GuestAddress(0x7000), size: 0x10),
             .empty(path: path),
+            .notARegularFile(path: path, kind: .characterDevice),
         ]
         for error in errors {
             #expect(error.description.contains(path), "\(error)")

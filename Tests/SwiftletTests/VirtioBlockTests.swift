@@ -309,7 +309,7 @@ struct VirtioBlockTests {
         #expect(throws: DiskImageError.cannotOpen(path: "/nonexistent/disk.img", SystemError("open /nonexistent/disk.img", errno: ENOENT))) {
             try RawDiskImage(path: "/nonexistent/disk.img")
         }
-        #expect(throws: DiskImageError.notAFileOrBlockDevice(path: "/tmp")) { try RawDiskImage(path: "/tmp", readOnly: true) }
+        #expect(throws: DiskImageError.notAFileOrBlockDevice(path: "/tmp", kind: .directory)) { try RawDiskImage(path: "/tmp", readOnly: true) }
         let tiny = try TemporaryFile(contents: [1, 2, 3])
         #expect(throws: DiskImageError.tooSmall(path: tiny.path, size: 3)) { try RawDiskImage(path: tiny.path) }
         let odd = try TemporaryFile(contents: [UInt8](repeating: 0, count: 5120))
@@ -319,6 +319,36 @@ struct VirtioBlockTests {
         let image = try RawDiskImage(path: odd.path)
         #expect(image.size == 5120)
         #expect(VirtioBlock(backend: image, readOnly: false, identifier: "").settings.capacity == 10)
+    }
+
+    @Test("a FIFO nobody writes, a socket, a directory and character devices are refused by kind, without blocking",
+          arguments: [false, true])
+    func specialFiles(readOnly: Bool) throws {
+        let files = try SpecialFiles()
+        let cases: [(String, HostFileKind)] = [
+            (files.fifo, .fifo), (files.socket, .socket), (files.subdirectory, .directory),
+            ("/dev/null", .characterDevice), ("/dev/zero", .characterDevice),
+        ]
+        for (path, kind) in cases {
+            for directIO in [false, true] {
+                #expect(throws: DiskImageError.notAFileOrBlockDevice(path: path, kind: kind)) {
+                    try RawDiskImage(path: path, readOnly: readOnly, directIO: directIO)
+                }
+            }
+        }
+        #expect(DiskImageError.notAFileOrBlockDevice(path: "/dev/null", kind: .characterDevice).description
+            == "disk image /dev/null is a character device, not a regular file or a block device")
+    }
+
+    @Test("a block device is not refused for its kind (an unattached loop device may be too small)",
+          .enabled(if: SpecialFiles.blockDevice != nil, "no /dev/loopN block device on this host"))
+    func blockDevice() throws {
+        let device = try #require(SpecialFiles.blockDevice)
+        do {
+            _ = try RawDiskImage(path: device, readOnly: true)
+        } catch {
+            if case .notAFileOrBlockDevice = error { Issue.record("\(device) refused: \(error)") }
+        }
     }
 
     @Test("a backend error answers IOERR")

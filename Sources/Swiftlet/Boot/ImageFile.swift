@@ -1,6 +1,10 @@
 import Glibc
 
-/// A kernel, initrd or disk image opened read-only, read with pread(2) without Foundation.
+/// A kernel or initrd image opened read-only, read with pread(2) without Foundation.
+///
+/// Only regular files are accepted: a block device's `st_size` is 0 and a kernel or initrd on a
+/// raw partition is not a use Swiftlet has, while a FIFO, socket, character device or directory
+/// given by mistake is refused at once, naming what it is (`OwnedFileDescriptor(openingHostFile:)`).
 public final class ImageFile: Sendable {
     /// The path the file was opened from, as given (used in error messages).
     public let path: String
@@ -8,13 +12,13 @@ public final class ImageFile: Sendable {
     public let size: UInt64
     let fd: OwnedFileDescriptor
 
-    /// Opens `path`; fails with the errno (ENOENT, EACCES, EISDIR...) if it cannot be read.
-    public init(path: String) throws(SystemError) {
+    /// Opens the regular file `path`; fails with `.unsupportedKind` for any other kind of file, or
+    /// with the errno (ENOENT, EACCES, ...) if it cannot be opened.
+    public init(path: String) throws(HostFileError) {
         self.path = path
-        fd = try OwnedFileDescriptor(opening: path, flags: O_RDONLY)
+        fd = try OwnedFileDescriptor(openingHostFile: path, flags: O_RDONLY, accepting: [.regularFile])
         var info = stat()
-        if fstat(fd.rawValue, &info) != 0 { throw SystemError.current("stat \(path)") }
-        if (info.st_mode & S_IFMT) == S_IFDIR { throw SystemError("read \(path)", errno: EISDIR) }
+        if fstat(fd.rawValue, &info) != 0 { throw .system(SystemError.current("stat \(path)")) }
         size = UInt64(info.st_size)
     }
 

@@ -16,6 +16,8 @@ public enum KernelFormat: String, CaseIterable, Sendable {
 public enum KernelLoadError: Error, Equatable, CustomStringConvertible, Sendable {
     /// The image cannot be opened or read.
     case unreadable(SystemError)
+    /// The path names `kind` (a directory, FIFO, socket, device...), not a regular file.
+    case notARegularFile(path: String, kind: HostFileKind)
     /// The image is neither ELF nor bzImage (for `.automatic`), or not of the format asked for.
     case unrecognizedFormat(path: String)
     /// A known format that cannot be booted; `reason` says why (e.g. too old a boot protocol).
@@ -31,6 +33,7 @@ public enum KernelLoadError: Error, Equatable, CustomStringConvertible, Sendable
     public var description: String {
         switch self {
         case .unreadable(let error): "cannot read kernel: \(error)"
+        case .notARegularFile(let path, let kind): "kernel \(path) is \(kind.rawValue), not a regular file"
         case .unrecognizedFormat(let path):
             "\(path) is neither an ELF64 x86-64 kernel (vmlinux) nor a bzImage; pass --format flat-real-mode for a flat real-mode binary"
         case .notLoadable(let path, let reason): "\(path) cannot be loaded: \(reason)"
@@ -69,7 +72,12 @@ public enum KernelLoader {
     /// Loads `path` in `format` into `memory`.
     public static func load(_ path: String, format: KernelFormat, into memory: GuestMemory) throws(KernelLoadError) -> LoadedKernel {
         let file: ImageFile
-        do { file = try ImageFile(path: path) } catch { throw .unreadable(error) }
+        do { file = try ImageFile(path: path) } catch {
+            switch error {
+            case .system(let error): throw .unreadable(error)
+            case .unsupportedKind(_, let kind, _): throw .notARegularFile(path: path, kind: kind)
+            }
+        }
         guard file.size > 0 else { throw .empty(path: path) }
         let header: [UInt8]
         do { header = try file.bytes(at: 0, count: 64) } catch { throw .unreadable(error) }

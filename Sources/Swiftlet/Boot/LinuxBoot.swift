@@ -79,7 +79,12 @@ public enum LinuxBoot {
 
         if let initrdPath {
             let file: ImageFile
-            do { file = try ImageFile(path: initrdPath) } catch { throw .initrdUnreadable(error) }
+            do { file = try ImageFile(path: initrdPath) } catch {
+                switch error {
+                case .system(let error): throw .initrdUnreadable(error)
+                case .unsupportedKind(_, let kind, _): throw .initrdNotARegularFile(path: initrdPath, kind: kind)
+                }
+            }
             let address = try initrdAddress(size: file.size, memorySize: memory.totalSize, kernel: kernel)
             if file.size > 0 {
                 let target: UnsafeMutableRawPointer

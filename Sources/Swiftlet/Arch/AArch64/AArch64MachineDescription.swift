@@ -56,7 +56,12 @@ public struct AArch64MachineDescription: Equatable, Sendable {
     public init(_ configuration: MachineConfiguration, virtioDeviceCount: Int = 0) throws(AArch64MachineError) {
         var initrdSize: UInt64?
         if let path = configuration.initrdPath {
-            do { initrdSize = try ImageFile(path: path).size } catch { throw .initrdUnreadable(error) }
+            do { initrdSize = try ImageFile(path: path).size } catch {
+                switch error {
+                case .system(let error): throw .initrdUnreadable(error)
+                case .unsupportedKind(_, let kind, _): throw .initrdNotARegularFile(path: path, kind: kind)
+                }
+            }
         }
         try self.init(
             memorySize: configuration.memorySize, vcpuCount: configuration.vcpuCount, commandLine: configuration.commandLine,
@@ -93,6 +98,8 @@ public enum AArch64MachineError: Error, Equatable, CustomStringConvertible, Send
     case commandLineTooLong(length: Int, limit: Int)
     /// The initrd file cannot be opened to read its size.
     case initrdUnreadable(SystemError)
+    /// The initrd path names `kind` (a directory, FIFO, socket, device...), not a regular file.
+    case initrdNotARegularFile(path: String, kind: HostFileKind)
     /// An initrd of `size` bytes does not fit between the kernel base and the device tree in
     /// `memorySize` bytes of RAM.
     case initrdDoesNotFit(size: UInt64, memorySize: UInt64)
@@ -111,6 +118,7 @@ public enum AArch64MachineError: Error, Equatable, CustomStringConvertible, Send
         case .commandLineContainsNUL: "the kernel command line contains a NUL character"
         case .commandLineTooLong(let length, let limit): "the kernel command line is \(length) bytes long; the limit is \(limit)"
         case .initrdUnreadable(let error): "cannot read the initrd: \(error)"
+        case .initrdNotARegularFile(let path, let kind): "initrd \(path) is \(kind.rawValue), not a regular file"
         case .initrdDoesNotFit(let size, let memorySize):
             "an initrd of \(size) bytes does not fit in \(memorySize >> 20) MiB of guest memory below the device tree"
         }

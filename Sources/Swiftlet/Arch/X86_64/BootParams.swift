@@ -225,6 +225,8 @@ public enum BootSetupError: Error, Equatable, CustomStringConvertible, Sendable 
     case initrdDoesNotFit(size: UInt64, below: UInt64, above: UInt64)
     /// The initrd file cannot be opened or read.
     case initrdUnreadable(SystemError)
+    /// The initrd path names `kind` (a directory, FIFO, socket, device...), not a regular file.
+    case initrdNotARegularFile(path: String, kind: HostFileKind)
     /// The vCPU count is outside 1...254, the range the MP table's 8-bit APIC IDs can describe.
     case tooManyVCPUsForMPTable(Int)
     /// A boot structure would be written outside guest RAM.
@@ -240,6 +242,7 @@ public enum BootSetupError: Error, Equatable, CustomStringConvertible, Sendable 
         case .initrdDoesNotFit(let size, let below, let above):
             "the initrd (\(size) bytes) does not fit between the kernel's end \(hex(above)) and \(hex(below)); use more --memory"
         case .initrdUnreadable(let error): "cannot read the initrd: \(error)"
+        case .initrdNotARegularFile(let path, let kind): "initrd \(path) is \(kind.rawValue), not a regular file"
         case .tooManyVCPUsForMPTable(let count): "\(count) vCPUs do not fit the MP table's 8-bit APIC IDs"
         case .outsideGuestMemory(let error): "a boot structure does not fit: \(error)"
         }

@@ -52,21 +52,23 @@ public final class RawDiskImage: BlockBackend, @unchecked Sendable {
     private let bounce: UnsafeMutableRawBufferPointer?
 
     /// Opens `path` for reading (and writing unless `readOnly`), with `O_DIRECT` when
-    /// `directIO`. The image must hold at least one 512-byte sector; with direct I/O its size
-    /// must be a multiple of `directIOAlignment`.
+    /// `directIO`. It must be a regular file or a block device (a directory, FIFO, socket or
+    /// character device is refused without blocking or opening it:
+    /// `OwnedFileDescriptor(openingHostFile:)`). The image must hold at least one 512-byte
+    /// sector; with direct I/O its size must be a multiple of `directIOAlignment`.
     public init(path: String, readOnly: Bool = false, directIO: Bool = false) throws(DiskImageError) {
         self.path = path
         self.isReadOnly = readOnly
         self.usesDirectIO = directIO
         let flags = (readOnly ? O_RDONLY : O_RDWR) | (directIO ? Self.openDirect : 0)
-        do { fd = try OwnedFileDescriptor(opening: path, flags: flags) } catch {
-            if directIO, error.errno == EINVAL { throw .directIOUnsupported(path: path) }
-            throw .cannotOpen(path: path, error)
+        do { fd = try OwnedFileDescriptor(openingHostFile: path, flags: flags, accepting: [.regularFile, .blockDevice]) } catch {
+            switch error {
+            case .system(let error):
+                if directIO, error.errno == EINVAL, error.operation.hasPrefix("open ") { throw .directIOUnsupported(path: path) }
+                throw .cannotOpen(path: path, error)
+            case .unsupportedKind(_, let kind, _): throw .notAFileOrBlockDevice(path: path, kind: kind)
+            }
         }
-        var info = stat()
-        if fstat(fd.rawValue, &info) != 0 { throw .cannotOpen(path: path, SystemError.current("stat \(path)")) }
-        let type = info.st_mode & S_IFMT
-        guard type == S_IFREG || type == S_IFBLK else { throw .notAFileOrBlockDevice(path: path) }
         // lseek to the end gives the size of block devices as well as of files.
         let end = lseek(fd.rawValue, 0, SEEK_END)
         if end < 0 { throw .cannotOpen(path: path, SystemError.current("seek \(path)")) }
@@ -284,10 +286,11 @@ public final class InMemoryDiskImage: BlockBackend {
 
 /// A disk image that cannot be used.
 public enum DiskImageError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// open(2) of the image failed, or fstat/lseek on it did.
+    /// open(2) of the image failed, or fstat/fcntl/lseek on it did.
     case cannotOpen(path: String, SystemError)
-    /// The path names neither a regular file nor a block device (a directory, a FIFO, ...).
-    case notAFileOrBlockDevice(path: String)
+    /// The path names `kind` (a directory, FIFO, socket, character device...), neither a regular
+    /// file nor a block device. Refused before it is opened, so nothing blocks or is touched.
+    case notAFileOrBlockDevice(path: String, kind: HostFileKind)
     /// The image holds fewer than 512 bytes (`VirtioBlock.sectorSize`), so not one sector.
     case tooSmall(path: String, size: UInt64)
     /// open(2) with `O_DIRECT` failed with EINVAL: the file system holding the image has no direct I/O.
@@ -299,7 +302,8 @@ public enum DiskImageError: Error, Equatable, Sendable, CustomStringConvertible 
     public var description: String {
         switch self {
         case .cannotOpen(_, let error): "cannot open disk image: \(error)"
-        case .notAFileOrBlockDevice(let path): "disk image \(path) is not a regular file or block device"
+        case .notAFileOrBlockDevice(let path, let kind):
+            "disk image \(path) is \(kind.rawValue), not a regular file or a block device"
         case .tooSmall(let path, let size): "disk image \(path) holds \(size) bytes, less than one 512-byte sector"
         case .directIOUnsupported(let path): "the file system holding \(path) does not support direct I/O (O_DIRECT)"
         case .directIOSize(let path, let size, let alignment):

@@ -27,6 +27,8 @@ token=$1
 status=$2
 
 echo "E2E start"
+# The root is read-only: scratch files go to a tmpfs.
+mount -t tmpfs tmpfs /tmp || echo "E2E tmpfs failed"
 echo "E2E nproc $(nproc)"
 set -- $(sha256sum /dev/vdb)
 echo "E2E vdb-sha256 $1"

@@ -7,8 +7,10 @@
 #   make guests           build the tiny test guests (Guests/build/)
 #   make guest-kernel     build vmlinux and bzImage from Debian's linux-source (cached)
 #   make guest-initramfs  build the busybox initramfs with Swiftlet's init (cached)
-#   make check-linux      boot the guest kernel with the initramfs to the init banner, timed
-#   make test-kernel      Linux's own drivers against Swiftlet's devices: ext4 root on virtio-blk,
+#   make check-linux      boot the guest kernel with the initramfs to the init banner and run a
+#                         command to its end: times boot, one system call and one fork+exec
+#   make test-kernel      Linux's own drivers against Swiftlet's devices, driven by programs in the
+#                         guest: ext4 root and disks on virtio-blk, virtio-rng, 2 and 4 vCPUs,
 #                         virtio-net in a network namespace, ping; QEMU microvm timed beside it
 #   make fuzz             fuzz the virtqueue walker and virtio-mmio transport (FUZZ_SECONDS=60)
 #   make build            debug build;  make release: the optimised build users install

@@ -228,6 +228,11 @@ struct Boot {
         if let timeout { machine.setDeadline(after: timeout) }
         let exit = machine.wait()
         signals.cancel()
+        let dropped = machine.droppedConsoleBytes
+        if dropped > 0 {
+            let why = machine.consoleOutputError.map { "output failed: \($0)" } ?? "output stalled"
+            printError("swiftlet: console: \(dropped) bytes of guest output dropped (\(why))")
+        }
         if !exit.isClean { printError("swiftlet: \(exit)") }
         if reportBootTime {
             if let nanoseconds = machine.bootTimer.bootNanoseconds {

@@ -125,13 +125,19 @@ struct Boot {
             The console: guest serial output (COM1, port 0x3f8) goes to stdout; typed input goes
             to the guest, with the terminal in raw mode. Ctrl-A x stops the VM; Ctrl-A Ctrl-A sends
             a Ctrl-A. A guest ends the VM by writing 0xfe to port 0x64 (i8042 reset).
+            Output is buffered (256 KiB) and written by a thread of its own: a slow reader gets
+            every byte (the guest waits for it), but output nobody reads for half a second is
+            dropped once the buffer is full, so a stalled stdout never keeps the VM from
+            stopping. Dropped output is reported on stderr at the end:
+              swiftlet: console: N bytes of guest output dropped (output stalled)
 
             Exit status: 0 the guest reset, powered off or was stopped (Ctrl-A x); 1 the VM could
             not be built (unreadable or invalid kernel, disk or tap, no KVM); 64 a usage error
             (unknown option, bad value); 3 triple fault;
             4 KVM internal (emulation) error; 5 VM entry failure; 6 unhandled exit; 7 a vCPU call
             failed; 8 guest panic; 124 --timeout reached; 128 + N stopped by signal N (SIGINT,
-            SIGTERM and SIGHUP stop the VM cleanly).
+            SIGTERM and SIGHUP stop the VM cleanly; a second one while it stops ends swiftlet
+            at once).
             """
     )
 

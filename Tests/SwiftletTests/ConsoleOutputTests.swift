@@ -204,7 +204,7 @@ struct ConsoleOutputCLITests {
         ["--kernel", try TestSupport.guest("serial-flood.elf")] + extra
     }
 
-    @Test("--timeout 1 ends a guest flooding a pipe nobody reads within about 2 s, with status 124 and a drop report")
+    @Test("--timeout 1 ends a guest flooding a pipe nobody reads within about 2 s, with status 124")
     func timeoutWithStalledPipe() throws {
         let pipe = try TestPipe()
         let started = Subprocess.monotonicNow()
@@ -213,8 +213,9 @@ struct ConsoleOutputCLITests {
         let took = Subprocess.monotonicNow() - started
         #expect(status == 124, "stderr: \(program.stderr)")
         #expect(took < 2.5, "took \(took) s")
-        #expect(program.stderr.hasPrefix("swiftlet: console: "))
-        #expect(program.stderr.contains(Self.dropReport))
+        // Whether anything was dropped within one second depends on how fast the guest runs
+        // (it must fill the pipe and the 256 KiB ring first); the signal tests wait for that.
+        #expect(program.stderr.hasSuffix("swiftlet: stopped: deadline reached\n"))
         // Everything that did reach the pipe is the guest's output, in order.
         let held = pipe.readAll(chunk: 65536, pause: 0, deadline: 5)
         #expect(!held.isEmpty)
@@ -222,12 +223,13 @@ struct ConsoleOutputCLITests {
         #expect(inOrder, "the pipe does not hold the start of the output")
     }
 
-    @Test("a signal ends a guest flooding a pipe nobody reads within a second or two", arguments: [SIGTERM, SIGINT])
+    @Test("a signal ends a guest flooding a pipe nobody reads within a second or two and the drop is reported", arguments: [SIGTERM, SIGINT])
     func signalWithStalledPipe(signal: Int32) throws {
         let pipe = try TestPipe()
         let program = try Self.boot(try Self.flood(["--timeout", "20"]), into: pipe)
-        // Long enough for the pipe and the ring to fill and the output to count as stalled.
-        usleep(1_500_000)
+        // Long enough for the pipe and the ring to fill and the output to count as stalled, even
+        // with the guest slowed down by other tests (it writes about 300 KB/s on this host).
+        usleep(4_000_000)
         let signalled = Subprocess.monotonicNow()
         kill(program.pid, signal)
         let status = try program.wait(within: 10)

@@ -146,7 +146,7 @@ struct TerminalCLITests {
         let session = try Self.boot(["--kernel", try TestSupport.guest("serial-flood.elf"), "--timeout", "\(Self.deadline)"])
         // Read a little to know the guest runs, then stop reading: the pty's buffer fills.
         #expect(session.read(until: "abcdefghijklmnopqrstuvwxyz").contains("abcdefghijklmnopqrstuvwxyz"))
-        usleep(1_500_000)
+        usleep(4_000_000)  // the pty buffer and the 256 KiB ring fill, then output counts as stalled
         let typed = Subprocess.monotonicNow()
         try session.terminal.type([0x01, 0x78])
         try session.expectEnd(status: 0, within: 5)

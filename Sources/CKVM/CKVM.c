@@ -1,10 +1,13 @@
 // Fixed-signature wrappers declared in include/CKVM.h.
-#define _GNU_SOURCE  // setns(2)
+#define _GNU_SOURCE  // setns(2), ptsname_r(3), POSIX_SPAWN_SETSID
 #include "CKVM.h"
 
 #include <errno.h>
 #include <net/if.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <spawn.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -59,3 +62,19 @@ int swl_tun_set_iff(int fd, const char *name, int flags, char *actual_name) {
 }
 
 int swl_setns(int fd, int nstype) { return setns(fd, nstype); }
+
+int swl_open_pty(char *path, unsigned long length) {
+    int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (master < 0) return -1;
+    int error = 0;
+    if (grantpt(master) != 0 || unlockpt(master) != 0) error = errno;
+    else error = ptsname_r(master, path, length);
+    if (error != 0) {
+        close(master);
+        errno = error;
+        return -1;
+    }
+    return master;
+}
+
+const short SWL_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;

@@ -137,6 +137,11 @@ struct Boot {
             The console: guest serial output (COM1, port 0x3f8) goes to stdout; typed input goes
             to the guest, with the terminal in raw mode. Ctrl-A x stops the VM; Ctrl-A Ctrl-A sends
             a Ctrl-A. A guest ends the VM by writing 0xfe to port 0x64 (i8042 reset).
+            Output is buffered (256 KiB) and written by a thread of its own: a slow reader gets
+            every byte (the guest waits for it), but output nobody reads for half a second is
+            dropped once the buffer is full, so a stalled stdout never keeps the VM from
+            stopping. Dropped output is reported on stderr at the end:
+              swiftlet: console: N bytes of guest output dropped (output stalled)
 
             Exit status: the guest command's status when the guest reported one (port 0x441,
             above); otherwise 0 the guest reset, powered off or was stopped (Ctrl-A x); 1 the VM
@@ -145,7 +150,8 @@ struct Boot {
             fault;
             4 KVM internal (emulation) error; 5 VM entry failure; 6 unhandled exit; 7 a vCPU call
             failed; 8 guest panic; 124 --timeout reached; 128 + N stopped by signal N (SIGINT,
-            SIGTERM and SIGHUP stop the VM cleanly).
+            SIGTERM and SIGHUP stop the VM cleanly; a second one while it stops ends swiftlet
+            at once).
             """
     )
 
@@ -242,6 +248,11 @@ struct Boot {
         if let timeout { machine.setDeadline(after: timeout) }
         let exit = machine.wait()
         signals.cancel()
+        let dropped = machine.droppedConsoleBytes
+        if dropped > 0 {
+            let why = machine.consoleOutputError.map { "output failed: \($0)" } ?? "output stalled"
+            printError("swiftlet: console: \(dropped) bytes of guest output dropped (\(why))")
+        }
         if !exit.isClean { printError("swiftlet: \(exit)") }
         if reportBootTime {
             if let nanoseconds = machine.bootTimer.bootNanoseconds {

@@ -5,7 +5,8 @@
 //   1. exports every KVM and tun/tap request number Swiftlet uses as a
 //      `static const unsigned long`, and
 //   2. declares fixed-signature wrappers for ioctl(2), eventfd(2), the one ioctl whose argument
-//      is a `struct ifreq` (TUNSETIFF) and setns(2) (not exported by Swift's Glibc module).
+//      is a `struct ifreq` (TUNSETIFF), setns(2) and the pseudo-terminal calls (not exported by
+//      Swift's Glibc module; the pty ones serve the terminal tests).
 // The kernel structs (struct kvm_regs, struct kvm_run, ...) and the KVM_EXIT_* / KVM_CAP_*,
 // IFF_* and TUN_F_* constants come straight from <linux/kvm.h> and <linux/if_tun.h>. Nothing
 // else lives in C.
@@ -101,5 +102,14 @@ int swl_tun_set_iff(int fd, const char *name, int flags, char *actual_name);
 /// CLONE_NEWNET = 0x40000000). The network-namespace tests open taps and packet sockets inside
 /// a namespace of their own this way. Returns 0, or -1 (errno set).
 int swl_setns(int fd, int nstype);
+
+/// Opens a new pseudo-terminal: posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC), grantpt, unlockpt,
+/// and the slave's path into `path` (ptsname_r). Returns the master descriptor, or -1 (errno set).
+/// Used by the tests that run swiftlet on a terminal.
+int swl_open_pty(char *path, unsigned long length);
+
+/// POSIX_SPAWN_SETSID (glibc 2.26+): the spawned child calls setsid(2) first, so opening a
+/// terminal makes it the child's controlling terminal.
+extern const short SWL_POSIX_SPAWN_SETSID;
 
 #endif

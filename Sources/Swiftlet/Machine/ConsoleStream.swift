@@ -65,7 +65,10 @@ public final class ConsoleStream: SerialOutput, @unchecked Sendable {
     }
 }
 
-/// A fixed-capacity FIFO of bytes; appending never allocates.
+/// A fixed-capacity FIFO of bytes: appending and taking never allocate.
+///
+/// The storage is allocated once and left uninitialised, so its pages cost resident memory only
+/// once output has passed through them. Bytes that do not fit are counted in `dropped`.
 struct ByteRing {
     private var storage: [UInt8]
     private var head = 0
@@ -74,26 +77,64 @@ struct ByteRing {
     /// The stream was finished; nothing more is delivered.
     var finished = false
 
-    init(capacity: Int) { storage = [UInt8](repeating: 0, count: capacity) }
+    init(capacity: Int) {
+        // UInt8 needs no initialisation: every byte is written before it is read.
+        storage = [UInt8](unsafeUninitializedCapacity: capacity) { _, initialized in initialized = capacity }
+    }
 
+    /// How many bytes the ring holds at most.
+    var capacity: Int { storage.count }
+    /// How many more bytes fit.
+    var space: Int { storage.count - count }
+    /// Whether no byte is waiting.
+    var isEmpty: Bool { count == 0 }
+
+    /// Appends what fits of `bytes`, oldest first; counts the rest in `dropped`.
     mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        for byte in bytes {
-            guard count < storage.count else {
-                dropped += 1
-                continue
-            }
-            storage[(head + count) % storage.count] = byte
-            count += 1
+        let accepted = min(bytes.count, space)
+        dropped += bytes.count - accepted
+        guard accepted > 0, let source = bytes.baseAddress else { return }
+        let capacity = storage.count
+        let tail = (head + count) % capacity
+        let first = min(accepted, capacity - tail)
+        storage.withUnsafeMutableBytes { ring in
+            (ring.baseAddress! + tail).copyMemory(from: source, byteCount: first)
+            if accepted > first { ring.baseAddress!.copyMemory(from: source + first, byteCount: accepted - first) }
         }
+        count += accepted
+    }
+
+    /// Moves up to `buffer.count` of the oldest bytes into `buffer`; returns how many.
+    mutating func take(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let taken = min(buffer.count, count)
+        guard taken > 0, let target = buffer.baseAddress else { return 0 }
+        let capacity = storage.count
+        let first = min(taken, capacity - head)
+        storage.withUnsafeBytes { ring in
+            target.copyMemory(from: ring.baseAddress! + head, byteCount: first)
+            if taken > first { (target + first).copyMemory(from: ring.baseAddress!, byteCount: taken - first) }
+        }
+        head = (head + taken) % capacity
+        count -= taken
+        if count == 0 { head = 0 }
+        return taken
+    }
+
+    /// Counts `lost` bytes that were taken but never delivered in `dropped`.
+    mutating func noteDropped(_ lost: Int) { dropped += lost }
+
+    /// Empties the ring, counting what it held in `dropped`.
+    mutating func discardAll() {
+        dropped += count
+        head = 0
+        count = 0
     }
 
     /// Everything buffered, oldest first; empties the ring.
     mutating func removeAll() -> [UInt8] {
-        var result = [UInt8]()
-        result.reserveCapacity(count)
-        for i in 0..<count { result.append(storage[(head + i) % storage.count]) }
-        head = 0
-        count = 0
+        var result = [UInt8](repeating: 0, count: count)
+        let taken = result.withUnsafeMutableBytes { take(into: $0) }
+        assert(taken == result.count)
         return result
     }
 }

@@ -20,26 +20,30 @@ public final class HostTerminal: @unchecked Sendable {
 
     /// Switches a terminal input to raw mode and arranges for it to be restored on SIGINT,
     /// SIGTERM, SIGHUP and SIGQUIT as well as by `restore()`. Does nothing for a non-terminal.
+    ///
+    /// The handlers are one-shot (`SA_RESETHAND`): they restore the mode, then the signal is
+    /// raised again with its default action, so the process still dies of it. `restore()` puts
+    /// back the actions that were installed before.
     public func enterRawMode() {
         guard isTerminal, saved == nil else { return }
         var original = termios()
         guard tcgetattr(inputDescriptor, &original) == 0 else { return }
         saved = original
         HostTerminal.signalRestore = (inputDescriptor, original)
-        for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] {
+        for (index, sig) in HostTerminal.restoringSignals.enumerated() {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { signal in
-                if let (fd, mode) = HostTerminal.signalRestore {
-                    var copy = mode
-                    _ = tcsetattr(fd, TCSANOW, &copy)
-                }
-                // Then die of the signal as if it had not been caught.
+                HostTerminal.restoreFromSignalHandler()
+                // Then die of the signal as if it had not been caught (SA_RESETHAND already put
+                // back the default action; the signal is blocked until the handler returns).
                 Glibc.signal(signal, SIG_DFL)
                 raise(signal)
             }
             sigemptyset(&action.sa_mask)
-            action.sa_flags = Int32(SA_RESETHAND)
-            sigaction(sig, &action, nil)
+            // SA_RESETHAND is 0x80000000: as an Int32 it is negative, so convert its bits, not
+            // its value (`Int32(SA_RESETHAND)` traps).
+            action.sa_flags = HostTerminal.resetHandFlag
+            sigaction(sig, &action, previousActions + index)
         }
         var raw = original
         cfmakeraw(&raw)
@@ -47,15 +51,44 @@ public final class HostTerminal: @unchecked Sendable {
         _ = tcsetattr(inputDescriptor, TCSANOW, &raw)
     }
 
-    /// Restores the mode saved by `enterRawMode()` (safe to call more than once).
+    /// Restores the mode saved by `enterRawMode()` and the signal actions it replaced (safe to
+    /// call more than once).
     public func restore() {
         guard var original = saved else { return }
         _ = tcsetattr(inputDescriptor, TCSANOW, &original)
+        for (index, sig) in HostTerminal.restoringSignals.enumerated() {
+            sigaction(sig, previousActions + index, nil)
+        }
         saved = nil
         HostTerminal.signalRestore = nil
     }
 
-    deinit { restore() }
+    deinit {
+        restore()
+        previousActions.deallocate()
+    }
+
+    /// The signals whose handlers restore the terminal before the process dies.
+    static let restoringSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+
+    /// `SA_RESETHAND` (bit 31) as the `Int32` `sa_flags` wants.
+    static let resetHandFlag = Int32(bitPattern: UInt32(SA_RESETHAND))
+
+    /// The actions `enterRawMode()` replaced, in `restoringSignals` order.
+    private let previousActions: UnsafeMutablePointer<sigaction> = {
+        let actions = UnsafeMutablePointer<sigaction>.allocate(capacity: HostTerminal.restoringSignals.count)
+        actions.initialize(repeating: sigaction(), count: HostTerminal.restoringSignals.count)
+        return actions
+    }()
+
+    /// Restores the saved terminal mode, if raw mode is in effect; only `tcsetattr`, so it may run
+    /// in a signal handler or in a thread about to end the process by a signal.
+    static func restoreFromSignalHandler() {
+        if let (fd, mode) = signalRestore {
+            var copy = mode
+            _ = tcsetattr(fd, TCSANOW, &copy)
+        }
+    }
 
     /// What the signal handler restores. Written only before handlers can run.
     nonisolated(unsafe) static var signalRestore: (Int32, termios)?

@@ -81,6 +81,7 @@ public final class Machine: @unchecked Sendable {
     let control: RunControl
     let eventLoop: EventLoop
     let terminal: HostTerminal?
+    let consoleWriter: ConsoleWriter?
     let consoleInput: ConsoleInput
     private let threads = Mutex<[NativeThread]>([])
     private let eventThread = Mutex<NativeThread?>(nil)
@@ -148,16 +149,21 @@ public final class Machine: @unchecked Sendable {
         // The control's finish hook stops the event loop and ends a console stream; it is created
         // before the devices that end the machine (the i8042) so they can hold it.
         let consoleStream: ConsoleStream? = if case .stream(let stream) = configuration.console { stream } else { nil }
+        // The terminal console's output goes through a writer thread: a vCPU never waits in write(2).
+        let consoleWriter: ConsoleWriter? =
+            if case .terminal = configuration.console { ConsoleWriter(fileDescriptor: STDOUT_FILENO) } else { nil }
+        self.consoleWriter = consoleWriter
         let control = RunControl(vcpus: vcpus) { _ in
             eventLoop.stop()
             consoleStream?.finish()
+            consoleWriter?.machineEnded()
         }
         self.control = control
 
         let output: any SerialOutput
         switch configuration.console {
         case .terminal:
-            output = FileDescriptorSerialOutput(fileDescriptor: STDOUT_FILENO)
+            output = consoleWriter!
             terminal = HostTerminal()
         case .output(let sink):
             output = sink
@@ -253,6 +259,7 @@ public final class Machine: @unchecked Sendable {
         let dispatcher = self.dispatcher
         terminal?.enterRawMode()
         try step(.startThreads) { () throws(SystemError) in
+            try consoleWriter?.start()
             try consoleInput.attach()
             if case .stream(let stream) = configuration.console { try stream.attach(to: eventLoop) }
         }
@@ -287,10 +294,26 @@ public final class Machine: @unchecked Sendable {
             // The handlers hold the devices (and the devices' taps and files); dropping them
             // breaks the reference cycles through the loop so everything is released.
             eventLoop.removeAllHandlers()
+            // Output first (still raw, as the guest wrote it), within a bounded time; then the mode.
+            consoleWriter?.close()
             terminal?.restore()
         }
         return GuestExit.ending(control.exit ?? .stopped(.requested), reportedStatus: exitStatus.reportedStatus)
     }
+
+    /// Guest console bytes that never reached the console's output: with the `.terminal`
+    /// console, bytes dropped because standard output stalled (its 256 KiB buffer was full and
+    /// no write completed for half a second), failed, or was still stalled when the machine
+    /// ended; with `.stream`, bytes the full ring could not take. Final once `wait()` has returned.
+    public var droppedConsoleBytes: Int {
+        if let consoleWriter { return consoleWriter.droppedBytes }
+        if case .stream(let stream) = configuration.console { return stream.droppedBytes }
+        return 0
+    }
+
+    /// The error that ended writing the `.terminal` console's output (EPIPE, EIO, ...), if one did;
+    /// nil while output was only stalled.
+    public var consoleOutputError: SystemError? { consoleWriter?.writeError }
 
     /// Stops the guest with reason `.deadline` if it is still running `seconds` from now.
     /// Any test or caller that must not hang on a stuck guest sets one before `wait()`.

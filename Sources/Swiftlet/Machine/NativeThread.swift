@@ -8,10 +8,19 @@ final class NativeThread: @unchecked Sendable {
     private var handle = pthread_t()
     private var joined = false
 
-    /// Starts `body` on a new thread; `name` appears in errors.
-    init(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) {
+    /// Starts `body` on a new thread; `name` appears in errors. `stackSize` (bytes) replaces the
+    /// default stack size, which glibc takes from RLIMIT_STACK; helper threads that only wait
+    /// and copy bytes ask for `helperStackSize`.
+    init(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) throws(SystemError) {
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        defer { pthread_attr_destroy(&attributes) }
+        if let stackSize {
+            let set = pthread_attr_setstacksize(&attributes, stackSize)
+            if set != 0 { throw SystemError("pthread_attr_setstacksize \(name)", errno: set) }
+        }
         let box = Unmanaged.passRetained(ThreadBody(name: name, body: body))
-        let result = pthread_create(&handle, nil, { raw in
+        let result = pthread_create(&handle, &attributes, { raw in
             let box = Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue()
             box.body()
             return nil
@@ -21,6 +30,9 @@ final class NativeThread: @unchecked Sendable {
             throw SystemError("pthread_create \(name)", errno: result)
         }
     }
+
+    /// A stack for threads that only wait and copy bytes (signal stopper, console writer).
+    static let helperStackSize = 256 << 10
 
     /// The pthread id, for `pthread_kill`.
     var id: pthread_t { handle }

@@ -9,6 +9,10 @@ import Synchronization
 /// it blocks the signals in the calling thread, so every thread started afterwards (vCPU and
 /// event-loop threads) inherits the mask, and a dedicated thread receives them with sigwait(2).
 /// Call `cancel()` when the machine has ended.
+///
+/// A second signal while the machine is still stopping is not left pending: it ends the
+/// process at once as the signal's default action would (after restoring a raw-mode terminal),
+/// the usual "press Ctrl-C again to force" behaviour.
 public final class SignalStopper: Sendable {
     let waiter: NativeThread
     private let finished = CancellationFlag()
@@ -25,11 +29,20 @@ public final class SignalStopper: Sendable {
         wakeSignal = signals[0]
         let mask = set
         let finished = self.finished
-        waiter = try NativeThread(name: "signal stopper") {
+        waiter = try NativeThread(name: "signal stopper", stackSize: NativeThread.helperStackSize) {
             var waitSet = mask
-            var received: Int32 = 0
-            while sigwait(&waitSet, &received) != 0 {}
-            if !finished.isSet { machine.stop(.signal(received)) }
+            var stopping = false
+            while true {
+                var received: Int32 = 0
+                guard sigwait(&waitSet, &received) == 0 else { continue }
+                if finished.isSet { return }
+                if !stopping {
+                    stopping = true
+                    machine.stop(.signal(received))
+                } else {
+                    SignalStopper.terminate(by: received)
+                }
+            }
         }
     }
 
@@ -41,6 +54,20 @@ public final class SignalStopper: Sendable {
     }
 
     deinit { cancel() }
+
+    /// Ends the process by `signal` from the calling thread: restores a raw-mode terminal, puts
+    /// back the default action, unblocks the signal here and raises it.
+    static func terminate(by signal: Int32) -> Never {
+        HostTerminal.restoreFromSignalHandler()
+        Glibc.signal(signal, SIG_DFL)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, signal)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        raise(signal)
+        // A signal whose default action does not terminate: exit with the shell's status for it.
+        _exit(128 + signal)
+    }
 }
 
 /// A flag set once, shared with a thread.

@@ -163,7 +163,7 @@ struct CLITests {
         }
         #expect(result.stdout.contains("(default: 128M)"))
         for paragraph in ["Image formats (--format):", "Disks (--disk, repeatable)", "Network (--net, repeatable)", "Entropy (--rng)",
-                          "Boot timer:", "Ctrl-A x stops the VM", "bytes of guest output dropped (output stalled)", "Exit status: 0 the guest reset"] {
+                          "Boot timer:", "Ctrl-A x stops the VM", "bytes of guest output dropped (output stalled)", "Exit status of a guest command", "Exit status: the guest command's status"] {
             #expect(result.stdout.contains(paragraph), "boot's help lacks \(paragraph)")
         }
         // The generated part (usage and options, before the preformatted discussion) fits 80 columns.

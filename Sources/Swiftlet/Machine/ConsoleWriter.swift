@@ -15,9 +15,11 @@ import Synchronization
 /// bounded memory and time:
 /// - While the ring has room a write only copies the byte.
 /// - When the ring is full, the writing vCPU waits for room, but only while the writer keeps
-///   making progress: once no write(2) has completed for `stallTimeout`, the output counts as
-///   stalled and bytes that do not fit are dropped at once (counted in `droppedBytes`) until
-///   the reader takes data again. The wait also ends when the machine stops (`machineEnded()`),
+///   making progress: once the writer has been waiting on the descriptor (in poll(2) or
+///   write(2)) for `stallTimeout` without a write completing, the output counts as stalled and
+///   bytes that do not fit are dropped at once (counted in `droppedBytes`) until the reader
+///   takes data again. A writer that is only short of CPU time (a loaded host) is not a stalled
+///   reader: the vCPU keeps waiting for it, so output is never cut in the middle for that. The wait also ends when the machine stops (`machineEnded()`),
 ///   so stopping never waits for the reader.
 /// - When the machine has ended, `close()` writes what is left while the reader keeps taking
 ///   it, and gives up (dropping the rest) after `flushStallTimeout` without progress or
@@ -62,6 +64,9 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
 
     /// CLOCK_MONOTONIC nanoseconds of the writer's last progress (a chunk taken or written).
     private let lastProgress = Atomic<UInt64>(0)
+    /// When the writer started waiting on the descriptor, or last completed a write while doing
+    /// so; 0 while it is not in `writeOut` (then the output cannot be stalled).
+    private let waitingOnOutputSince = Atomic<UInt64>(0)
     /// Set by `close()` when the flush gives up; the writer drops what is left and ends.
     private let givingUp = Atomic<Bool>(false)
     private let writerDone = Atomic<Bool>(false)
@@ -133,8 +138,10 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
                 continue
             }
             // Full: wait while the writer is live and the machine is running.
-            let stalledAt = lastProgress.load(ordering: .relaxed) &+ stallNanoseconds
-            if stopping || monotonicNanoseconds() >= stalledAt {
+            let now = monotonicNanoseconds()
+            let since = waitingOnOutputSince.load(ordering: .acquiring)
+            let stalledAt = since == 0 ? now &+ stallNanoseconds : since &+ stallNanoseconds
+            if stopping || (since != 0 && now >= stalledAt) {
                 ring.noteDropped(rest.count)
                 break
             }
@@ -228,6 +235,8 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
     /// Writes `bytes` to the descriptor; returns how many were written before an error or the
     /// flush gave up.
     private func writeOut(_ bytes: UnsafeRawBufferPointer) -> Int {
+        waitingOnOutputSince.store(monotonicNanoseconds(), ordering: .releasing)
+        defer { waitingOnOutputSince.store(0, ordering: .releasing) }
         var offset = 0
         while offset < bytes.count {
             if givingUp.load(ordering: .acquiring) { return offset }
@@ -239,6 +248,7 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
             if result > 0 {
                 offset += result
                 lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
+                waitingOnOutputSince.store(monotonicNanoseconds(), ordering: .releasing)
             } else if result < 0 && (errno == EINTR || errno == EAGAIN) {
                 continue
             } else {

@@ -1,11 +1,14 @@
 import CKVM
 
-/// A CPUID feature bit by the name Linux uses for it (`/proc/cpuinfo`, `clearcpuid=`).
+/// A CPUID feature bit by the name Linux uses for it (`/proc/cpuinfo`, `clearcpuid=`), or a
+/// KVM paravirtual feature of leaf 0x40000001 (`kvm_` and the rest of Linux's `KVM_FEATURE_`
+/// macro name in lower case, e.g. `kvm_pv_send_ipi` for `KVM_FEATURE_PV_SEND_IPI`).
 public struct CPUIDFeature: Equatable, Sendable {
     /// The output register of a CPUID leaf that holds the bit.
     public enum Register: Sendable { case eax, ebx, ecx, edx }
 
-    /// Linux's name for the feature, e.g. `avx2` (as in `/proc/cpuinfo` flags).
+    /// Linux's name for the feature, e.g. `avx2` (as in `/proc/cpuinfo` flags), or
+    /// `kvm_...` for a KVM paravirtual feature.
     public let name: String
     /// The CPUID function (EAX input) that reports it, e.g. 1 or 7.
     public let leaf: UInt32
@@ -48,15 +51,37 @@ public struct CPUIDFeature: Equatable, Sendable {
         .init(name: "pku", leaf: 7, subleaf: 0, register: .ecx, bit: 3),
         .init(name: "ospke", leaf: 7, subleaf: 0, register: .ecx, bit: 4),
         .init(name: "fsrm", leaf: 7, subleaf: 0, register: .edx, bit: 4),
-    ]
+    ] + kvmFeatures
+
+    /// CPUID leaf 0x40000001: the KVM paravirtual features in EAX (KVM's leaves start at
+    /// 0x40000000, whose EBX/ECX/EDX say "KVMKVMKVM").
+    public static let kvmFeaturesLeaf: UInt32 = 0x4000_0001
+
+    /// The KVM paravirtual feature bits of leaf 0x40000001 EAX, as Linux's
+    /// `arch/x86/include/uapi/asm/kvm_para.h` numbers them.
+    public static let kvmFeatures: [CPUIDFeature] = [
+        (0, "clocksource"), (1, "nop_io_delay"), (2, "mmu_op"), (3, "clocksource2"), (4, "async_pf"),
+        (5, "steal_time"), (6, "pv_eoi"), (7, "pv_unhalt"), (9, "pv_tlb_flush"), (10, "async_pf_vmexit"),
+        (11, "pv_send_ipi"), (12, "poll_control"), (13, "pv_sched_yield"), (14, "async_pf_int"),
+        (15, "msi_ext_dest_id"), (16, "hc_map_gpa_range"), (17, "migration_control"), (24, "clocksource_stable"),
+    ].map { .init(name: "kvm_" + $0.1, leaf: kvmFeaturesLeaf, subleaf: 0, register: .eax, bit: $0.0) }
+
+    /// Whether the bit is in a hypervisor leaf (0x40000000-0x4FFFFFFF). Only the VMM's CPUID
+    /// table can hide it: Linux's `clearcpuid=` knows no names for these bits.
+    public var isHypervisorLeaf: Bool { leaf & 0xF000_0000 == 0x4000_0000 }
 
     /// Named sets of features for `--cpuid-mask`.
     public static let templates: [String: [String]] = [
         // What a kernel must not use on a KVM that emulates guest kernel code without these
-        // instructions (see Docs/DESIGN.md, "CPUID").
+        // instructions (see Docs/DESIGN.md, "CPUID"), and the paravirtual features Linux uses
+        // through a hypercall, which never returns from guest kernel mode on such a KVM
+        // (KVM_HC_KICK_CPU, KVM_HC_SEND_IPI, KVM_HC_SCHED_YIELD, KVM_HC_MAP_GPA_RANGE; see
+        // Docs/LINUX.md, "SMP"). kvm_pv_tlb_flush stays: it only marks preempted vCPUs in the
+        // steal-time area and sends ordinary IPIs.
         "emulated": [
             "cx16", "popcnt", "rdrand", "rdseed", "movbe", "fsgsbase", "smap", "smep", "umip", "pku", "ospke",
             "invpcid", "bmi1", "bmi2", "avx", "avx2", "avx512f", "erms", "fsrm", "pcid",
+            "kvm_pv_unhalt", "kvm_pv_send_ipi", "kvm_pv_sched_yield", "kvm_hc_map_gpa_range",
         ],
     ]
 

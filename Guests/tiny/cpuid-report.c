@@ -13,7 +13,8 @@
  *   done
  *
  * Register values are eight lowercase hex digits without a prefix. `sig=` is the 12-byte
- * hypervisor signature of leaf 0x40000000 (EBX, ECX, EDX), non-printable bytes as '.'.
+ * hypervisor signature of leaf 0x40000000 (EBX, ECX, EDX), NUL bytes left out and other
+ * non-printable bytes as '.'.
  * Leaves above the maximum the processor reports (leaf 0 / 0x80000000 EAX) are printed as
  * "cpuid: leaf=XXXXXXXX sub=N absent". On the development host only the KVM leaves
  * (0x40000000-) follow the VMM's KVM_SET_CPUID2 table; the others are the host's values.
@@ -43,7 +44,8 @@ static void put_signature_bytes(uint32_t word)
 {
     for (int i = 0; i < 4; i++) {
         char c = (char)(word >> (8 * i));
-        serial_putc(c >= 0x20 && c < 0x7F ? c : '.');
+        if (c != 0)
+            serial_putc(c >= 0x20 && c < 0x7F ? c : '.');
     }
 }
 

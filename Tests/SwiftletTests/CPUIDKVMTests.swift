@@ -89,4 +89,31 @@ struct CPUIDKVMTests {
         #expect(report.exit == .reset)
         #expect(try report.leaf(0x4000_0001).eax == Self.supportedKVMFeatures(report) & ~(UInt32(1) << UInt32(feature.bit)))
     }
+
+    @Test("the guest's topology leaves describe count cores of one thread in one package", arguments: [1, 2])
+    func topology(cpus: Int) throws {
+        let report = try Self.run(cpus: cpus)
+        #expect(report.exit == .reset)
+        // What the boot vCPU (APIC ID 0) sees. On the development host the hardware leaves are
+        // the VMM's table with some host bits ORed in (leaf 1 EDX.HTT among them), so only the
+        // fields that follow the table everywhere are checked.
+        let leaf1 = try report.leaf(1)
+        #expect(leaf1.ebx >> 24 == 0)
+        #expect((leaf1.ebx >> 16) & 0xFF == UInt32(cpus))
+        let leaf4 = try report.leaf(4)
+        if leaf4.eax & 0x1F != 0 { #expect(leaf4.eax >> 26 == UInt32(cpus - 1)) }
+        let smt = try report.leaf(0xB, 0)
+        let core = try report.leaf(0xB, 1)
+        #expect(smt == Leaf(eax: 0, ebx: 1, ecx: 0x100, edx: 0))
+        #expect(core == Leaf(eax: cpus == 1 ? 0 : 1, ebx: UInt32(cpus), ecx: 0x201, edx: 0))
+        // Every vCPU's table as KVM holds it (KVM_GET_CPUID2) agrees with itself.
+        for (id, table) in report.tables.enumerated() {
+            let byKey = Dictionary(table.map { (Report.key($0.function, $0.index), $0) }, uniquingKeysWith: { a, _ in a })
+            let leaf1 = try #require(byKey[Report.key(1, 0)])
+            #expect(leaf1.ebx >> 24 == UInt32(id) && (leaf1.ebx >> 16) & 0xFF == UInt32(cpus))
+            let core = try #require(byKey[Report.key(0xB, 1)])
+            #expect(core.ebx == UInt32(cpus) && core.edx == UInt32(id))
+            #expect(try #require(byKey[Report.key(0xB, 2)]).ecx & 0xFF00 == 0, "subleaf 2 ends the list")
+        }
+    }
 }

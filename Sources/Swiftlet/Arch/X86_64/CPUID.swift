@@ -114,19 +114,46 @@ public enum CPUIDMaskError: Error, Equatable, CustomStringConvertible, Sendable 
 }
 
 /// Builds each vCPU's CPUID table from what KVM supports.
+///
+/// The topology it describes: one package of `count` cores with one thread each, vCPU `id` being
+/// core `id` with APIC ID `id`. Every leaf that carries topology says so: leaf 1 (logical
+/// processor count), leaf 4 (cores per package), leaves 0xB and 0x1F (x2APIC levels), and on an
+/// AMD host leaf 0x80000008 ECX (core count) and leaf 0x8000001E (core and node IDs).
 public enum X86CPUID {
     /// Leaf 1 ECX bit 31: "running under a hypervisor", set for every vCPU.
     public static let hypervisorPresentBit: UInt32 = 1 << 31
     /// Leaf 1 EDX bit 28 (HTT): EBX[23:16] is the logical processor count; set only for 2+ vCPUs.
     public static let htt: UInt32 = 1 << 28
+    /// Leaf 0x80000001 ECX bit 22 (TOPOEXT): leaves 0x8000001D/0x8000001E describe the topology.
+    public static let topologyExtensions: UInt32 = 1 << 22
+    /// The extended topology leaf (AMD): EAX extended APIC ID, EBX core ID and threads per core,
+    /// ECX node ID and nodes per package.
+    public static let extendedTopologyLeaf: UInt32 = 0x8000_001E
 
-    /// The table for vCPU `id` of `count`: APIC IDs and processor counts in leaves 1, 4 and 0xB,
+    /// Whether leaf 0's vendor string (its first four bytes, in EBX) is AMD's or Hygon's, whose
+    /// leaf 0x80000008 ECX holds the core count.
+    static func isAMDFamily(_ supported: [kvm_cpuid_entry2]) -> Bool {
+        guard let leaf0 = supported.first(where: { $0.function == 0 }) else { return false }
+        return leaf0.ebx == 0x6874_7541 /* "Auth"enticAMD */ || leaf0.ebx == 0x6F67_7948 /* "Hygo"nGenuine */
+    }
+
+    /// The table for vCPU `id` of `count`: APIC IDs and processor counts in the topology leaves,
     /// the hypervisor-present bit, and every feature in `mask` cleared.
+    ///
+    /// Leaves 0xB and 0x1F are written whole (subleaf 0 the thread level, 1 the core level, 2
+    /// the end of the list), whatever subleaves KVM offered: a KVM may offer only an empty
+    /// subleaf 0, and a guest would then put every vCPU in a package of its own. TOPOEXT is
+    /// cleared when KVM offers no leaf 0x8000001E to describe the topology in.
     public static func table(
         supported: [kvm_cpuid_entry2], vcpu id: UInt32, of count: Int, mask: [CPUIDFeature]
     ) -> [kvm_cpuid_entry2] {
-        let threadBits = UInt32(count <= 1 ? 0 : (32 - UInt32(count - 1).leadingZeroBitCount))
-        return supported.map { original in
+        let coreBits = UInt32(count <= 1 ? 0 : (32 - UInt32(count - 1).leadingZeroBitCount))
+        let maxExtended = supported.first { $0.function == 0x8000_0000 }?.eax ?? 0
+        let hasExtendedTopology =
+            maxExtended >= extendedTopologyLeaf && supported.contains { $0.function == extendedTopologyLeaf }
+        let amd = isAMDFamily(supported)
+        var table: [kvm_cpuid_entry2] = []
+        for original in supported {
             var entry = original
             switch entry.function {
             case 1:
@@ -138,26 +165,28 @@ public enum X86CPUID {
                 if entry.eax & 0x1F != 0 {
                     entry.eax = (entry.eax & 0x03FF_FFFF) | (UInt32(min(count, 64) - 1) << 26)
                 }
-            case 0xB:
-                // x2APIC topology: level 0 SMT (1 thread), level 1 core (count cores).
-                switch entry.index {
-                case 0:
-                    entry.eax = 0
-                    entry.ebx = 1
-                    entry.ecx = (1 << 8) | 0
-                case 1:
-                    entry.eax = threadBits
-                    entry.ebx = UInt32(count)
-                    entry.ecx = (2 << 8) | 1
-                default:
-                    entry.eax = 0
-                    entry.ebx = 0
-                    entry.ecx = entry.index
-                }
-                entry.edx = id
+            case 0xB, 0x1F:
+                // Written whole at the place of the first subleaf KVM offered.
+                guard !table.contains(where: { $0.function == entry.function }) else { continue }
+                table += x2APICTopology(entry.function, flags: entry.flags, vcpu: id, of: count, coreBits: coreBits)
+                continue
+            case 0x8000_0001:
+                if !hasExtendedTopology { entry.ecx &= ~topologyExtensions }
+            case 0x8000_0008:
+                // AMD: ECX[15:12] APIC ID bits for the core, ECX[7:0] cores - 1 (reserved on Intel).
+                if amd { entry.ecx = (entry.ecx & ~UInt32(0xF0FF)) | (coreBits << 12) | UInt32(min(count, 256) - 1) }
+            case extendedTopologyLeaf:
+                entry.eax = id  // extended APIC ID
+                entry.ebx = id & 0xFF  // core ID; EBX[15:8] threads per core - 1 = 0
+                entry.ecx = 0  // node 0; ECX[10:8] nodes per package - 1 = 0
+                entry.edx = 0
             default:
                 break
             }
+            table.append(entry)
+        }
+        return table.map { original in
+            var entry = original
             for feature in mask where feature.leaf == entry.function && feature.subleaf == entry.index {
                 let clear = ~(UInt32(1) << UInt32(feature.bit))
                 switch feature.register {
@@ -167,6 +196,26 @@ public enum X86CPUID {
                 case .edx: entry.edx &= clear
                 }
             }
+            return entry
+        }
+    }
+
+    /// Leaf 0xB or 0x1F for vCPU `id` of `count`: subleaf 0 the SMT level (1 thread, APIC ID
+    /// shift 0), subleaf 1 the core level (`count` processors, shift `coreBits`), subleaf 2
+    /// invalid (the end); EDX is the x2APIC ID in each.
+    static func x2APICTopology(_ function: UInt32, flags: UInt32, vcpu id: UInt32, of count: Int, coreBits: UInt32)
+        -> [kvm_cpuid_entry2]
+    {
+        let levels: [(eax: UInt32, ebx: UInt32, type: UInt32)] = [(0, 1, 1), (coreBits, UInt32(count), 2), (0, 0, 0)]
+        return levels.enumerated().map { index, level in
+            var entry = kvm_cpuid_entry2()
+            entry.function = function
+            entry.index = UInt32(index)
+            entry.flags = flags | UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX)
+            entry.eax = level.eax
+            entry.ebx = level.ebx
+            entry.ecx = (level.type << 8) | UInt32(index)
+            entry.edx = id
             return entry
         }
     }

@@ -92,7 +92,11 @@ struct Boot {
             The default command line is
               \(LinuxBoot.defaultCommandLine)
             --cpuid-mask hides CPUID features from the guest and adds clearcpuid= to the command
-            line; it takes feature names (cx16,popcnt,...) and the template 'emulated'.
+            line; it takes feature names (cx16,popcnt,...), KVM paravirtual features of CPUID
+            leaf 0x40000001 (kvm_pv_send_ipi, kvm_pv_unhalt, kvm_pv_sched_yield, kvm_steal_time,
+            ...: hidden in the CPUID table only, not named in clearcpuid=) and the template
+            'emulated' (what a KVM that emulates guest kernel code cannot run, including the
+            hypercall-based paravirtual features). An unknown name lists every known one.
 
             Disks (--disk, repeatable): each is a virtio-blk device over a raw image file or a
             host block device (/dev/loopN, a partition),

@@ -8,13 +8,16 @@ public enum LinuxBoot {
         "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 
     /// The command line the kernel gets: `base`, plus `clearcpuid=` for a CPUID mask so a
-    /// kernel also honours the mask on hosts where KVM_SET_CPUID2 does not reach the guest,
+    /// kernel also honours the mask on hosts where KVM_SET_CPUID2 does not reach the guest
+    /// (hypervisor-leaf features such as `kvm_pv_send_ipi` are left out: Linux has no name for
+    /// them, and the KVM leaves do follow the VMM's table),
     /// plus `virtio_mmio.device=SIZE@ADDRESS:IRQ` for each virtio device (there is no other way
     /// for the guest to discover them).
     public static func commandLine(base: String?, cpuidMask: [CPUIDFeature], virtioDevices: [VirtioMMIOSlot] = []) -> String {
         let (kernelPart, initPart) = splitAtInitArguments(base ?? defaultCommandLine)
         var words = [kernelPart]
-        if !cpuidMask.isEmpty { words.append("clearcpuid=" + cpuidMask.map(\.name).joined(separator: ",")) }
+        let hardware = cpuidMask.filter { !$0.isHypervisorLeaf }
+        if !hardware.isEmpty { words.append("clearcpuid=" + hardware.map(\.name).joined(separator: ",")) }
         words += virtioDevices.map(\.commandLineWord)
         if let initPart { words.append(initPart) }
         return words.filter { !$0.isEmpty }.joined(separator: " ")

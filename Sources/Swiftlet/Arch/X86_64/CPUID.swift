@@ -1,11 +1,14 @@
 import CKVM
 
-/// A CPUID feature bit by the name Linux uses for it (`/proc/cpuinfo`, `clearcpuid=`).
+/// A CPUID feature bit by the name Linux uses for it (`/proc/cpuinfo`, `clearcpuid=`), or a
+/// KVM paravirtual feature of leaf 0x40000001 (`kvm_` and the rest of Linux's `KVM_FEATURE_`
+/// macro name in lower case, e.g. `kvm_pv_send_ipi` for `KVM_FEATURE_PV_SEND_IPI`).
 public struct CPUIDFeature: Equatable, Sendable {
     /// The output register of a CPUID leaf that holds the bit.
     public enum Register: Sendable { case eax, ebx, ecx, edx }
 
-    /// Linux's name for the feature, e.g. `avx2` (as in `/proc/cpuinfo` flags).
+    /// Linux's name for the feature, e.g. `avx2` (as in `/proc/cpuinfo` flags), or
+    /// `kvm_...` for a KVM paravirtual feature.
     public let name: String
     /// The CPUID function (EAX input) that reports it, e.g. 1 or 7.
     public let leaf: UInt32
@@ -48,15 +51,37 @@ public struct CPUIDFeature: Equatable, Sendable {
         .init(name: "pku", leaf: 7, subleaf: 0, register: .ecx, bit: 3),
         .init(name: "ospke", leaf: 7, subleaf: 0, register: .ecx, bit: 4),
         .init(name: "fsrm", leaf: 7, subleaf: 0, register: .edx, bit: 4),
-    ]
+    ] + kvmFeatures
+
+    /// CPUID leaf 0x40000001: the KVM paravirtual features in EAX (KVM's leaves start at
+    /// 0x40000000, whose EBX/ECX/EDX say "KVMKVMKVM").
+    public static let kvmFeaturesLeaf: UInt32 = 0x4000_0001
+
+    /// The KVM paravirtual feature bits of leaf 0x40000001 EAX, as Linux's
+    /// `arch/x86/include/uapi/asm/kvm_para.h` numbers them.
+    public static let kvmFeatures: [CPUIDFeature] = [
+        (0, "clocksource"), (1, "nop_io_delay"), (2, "mmu_op"), (3, "clocksource2"), (4, "async_pf"),
+        (5, "steal_time"), (6, "pv_eoi"), (7, "pv_unhalt"), (9, "pv_tlb_flush"), (10, "async_pf_vmexit"),
+        (11, "pv_send_ipi"), (12, "poll_control"), (13, "pv_sched_yield"), (14, "async_pf_int"),
+        (15, "msi_ext_dest_id"), (16, "hc_map_gpa_range"), (17, "migration_control"), (24, "clocksource_stable"),
+    ].map { .init(name: "kvm_" + $0.1, leaf: kvmFeaturesLeaf, subleaf: 0, register: .eax, bit: $0.0) }
+
+    /// Whether the bit is in a hypervisor leaf (0x40000000-0x4FFFFFFF). Only the VMM's CPUID
+    /// table can hide it: Linux's `clearcpuid=` knows no names for these bits.
+    public var isHypervisorLeaf: Bool { leaf & 0xF000_0000 == 0x4000_0000 }
 
     /// Named sets of features for `--cpuid-mask`.
     public static let templates: [String: [String]] = [
         // What a kernel must not use on a KVM that emulates guest kernel code without these
-        // instructions (see Docs/DESIGN.md, "CPUID").
+        // instructions (see Docs/DESIGN.md, "CPUID"), and the paravirtual features Linux uses
+        // through a hypercall, which never returns from guest kernel mode on such a KVM
+        // (KVM_HC_KICK_CPU, KVM_HC_SEND_IPI, KVM_HC_SCHED_YIELD, KVM_HC_MAP_GPA_RANGE; see
+        // Docs/LINUX.md, "SMP"). kvm_pv_tlb_flush stays: it only marks preempted vCPUs in the
+        // steal-time area and sends ordinary IPIs.
         "emulated": [
             "cx16", "popcnt", "rdrand", "rdseed", "movbe", "fsgsbase", "smap", "smep", "umip", "pku", "ospke",
             "invpcid", "bmi1", "bmi2", "avx", "avx2", "avx512f", "erms", "fsrm", "pcid",
+            "kvm_pv_unhalt", "kvm_pv_send_ipi", "kvm_pv_sched_yield", "kvm_hc_map_gpa_range",
         ],
     ]
 
@@ -89,19 +114,46 @@ public enum CPUIDMaskError: Error, Equatable, CustomStringConvertible, Sendable 
 }
 
 /// Builds each vCPU's CPUID table from what KVM supports.
+///
+/// The topology it describes: one package of `count` cores with one thread each, vCPU `id` being
+/// core `id` with APIC ID `id`. Every leaf that carries topology says so: leaf 1 (logical
+/// processor count), leaf 4 (cores per package), leaves 0xB and 0x1F (x2APIC levels), and on an
+/// AMD host leaf 0x80000008 ECX (core count) and leaf 0x8000001E (core and node IDs).
 public enum X86CPUID {
     /// Leaf 1 ECX bit 31: "running under a hypervisor", set for every vCPU.
     public static let hypervisorPresentBit: UInt32 = 1 << 31
     /// Leaf 1 EDX bit 28 (HTT): EBX[23:16] is the logical processor count; set only for 2+ vCPUs.
     public static let htt: UInt32 = 1 << 28
+    /// Leaf 0x80000001 ECX bit 22 (TOPOEXT): leaves 0x8000001D/0x8000001E describe the topology.
+    public static let topologyExtensions: UInt32 = 1 << 22
+    /// The extended topology leaf (AMD): EAX extended APIC ID, EBX core ID and threads per core,
+    /// ECX node ID and nodes per package.
+    public static let extendedTopologyLeaf: UInt32 = 0x8000_001E
 
-    /// The table for vCPU `id` of `count`: APIC IDs and processor counts in leaves 1, 4 and 0xB,
+    /// Whether leaf 0's vendor string (its first four bytes, in EBX) is AMD's or Hygon's, whose
+    /// leaf 0x80000008 ECX holds the core count.
+    static func isAMDFamily(_ supported: [kvm_cpuid_entry2]) -> Bool {
+        guard let leaf0 = supported.first(where: { $0.function == 0 }) else { return false }
+        return leaf0.ebx == 0x6874_7541 /* "Auth"enticAMD */ || leaf0.ebx == 0x6F67_7948 /* "Hygo"nGenuine */
+    }
+
+    /// The table for vCPU `id` of `count`: APIC IDs and processor counts in the topology leaves,
     /// the hypervisor-present bit, and every feature in `mask` cleared.
+    ///
+    /// Leaves 0xB and 0x1F are written whole (subleaf 0 the thread level, 1 the core level, 2
+    /// the end of the list), whatever subleaves KVM offered: a KVM may offer only an empty
+    /// subleaf 0, and a guest would then put every vCPU in a package of its own. TOPOEXT is
+    /// cleared when KVM offers no leaf 0x8000001E to describe the topology in.
     public static func table(
         supported: [kvm_cpuid_entry2], vcpu id: UInt32, of count: Int, mask: [CPUIDFeature]
     ) -> [kvm_cpuid_entry2] {
-        let threadBits = UInt32(count <= 1 ? 0 : (32 - UInt32(count - 1).leadingZeroBitCount))
-        return supported.map { original in
+        let coreBits = UInt32(count <= 1 ? 0 : (32 - UInt32(count - 1).leadingZeroBitCount))
+        let maxExtended = supported.first { $0.function == 0x8000_0000 }?.eax ?? 0
+        let hasExtendedTopology =
+            maxExtended >= extendedTopologyLeaf && supported.contains { $0.function == extendedTopologyLeaf }
+        let amd = isAMDFamily(supported)
+        var table: [kvm_cpuid_entry2] = []
+        for original in supported {
             var entry = original
             switch entry.function {
             case 1:
@@ -113,26 +165,28 @@ public enum X86CPUID {
                 if entry.eax & 0x1F != 0 {
                     entry.eax = (entry.eax & 0x03FF_FFFF) | (UInt32(min(count, 64) - 1) << 26)
                 }
-            case 0xB:
-                // x2APIC topology: level 0 SMT (1 thread), level 1 core (count cores).
-                switch entry.index {
-                case 0:
-                    entry.eax = 0
-                    entry.ebx = 1
-                    entry.ecx = (1 << 8) | 0
-                case 1:
-                    entry.eax = threadBits
-                    entry.ebx = UInt32(count)
-                    entry.ecx = (2 << 8) | 1
-                default:
-                    entry.eax = 0
-                    entry.ebx = 0
-                    entry.ecx = entry.index
-                }
-                entry.edx = id
+            case 0xB, 0x1F:
+                // Written whole at the place of the first subleaf KVM offered.
+                guard !table.contains(where: { $0.function == entry.function }) else { continue }
+                table += x2APICTopology(entry.function, flags: entry.flags, vcpu: id, of: count, coreBits: coreBits)
+                continue
+            case 0x8000_0001:
+                if !hasExtendedTopology { entry.ecx &= ~topologyExtensions }
+            case 0x8000_0008:
+                // AMD: ECX[15:12] APIC ID bits for the core, ECX[7:0] cores - 1 (reserved on Intel).
+                if amd { entry.ecx = (entry.ecx & ~UInt32(0xF0FF)) | (coreBits << 12) | UInt32(min(count, 256) - 1) }
+            case extendedTopologyLeaf:
+                entry.eax = id  // extended APIC ID
+                entry.ebx = id & 0xFF  // core ID; EBX[15:8] threads per core - 1 = 0
+                entry.ecx = 0  // node 0; ECX[10:8] nodes per package - 1 = 0
+                entry.edx = 0
             default:
                 break
             }
+            table.append(entry)
+        }
+        return table.map { original in
+            var entry = original
             for feature in mask where feature.leaf == entry.function && feature.subleaf == entry.index {
                 let clear = ~(UInt32(1) << UInt32(feature.bit))
                 switch feature.register {
@@ -142,6 +196,26 @@ public enum X86CPUID {
                 case .edx: entry.edx &= clear
                 }
             }
+            return entry
+        }
+    }
+
+    /// Leaf 0xB or 0x1F for vCPU `id` of `count`: subleaf 0 the SMT level (1 thread, APIC ID
+    /// shift 0), subleaf 1 the core level (`count` processors, shift `coreBits`), subleaf 2
+    /// invalid (the end); EDX is the x2APIC ID in each.
+    static func x2APICTopology(_ function: UInt32, flags: UInt32, vcpu id: UInt32, of count: Int, coreBits: UInt32)
+        -> [kvm_cpuid_entry2]
+    {
+        let levels: [(eax: UInt32, ebx: UInt32, type: UInt32)] = [(0, 1, 1), (coreBits, UInt32(count), 2), (0, 0, 0)]
+        return levels.enumerated().map { index, level in
+            var entry = kvm_cpuid_entry2()
+            entry.function = function
+            entry.index = UInt32(index)
+            entry.flags = flags | UInt32(KVM_CPUID_FLAG_SIGNIFCANT_INDEX)
+            entry.eax = level.eax
+            entry.ebx = level.ebx
+            entry.ecx = (level.type << 8) | UInt32(index)
+            entry.edx = id
             return entry
         }
     }

@@ -9,7 +9,9 @@ network namespace this script creates. Kernel milestones, each with a deadline:
   - mounts the ext4 root read-only and runs /sbin/init (Swiftlet's init, Guests/initramfs),
   - configures eth0 with the given MAC and address (kernel `ip=`),
   - answers ping from the namespace.
-Then real programs in the guest (Guests/rootfs/e2e-checks.sh, run by init after "--"):
+Then real programs in the guest (Guests/rootfs/e2e-checks.sh, which init runs from
+`swiftlet.cmd=`: QEMU appends its virtio_mmio.device= words to the end of the command line, so
+a "--" there would hide them from the kernel; the 4-vCPU boot below uses the "--" form):
   - `sha256sum /dev/vdb` equals the host's checksum of that image,
   - a file written on the read-write ext4 disk is read back by the host after the VM ends
     (debugfs from e2fsprogs),
@@ -318,7 +320,7 @@ def main():
         base += " " + EMULATED_ARGS
     cmdline = (f"{base} root=/dev/vda rootfstype=ext4 ro "
                f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0:guest:eth0:off "
-               f"-- /bin/sh /e2e-checks.sh {token} {SCRIPT_STATUS}")
+               f'swiftlet.cmd="/bin/sh /e2e-checks.sh {token} {SCRIPT_STATUS}"')
     cpuid = ["--cpuid-mask", "emulated"] if emulated else []
     summary = {"kernel": vmlinux, "cmdline": cmdline, "emulated_kvm": emulated, "cpus": cpus}
     with tempfile.TemporaryDirectory(prefix="swiftlet-e2e-") as workdir:

@@ -1,6 +1,6 @@
 #!/bin/sh
 # User-space checks of Guests/test-kernel.py, run by Swiftlet's init on the guest (ext4 root,
-# busybox) as `/bin/sh /e2e-checks.sh TOKEN STATUS`: real programs driving Linux's drivers on
+# busybox) as `/bin/sh /e2e-checks.sh TOKEN STATUS` (from swiftlet.cmd= on the kernel command line): real programs driving Linux's drivers on
 # Swiftlet's devices. Each check prints one line "E2E <name> <result>" that the host compares
 # with what it knows (checksums, the token, the vCPU count); the script then exits with STATUS,
 # which init reports to the VMM, so the host also checks that the status arrives.

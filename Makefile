@@ -42,6 +42,8 @@ LINUX_CPUID_MASK := $(if $(filter 1,$(EMULATED_KVM)),--cpuid-mask emulated)
 KERNEL_DIR = $(SWIFTLET_CACHE)/kernel-current
 INITRAMFS = $(SWIFTLET_CACHE)/initramfs.cpio
 CHECK_LINUX_TIMEOUT ?= 300
+# vCPUs of the Linux guest for make run and make check-linux (make run CPUS=2).
+CPUS ?= 1
 
 all: build guests
 
@@ -83,7 +85,7 @@ guest-initramfs:
 	Guests/initramfs/build-initramfs.sh
 
 run: build guest-kernel guest-initramfs
-	$(SWIFTLET_DEBUG) boot --kernel $(KERNEL_DIR)/bzImage --initrd $(INITRAMFS) --memory 256M \
+	$(SWIFTLET_DEBUG) boot --kernel $(KERNEL_DIR)/bzImage --initrd $(INITRAMFS) --memory 256M --cpus $(CPUS) \
 	  --cmdline "$(LINUX_ARGS)" $(LINUX_CPUID_MASK)
 
 # Debian packages the end-to-end kernel check needs.
@@ -98,7 +100,7 @@ test-kernel: build guest-kernel guest-initramfs
 
 check-linux: build guest-kernel guest-initramfs
 	Guests/check-linux.sh $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(INITRAMFS) $(CHECK_LINUX_TIMEOUT) \
-	  "$(LINUX_ARGS)" $(LINUX_CPUID_MASK)
+	  "$(LINUX_ARGS)" $(LINUX_CPUID_MASK) --cpus $(CPUS)
 
 # Benchmarks (Benchmarks/run.py, Docs/BENCHMARKS.md): installs QEMU, runc and busybox-static when
 # missing, builds both release variants, the bench guests and the C floor, runs everything side

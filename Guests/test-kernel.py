@@ -16,6 +16,7 @@ a "--" there would hide them from the kernel; the 4-vCPU boot below uses the "--
   - a file written on the read-write ext4 disk is read back by the host after the VM ends
     (debugfs from e2fsprogs),
   - the guest pings the host, `/dev/hwrng` yields bytes,
+  - Linux brings up every vCPU in one package ("Max logical packages: 1"),
   - `nproc` equals the vCPU count, a shell pinned to each CPU (taskset) runs there, and two
     processes on different CPUs exchange a line through a pipe,
   - the script's exit status (7) reaches the host as swiftlet's exit status, and the
@@ -291,6 +292,12 @@ def guest_checks(label, watcher, cpus, data_sha, counted=True):
     check(f"{label}: /dev/hwrng yields 32 bytes", values.get("hwrng-bytes") == "32",
           values.get("hwrng-bytes", "no result"), counted)
     check(f"{label}: nproc is {cpus}", values.get("nproc") == str(cpus), values.get("nproc", "no result"), counted)
+    found = watcher.wait_for("smp", r"smp: Brought up 1 node, (\d+) CPUs?", 1)
+    check(f"{label}: Linux brings up {cpus} CPU(s)", found is not None and int(found[1].group(1)) == cpus,
+          found[1].group(0) if found else "no 'Brought up' line", counted)
+    found = watcher.wait_for("packages", r"smpboot: Max logical packages: (\d+)", 1)
+    check(f"{label}: the topology is one package (smpboot: Max logical packages: 1)",
+          found is not None and found[1].group(1) == "1", found[1].group(0) if found else "no such line", counted)
     pinned = [values.get(f"pinned-{i}") for i in range(cpus)]
     check(f"{label}: a shell pinned to each CPU runs there (taskset)", pinned == [str(i) for i in range(cpus)],
           f"CPUs seen: {pinned}", counted)

@@ -29,21 +29,15 @@ public enum LinuxBoot {
     /// Linux would hand them to init instead of reading them.
     static func splitAtInitArguments(_ line: String) -> (kernel: String, initArguments: String?) {
         let bytes = Array(line.utf8)
+        func isSpace(_ index: Int) -> Bool { [UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n")].contains(bytes[index]) }
         var inQuote = false
-        var index = 0
-        while index < bytes.count {
-            let byte = bytes[index]
-            if byte == UInt8(ascii: "\"") { inQuote.toggle() }
-            let wordStart = index == 0 || bytes[index - 1] == UInt8(ascii: " ") || bytes[index - 1] == UInt8(ascii: "\t")
-                || bytes[index - 1] == UInt8(ascii: "\n")
-            if !inQuote, wordStart, byte == UInt8(ascii: "-"), index + 1 < bytes.count, bytes[index + 1] == UInt8(ascii: "-"),
-                index + 2 == bytes.count || [UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n")].contains(bytes[index + 2])
-            {
-                let kernel = String(decoding: bytes[..<index], as: UTF8.self)
-                let rest = String(decoding: bytes[index...], as: UTF8.self)
-                return (String(kernel.reversed().drop(while: { $0 == " " || $0 == "\t" || $0 == "\n" }).reversed()), rest)
-            }
-            index += 1
+        for index in bytes.indices {
+            if bytes[index] == UInt8(ascii: "\"") { inQuote.toggle() }
+            let isDashes = bytes[index...].starts(with: "--".utf8) && (index + 2 == bytes.count || isSpace(index + 2))
+            guard !inQuote, isDashes, index == 0 || isSpace(index - 1) else { continue }
+            var end = index
+            while end > 0 && isSpace(end - 1) { end -= 1 }
+            return (String(decoding: bytes[..<end], as: UTF8.self), String(decoding: bytes[index...], as: UTF8.self))
         }
         return (line, nil)
     }

@@ -32,13 +32,7 @@ public final class HostTerminal: @unchecked Sendable {
         HostTerminal.signalRestore = (inputDescriptor, original)
         for (index, sig) in HostTerminal.restoringSignals.enumerated() {
             var action = sigaction()
-            action.__sigaction_handler.sa_handler = { signal in
-                HostTerminal.restoreFromSignalHandler()
-                // Then die of the signal as if it had not been caught (SA_RESETHAND already put
-                // back the default action; the signal is blocked until the handler returns).
-                Glibc.signal(signal, SIG_DFL)
-                raise(signal)
-            }
+            action.__sigaction_handler.sa_handler = { signal in HostTerminal.restoreAndDie(of: signal) }
             sigemptyset(&action.sa_mask)
             // SA_RESETHAND is 0x80000000: as an Int32 it is negative, so convert its bits, not
             // its value (`Int32(SA_RESETHAND)` traps).
@@ -81,13 +75,24 @@ public final class HostTerminal: @unchecked Sendable {
         return actions
     }()
 
-    /// Restores the saved terminal mode, if raw mode is in effect; only `tcsetattr`, so it may run
-    /// in a signal handler or in a thread about to end the process by a signal.
-    static func restoreFromSignalHandler() {
+    /// Restores the saved terminal mode, if raw mode is in effect, and ends the process by
+    /// `signal` as if it had not been caught: default action back, the signal unblocked in the
+    /// calling thread (a handler runs with it blocked; the signal stopper's thread blocks it),
+    /// then raised. Only async-signal-safe calls, so it serves the raw-mode signal handlers and
+    /// the signal stopper's second signal alike.
+    static func restoreAndDie(of signal: Int32) -> Never {
         if let (fd, mode) = signalRestore {
             var copy = mode
             _ = tcsetattr(fd, TCSANOW, &copy)
         }
+        Glibc.signal(signal, SIG_DFL)
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, signal)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        raise(signal)
+        // A signal whose default action does not terminate: exit with the shell's status for it.
+        _exit(128 + signal)
     }
 
     /// What the signal handler restores. Written only before handlers can run.

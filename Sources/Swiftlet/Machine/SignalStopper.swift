@@ -40,7 +40,7 @@ public final class SignalStopper: Sendable {
                     stopping = true
                     machine.stop(.signal(received))
                 } else {
-                    SignalStopper.terminate(by: received)
+                    HostTerminal.restoreAndDie(of: received)
                 }
             }
         }
@@ -54,20 +54,6 @@ public final class SignalStopper: Sendable {
     }
 
     deinit { cancel() }
-
-    /// Ends the process by `signal` from the calling thread: restores a raw-mode terminal, puts
-    /// back the default action, unblocks the signal here and raises it.
-    static func terminate(by signal: Int32) -> Never {
-        HostTerminal.restoreFromSignalHandler()
-        Glibc.signal(signal, SIG_DFL)
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, signal)
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
-        raise(signal)
-        // A signal whose default action does not terminate: exit with the shell's status for it.
-        _exit(128 + signal)
-    }
 }
 
 /// A flag set once, shared with a thread.

@@ -233,12 +233,13 @@ struct Boot {
     func run() {
         // Console output may go to a pipe that closes early: get EPIPE, not a fatal signal.
         signal(SIGPIPE, SIG_IGN)
-        let configuration = MachineConfiguration(
+        var configuration = MachineConfiguration(
             kernelPath: kernel, kernelFormat: KernelFormat(rawValue: format)!, memorySize: parseMemorySize(memory)!,
             vcpuCount: cpus, console: .terminal, commandLine: cmdline, initrdPath: initrd,
             cpuidMask: (try? CPUIDFeature.parseMask(cpuidMask ?? "")) ?? [],
             disks: disk.compactMap { try? DiskConfiguration.parse($0) },
             networks: net.compactMap { try? NetworkConfiguration.parse($0) }, rng: rng)
+        configuration.bootTimer = reportBootTime
         let machine: Machine
         let signals: SignalStopper
         do {
@@ -259,7 +260,7 @@ struct Boot {
         }
         if !exit.isClean { printError("swiftlet: \(exit)") }
         if reportBootTime {
-            if let nanoseconds = machine.bootTimer.bootNanoseconds {
+            if let nanoseconds = machine.bootTime {
                 let micros = nanoseconds / 1000
                 printError("swiftlet: boot time \(micros / 1000).\(String(micros % 1000 + 1000).dropFirst()) ms (boot-timer write)")
             } else {

@@ -127,10 +127,17 @@ struct LinuxBootKVMTests {
             0xF4, 0xEB, 0xFD,  // hlt; jmp $-3
         ]
         let image = try TemporaryFile(contents: code)
-        let (exit, _, machine) = try Self.run(
-            MachineConfiguration(kernelPath: image.path, kernelFormat: .flatRealMode))
+        var configuration = MachineConfiguration(kernelPath: image.path, kernelFormat: .flatRealMode)
+        configuration.bootTimer = true
+        let (exit, _, machine) = try Self.run(configuration)
         #expect(exit == .reset)
-        let nanoseconds = try #require(machine.bootTimer.bootNanoseconds)
+        let nanoseconds = try #require(machine.bootTime)
         #expect(nanoseconds > 0)
+        #expect(machine.devices.map(\.kind).contains(.bootTimer))
+        // Off by default (as in Firecracker): the port is not claimed and nothing is recorded.
+        let (plainExit, _, plain) = try Self.run(MachineConfiguration(kernelPath: image.path, kernelFormat: .flatRealMode))
+        #expect(plainExit == .reset)
+        #expect(plain.bootTimer == nil && plain.bootTime == nil)
+        #expect(!plain.devices.map(\.kind).contains(.bootTimer))
     }
 }

@@ -111,8 +111,9 @@ struct PublicAPITests {
     func twoMachines() async throws {
         let first = BufferSerialOutput()
         let second = BufferSerialOutput()
-        let a = try Machine(
-            MachineConfiguration(kernelPath: try TestSupport.guest("mmio-test.elf"), console: .output(first)))
+        var withTestDevice = MachineConfiguration(kernelPath: try TestSupport.guest("mmio-test.elf"), console: .output(first))
+        withTestDevice.mmioTestDevice = true
+        let a = try Machine(withTestDevice)
         let b = try Machine(
             MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .output(second)))
         try a.start()

@@ -8,23 +8,23 @@ import Testing
 struct VirtioMachineTests {
     @Test("slot i sits at 0xd0000000 + i * 4 KiB with GSI 5 + i, inside the MMIO gap")
     func slots() {
-        let first = VirtioMMIOSlot(x86: 0)
+        let first = X86Layout.virtioSlot(0)!
         #expect(first.address == GuestAddress(0xD000_0000) && first.gsi == 5)
-        let last = VirtioMMIOSlot(x86: X86Layout.virtioMMIOSlotCount - 1)
+        let last = X86Layout.virtioSlot(X86Layout.virtioMMIOSlotCount - 1)!
         #expect(last.address == GuestAddress(0xD001_2000) && last.gsi == 23, "IOAPIC pins end at 23")
         #expect(last.address.rawValue + VirtioMMIORegisters.windowSize <= X86Layout.ioapicAddress.rawValue)
         #expect(first.address.rawValue >= X86Layout.mmioTestDeviceAddress.rawValue + X86Layout.mmioTestDeviceSize)
         #expect(first.commandLineWord == "virtio_mmio.device=4K@0xd0000000:5")
-        #expect(VirtioMMIOSlot(x86: 2).commandLineWord == "virtio_mmio.device=4K@0xd0002000:7")
+        #expect(X86Layout.virtioSlot(2)!.commandLineWord == "virtio_mmio.device=4K@0xd0002000:7")
     }
 
     @Test("the kernel command line gets one virtio_mmio.device word per device, after the base and the CPUID mask")
     func commandLine() throws {
-        let slots = [VirtioMMIOSlot(x86: 0), VirtioMMIOSlot(x86: 1)]
-        #expect(LinuxBoot.commandLine(base: "console=ttyS0", cpuidMask: [], virtioDevices: slots)
+        let slots = [X86Layout.virtioSlot(0)!, X86Layout.virtioSlot(1)!]
+        #expect(LinuxBoot.commandLine(base: "console=ttyS0", cpuidMask: [], deviceWords: slots.map(\.commandLineWord))
             == "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6")
         let mask = try CPUIDFeature.parseMask("popcnt")
-        #expect(LinuxBoot.commandLine(base: "", cpuidMask: mask, virtioDevices: [slots[0]])
+        #expect(LinuxBoot.commandLine(base: "", cpuidMask: mask, deviceWords: [slots[0].commandLineWord])
             == "clearcpuid=popcnt virtio_mmio.device=4K@0xd0000000:5")
         #expect(LinuxBoot.commandLine(base: "quiet", cpuidMask: []) == "quiet")
         #expect(LinuxBoot.commandLine(base: "", cpuidMask: []) == "")
@@ -33,8 +33,8 @@ struct VirtioMachineTests {
     @Test("the VMM's words go before a `--` so Linux reads them and init gets only the command")
     func commandLineBeforeInitArguments() throws {
         let mask = try CPUIDFeature.parseMask("popcnt")
-        let slot = VirtioMMIOSlot(x86: 0)
-        #expect(LinuxBoot.commandLine(base: "console=ttyS0 root=/dev/vda -- /bin/sh -c \"exit 7\"", cpuidMask: mask, virtioDevices: [slot])
+        let slot = X86Layout.virtioSlot(0)!
+        #expect(LinuxBoot.commandLine(base: "console=ttyS0 root=/dev/vda -- /bin/sh -c \"exit 7\"", cpuidMask: mask, deviceWords: [slot.commandLineWord])
             == "console=ttyS0 root=/dev/vda clearcpuid=popcnt virtio_mmio.device=4K@0xd0000000:5 -- /bin/sh -c \"exit 7\"")
         #expect(LinuxBoot.commandLine(base: "-- true", cpuidMask: mask) == "clearcpuid=popcnt -- true")
         #expect(LinuxBoot.commandLine(base: "quiet --", cpuidMask: mask) == "quiet clearcpuid=popcnt --")
@@ -84,21 +84,11 @@ struct VirtioMachineTests {
         #expect(throws: ConfigurationError.diskIdentifierTooLong(String(repeating: "x", count: 21))) { try configuration.validate() }
     }
 
-    @Test("disks, network interfaces and the rng share one slot sequence, in that order")
-    func slotPlan() {
-        var configuration = MachineConfiguration(
-            kernelPath: "/k", disks: [DiskConfiguration(path: "/a"), DiskConfiguration(path: "/b")],
-            networks: [NetworkConfiguration(tap: "tap0"), NetworkConfiguration(tap: "tap1")], rng: true)
-        var plan = VirtioMachineSetup.SlotPlan(configuration)
-        #expect(plan.disks == 0..<2 && plan.networks == 2..<4 && plan.rng == 4)
-        #expect(plan.slots.map(\.gsi) == [5, 6, 7, 8, 9])
-        #expect(LinuxBoot.commandLine(base: "", cpuidMask: [], virtioDevices: plan.slots).split(separator: " ").last
-            == "virtio_mmio.device=4K@0xd0004000:9")
-        configuration.disks = []
-        configuration.rng = false
-        plan = VirtioMachineSetup.SlotPlan(configuration)
-        #expect(plan.disks == 0..<0 && plan.networks == 0..<2 && plan.rng == nil && plan.slots.count == 2)
-        #expect(VirtioMachineSetup.SlotPlan(MachineConfiguration(kernelPath: "/k")).slots.isEmpty)
+    @Test("slots end at the layout's last one")
+    func slotCount() {
+        #expect(X86Layout.virtioSlot(X86Layout.virtioMMIOSlotCount) == nil)
+        #expect(X86Layout.virtioSlot(-1) == nil)
+        #expect((0..<X86Layout.virtioMMIOSlotCount).compactMap { X86Layout.virtioSlot($0)?.index } == Array(0..<19))
     }
 
     @Test("the configuration refuses more virtio devices than slots, bad tap names, multicast and duplicate MACs")

@@ -11,14 +11,14 @@ public enum LinuxBoot {
     /// kernel also honours the mask on hosts where KVM_SET_CPUID2 does not reach the guest
     /// (hypervisor-leaf features such as `kvm_pv_send_ipi` are left out: Linux has no name for
     /// them, and the KVM leaves do follow the VMM's table),
-    /// plus `virtio_mmio.device=SIZE@ADDRESS:IRQ` for each virtio device (there is no other way
-    /// for the guest to discover them).
-    public static func commandLine(base: String?, cpuidMask: [CPUIDFeature], virtioDevices: [VirtioMMIOSlot] = []) -> String {
+    /// plus the device manager's words for the attached devices (`virtio_mmio.device=SIZE@ADDRESS:IRQ`
+    /// for each virtio device: there is no other way for the guest to discover them).
+    public static func commandLine(base: String?, cpuidMask: [CPUIDFeature], deviceWords: [String] = []) -> String {
         let (kernelPart, initPart) = splitAtInitArguments(base ?? defaultCommandLine)
         var words = [kernelPart]
         let hardware = cpuidMask.filter { !$0.isHypervisorLeaf }
         if !hardware.isEmpty { words.append("clearcpuid=" + hardware.map(\.name).joined(separator: ",")) }
-        words += virtioDevices.map(\.commandLineWord)
+        words += deviceWords
         if let initPart { words.append(initPart) }
         return words.filter { !$0.isEmpty }.joined(separator: " ")
     }

@@ -36,6 +36,7 @@ extension Machine {
         consoleInput.send(bytes)
     }
 
-    /// Nanoseconds from process start to the guest's boot-timer write, once it has happened.
-    public var bootTime: UInt64? { bootTimer.bootNanoseconds }
+    /// Nanoseconds from process start to the guest's boot-timer write, once it has happened
+    /// (nil without `configuration.bootTimer`).
+    public var bootTime: UInt64? { bootTimer?.bootNanoseconds }
 }

@@ -2,72 +2,29 @@ import CKVM
 import Glibc
 import Synchronization
 
-/// A step of building a machine; a failure names the step it happened in.
-public enum BuildStep: String, Sendable {
-    /// `MachineConfiguration.validate()`; the error is a `ConfigurationError`.
-    case validateConfiguration = "validate the configuration"
-    /// Opening `/dev/kvm` and checking the capabilities Swiftlet needs (irqchip, user memory,
-    /// immediate exit, PIT2, irqfd, ioeventfd).
-    case openKVM = "open /dev/kvm"
-    /// `KVM_CREATE_VM`.
-    case createVM = "create the VM"
-    /// Setting the identity-map and TSS addresses, then creating the in-kernel irqchip and PIT.
-    case configureVM = "set up the in-kernel irqchip and timer"
-    /// Mapping guest RAM in this process (`X86MemoryMap.ramRegions`).
-    case allocateMemory = "allocate guest memory"
-    /// `KVM_SET_USER_MEMORY_REGION` for each RAM region.
-    case registerMemory = "register guest memory with KVM"
-    /// `KernelLoader.load`; the error is a `KernelLoadError`.
-    case loadKernel = "load the kernel"
-    /// Writing the GDT and identity page tables, and for Linux the zero page, command line and initrd.
-    case writeBootStructures = "write the boot structures"
-    /// Creating the event loop and putting the legacy and virtio devices on the buses.
-    case createDevices = "create the devices"
-    /// `KVM_CREATE_VCPU` for each vCPU.
-    case createVCPUs = "create the vCPUs"
-    /// Setting each vCPU's CPUID, MSRs, local APIC and FPU, and the boot vCPU's entry registers.
-    case configureVCPUs = "set up the vCPU registers"
-    /// Attaching the console to the event loop and starting the event-loop and vCPU threads.
-    case startThreads = "start the VMM threads"
-}
-
-/// Building or starting a machine failed.
-public struct MachineError: Error, CustomStringConvertible, Sendable {
-    /// The step that failed.
-    public let step: BuildStep
-    /// What it failed with: a `SystemError`, `ConfigurationError`, `KernelLoadError`,
-    /// `VirtioSetupError`, ...
-    public let underlying: any Error & Sendable
-
-    /// `cannot <step>: <underlying error>`, on one line.
-    public var description: String { "cannot \(step.rawValue): \(underlying)" }
-}
-
 /// A microVM: built from a `MachineConfiguration`, started, waited for, torn down.
 ///
-/// Lifecycle: `init` builds everything (KVM VM, memory, devices, vCPUs, boot state) in
-/// ordered steps; `start()` starts one thread per vCPU and the event-loop thread; `wait()`
-/// blocks until the guest ends and returns how; `stop()` ends it from any thread. Resources
-/// are released when the machine is deinitialised.
+/// Lifecycle: `init` builds everything (KVM VM, memory, devices, vCPUs, boot state) through
+/// `MachineBuilder`, in ordered steps that roll back on failure; `start()` starts one thread per
+/// vCPU and the event-loop thread; `wait()` blocks until the guest ends and returns how;
+/// `stop()` ends it from any thread. Resources are released when the machine is deinitialised.
+///
+/// The machine is the runtime only: it hands out no KVM descriptors. Its vCPUs run on its own
+/// threads and nowhere else.
 public final class Machine: @unchecked Sendable {
     /// The configuration the machine was built from, validated.
     public let configuration: MachineConfiguration
-    /// The open `/dev/kvm`.
-    public let kvm: KVM
-    /// The KVM VM, with its in-kernel irqchip and PIT.
-    public let vm: VirtualMachine
     /// Guest RAM, mapped in this process and registered with KVM (`X86MemoryMap.ramRegions`).
     public let memory: GuestMemory
-    /// The vCPUs by id from 0: vCPU 0 boots, the others wait for the guest to start them (INIT-SIPI).
-    public let vcpus: [VCPU]
     /// The COM1 UART (ports 0x3F8-0x3FF, IRQ 4) carrying the guest's console.
     public let serial: SerialPort
     /// Where the kernel image was loaded and how the boot vCPU enters it.
     public let kernel: LoadedKernel
     /// The zero page given to the kernel (nil for flat real-mode images).
     public let bootParams: BootParams?
-    /// The boot-timer device; `bootTimer.bootNanoseconds` is the guest's boot time.
-    public let bootTimer: BootTimer
+    /// The boot-timer device, when `configuration.bootTimer`; its `bootNanoseconds` is the
+    /// guest's boot time.
+    public let bootTimer: BootTimer?
     /// The exit-status device; its report turns a reset or power-off into
     /// `GuestExit.commandExited(status:)`.
     public let exitStatus: ExitStatusPort
@@ -77,6 +34,15 @@ public final class Machine: @unchecked Sendable {
     public let networkInterfaces: [VirtioNetTransport]
     /// The virtio-rng device, if `configuration.rng`.
     public let rng: VirtioRNGTransport?
+    /// Every device the device manager attached, in attach order: kind, name, window, interrupt
+    /// and the command-line word it gave the kernel.
+    public let devices: [AttachedDevice]
+    /// The open `/dev/kvm` (the library's own; embedders get none).
+    package let kvm: KVM
+    /// The KVM VM.
+    package let vm: VirtualMachine
+    /// The vCPUs by id from 0; run only by the machine's vCPU threads.
+    package let vcpus: [VCPU]
     let dispatcher: ExitDispatcher
     let control: RunControl
     let eventLoop: EventLoop
@@ -94,140 +60,34 @@ public final class Machine: @unchecked Sendable {
         case built, starting, started
     }
 
-    /// Builds the machine described by `configuration`.
-    public init(_ configuration: MachineConfiguration) throws(MachineError) {
-        self.configuration = configuration
-        try step(.validateConfiguration) { () throws(ConfigurationError) in try configuration.validate() }
-        let kvm = try step(.openKVM) { () throws in
-            let kvm = try KVM()
-            try kvm.require([(KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"), (KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
-                             (KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"), (KVM_CAP_PIT2, "KVM_CAP_PIT2"),
-                             (KVM_CAP_IRQFD, "KVM_CAP_IRQFD"), (KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD")])
-            return kvm
-        }
-        self.kvm = kvm
-        let vm = try step(.createVM) { () throws(SystemError) in try kvm.createVirtualMachine() }
-        self.vm = vm
-        try step(.configureVM) { () throws(SystemError) in
-            try vm.setIdentityMapAddress(X86Layout.identityMapPageAddress)
-            try vm.setTSSAddress(X86Layout.tssAddress)
-            try vm.createIRQChip()
-            try vm.createPIT2()
-        }
-        let memory = try step(.allocateMemory) { () throws in
-            try GuestMemory(regions: X86MemoryMap.ramRegions(size: configuration.memorySize))
-        }
-        self.memory = memory
-        try step(.registerMemory) { () throws(SystemError) in try memory.registerSlots(with: vm) }
-        let kernel = try step(.loadKernel) { () throws(KernelLoadError) in
-            try KernelLoader.load(configuration.kernelPath, format: configuration.kernelFormat, into: memory)
-        }
-        self.kernel = kernel
-        try step(.writeBootStructures) { () throws(GuestMemoryError) in
-            try BootGDT.write(to: memory)
-            try IdentityPageTables.write(to: memory)
-        }
-        if kernel.usesZeroPage {
-            bootParams = try step(.writeBootStructures) { () throws(BootSetupError) in
-                try LinuxBoot.write(
-                    kernel: kernel,
-                    commandLine: LinuxBoot.commandLine(
-                        base: configuration.commandLine, cpuidMask: configuration.cpuidMask,
-                        virtioDevices: VirtioMachineSetup.SlotPlan(configuration).slots),
-                    initrdPath: configuration.initrdPath, vcpuCount: configuration.vcpuCount, memory: memory)
-            }
-        } else {
-            bootParams = nil
-        }
+    /// Builds the machine described by `configuration` (`MachineBuilder`): on failure, every
+    /// part already made is torn down and the error names the step that failed.
+    public convenience init(_ configuration: MachineConfiguration) throws(MachineError) {
+        self.init(parts: try MachineBuilder.build(configuration))
+    }
 
-        let vcpus = try step(.createVCPUs) { () throws(SystemError) in
-            try (0..<configuration.vcpuCount).map { (id) throws(SystemError) in try vm.createVCPU(id: UInt32(id)) }
-        }
-        self.vcpus = vcpus
-        let eventLoop = try step(.createDevices) { () throws(SystemError) in try EventLoop() }
-        self.eventLoop = eventLoop
-        // The control's finish hook stops the event loop and ends a console stream; it is created
-        // before the devices that end the machine (the i8042) so they can hold it.
-        let consoleStream: ConsoleStream? = if case .stream(let stream) = configuration.console { stream } else { nil }
-        // The terminal console's output goes through a writer thread: a vCPU never waits in write(2).
-        let consoleWriter: ConsoleWriter? =
-            if case .terminal = configuration.console { ConsoleWriter(fileDescriptor: STDOUT_FILENO) } else { nil }
-        self.consoleWriter = consoleWriter
-        let control = RunControl(vcpus: vcpus) { _ in
-            eventLoop.stop()
-            consoleStream?.finish()
-            consoleWriter?.machineEnded()
-        }
-        self.control = control
-
-        let output: any SerialOutput
-        switch configuration.console {
-        case .terminal:
-            output = consoleWriter!
-            terminal = HostTerminal()
-        case .output(let sink):
-            output = sink
-            terminal = nil
-        case .stream(let stream):
-            output = stream
-            terminal = nil
-        case .none:
-            output = DiscardingSerialOutput()
-            terminal = nil
-        }
-        let bootTimer = BootTimer()
-        self.bootTimer = bootTimer
-        let exitStatus = ExitStatusPort()
-        self.exitStatus = exitStatus
-        let serial = SerialPort(output: PanicWatchingOutput(output, control: control), interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ))
-        self.serial = serial
-        consoleInput = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop) {
-            control.finish(.stopped(.requested))
-        }
-        var portIO = Bus()
-        var mmio = Bus()
-        try step(.createDevices) { () throws(BusError) in
-            try portIO.register(serial, base: UInt64(X86Layout.serialPort), length: 8, name: "serial (COM1)")
-            try portIO.register(
-                I8042Device(resetHandler: { control.finish(.reset) }), base: UInt64(X86Layout.i8042DataPort), length: 5,
-                name: "i8042")
-            try portIO.register(bootTimer, base: UInt64(X86Layout.bootTimerPort), length: 1, name: "boot timer")
-            try portIO.register(exitStatus, base: UInt64(X86Layout.exitStatusPort), length: 1, name: "exit status")
-            try mmio.register(
-                MMIOTestDevice(), base: X86Layout.mmioTestDeviceAddress.rawValue, length: X86Layout.mmioTestDeviceSize,
-                name: "MMIO test device")
-        }
-        let slots = VirtioMachineSetup.SlotPlan(configuration)
-        disks = try step(.createDevices) { () throws(VirtioSetupError) in
-            try VirtioMachineSetup.attachDisks(
-                configuration.disks, firstSlot: slots.disks.lowerBound, vm: vm, memory: memory, eventLoop: eventLoop, bus: &mmio)
-        }
-        networkInterfaces = try step(.createDevices) { () throws(VirtioSetupError) in
-            try VirtioMachineSetup.attachNetworks(
-                configuration.networks, firstSlot: slots.networks.lowerBound, vm: vm, memory: memory, eventLoop: eventLoop,
-                bus: &mmio)
-        }
-        rng = try step(.createDevices) { () throws(VirtioSetupError) -> VirtioRNGTransport? in
-            guard let slot = slots.rng else { return nil }
-            return try VirtioMachineSetup.attach(
-                VirtioRNG(), slot: VirtioMMIOSlot(x86: slot), name: "virtio-rng", vm: vm, memory: memory, eventLoop: eventLoop,
-                bus: &mmio)
-        }
-        dispatcher = ExitDispatcher(portIO: portIO, mmio: mmio)
-
-        try step(.configureVCPUs) { () throws(SystemError) in
-            let supported = try kvm.supportedCPUID()
-            for vcpu in vcpus {
-                try vcpu.setCPUID(
-                    X86CPUID.table(
-                        supported: supported, vcpu: vcpu.id, of: vcpus.count, mask: configuration.cpuidMask))
-                try vcpu.setMSRs(BootMSRs.values)
-                try vcpu.setLocalAPIC(LocalAPICSetup.configure(try vcpu.localAPIC()))
-                try vcpu.setFPU(X86VCPUSetup.floatingPointState())
-                // Application processors stay in wait-for-SIPI; the guest starts them.
-                if vcpu.id == 0 { try X86VCPUSetup.configure(vcpu, for: kernel.entry) }
-            }
-        }
+    /// A machine over parts the builder made.
+    init(parts: MachineParts) {
+        configuration = parts.configuration
+        kvm = parts.kvm
+        vm = parts.vm
+        memory = parts.memory
+        vcpus = parts.vcpus
+        kernel = parts.kernel
+        bootParams = parts.bootParams
+        eventLoop = parts.eventLoop
+        control = parts.control
+        terminal = parts.terminal
+        consoleWriter = parts.consoleWriter
+        consoleInput = parts.consoleInput
+        serial = parts.serial
+        bootTimer = parts.bootTimer
+        exitStatus = parts.exitStatus
+        disks = parts.disks
+        networkInterfaces = parts.networkInterfaces
+        rng = parts.rng
+        devices = parts.devices
+        dispatcher = parts.dispatcher
     }
 
     /// Starts the vCPU threads and the event-loop thread (console input).
@@ -258,13 +118,13 @@ public final class Machine: @unchecked Sendable {
         let control = self.control
         let dispatcher = self.dispatcher
         terminal?.enterRawMode()
-        try step(.startThreads) { () throws(SystemError) in
+        try MachineBuilder.Steps(failingAfter: nil).run(.startThreads) { () throws(SystemError) in
             try consoleWriter?.start()
             try consoleInput.attach()
             if case .stream(let stream) = configuration.console { try stream.attach(to: eventLoop) }
         }
         let loop = eventLoop
-        try step(.startThreads) { () throws(SystemError) in
+        try MachineBuilder.Steps(failingAfter: nil).run(.startThreads) { () throws(SystemError) in
             let thread = try NativeThread(name: "event loop") { loop.run() }
             eventThread.withLock { $0 = thread }
             for vcpu in vcpus {
@@ -342,24 +202,6 @@ public final class Machine: @unchecked Sendable {
             _ = wait()
         }
     }
-}
-
-/// Runs `body`, attributing any error to `step`.
-@inline(__always)
-func step<T, E: Error & Sendable>(_ step: BuildStep, _ body: () throws(E) -> T) throws(MachineError) -> T {
-    do { return try body() } catch { throw MachineError(step: step, underlying: error) }
-}
-
-/// An interrupt line of the in-kernel irqchip driven with `KVM_IRQ_LINE`.
-struct KVMInterruptLine: InterruptLine {
-    let vm: VirtualMachine
-    let gsi: UInt32
-    func setLevel(_ high: Bool) { try? vm.setIRQLine(gsi, high: high) }
-}
-
-/// Serial output that goes nowhere.
-struct DiscardingSerialOutput: SerialOutput {
-    func write(_ bytes: UnsafeRawBufferPointer) {}
 }
 
 /// The guest RAM layout of an x86_64 machine of a given size: below the MMIO gap, and the rest

@@ -23,6 +23,13 @@ public struct MachineConfiguration: Sendable {
     public var networks: [NetworkConfiguration]
     /// A virtio-rng device (entropy from the host's getrandom), in the slot after the networks.
     public var rng: Bool
+    /// Attach the boot-timer device (port `X86Layout.bootTimerPort`), which records when the
+    /// guest first writes `BootTimer.magic` to it (`Machine.bootTime`). Off by default, as in
+    /// Firecracker; the benchmarks and `--report-boot-time` turn it on.
+    public var bootTimer: Bool = false
+    /// Attach the MMIO test device (`X86Layout.mmioTestDeviceAddress`) of the tiny test guests.
+    /// For tests only; production guests never see it.
+    package var mmioTestDevice: Bool = false
 
     /// Guest RAM when none is given: 128 MiB.
     public static let defaultMemorySize: UInt64 = 128 << 20

@@ -72,6 +72,15 @@ public enum X86Layout {
     /// Number of virtio-mmio slots: one per IOAPIC pin 5-23.
     public static let virtioMMIOSlotCount = 19
 
+    /// Virtio-mmio slot `index` (window `virtioMMIOBase + index * virtioMMIOStride`, GSI
+    /// `virtioFirstGSI + index`), or nil past the last of the `virtioMMIOSlotCount` slots.
+    public static func virtioSlot(_ index: Int) -> VirtioMMIOSlot? {
+        guard (0..<virtioMMIOSlotCount).contains(index) else { return nil }
+        return VirtioMMIOSlot(
+            index: index, address: GuestAddress(virtioMMIOBase.rawValue + UInt64(index) * virtioMMIOStride),
+            gsi: virtioFirstGSI + UInt32(index))
+    }
+
     /// KVM's in-kernel IOAPIC (24 pins), at the standard PC address; listed in the MP table.
     public static let ioapicAddress = GuestAddress(0xFEC0_0000)
     /// The local APICs (emulated by KVM), at the architectural default `IA32_APIC_BASE`.

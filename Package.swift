@@ -1,6 +1,20 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The targets are the layers (Docs/DESIGN.md, "Targets"); each imports only the ones below it:
+//
+//   CHost, CKVM            C shims: ioctl/eventfd/tun/pty wrappers; KVM request numbers
+//   SwiftletHost           host primitives: SystemError, descriptors, eventfd, threads, clocks
+//   SwiftletMemory         guest physical addresses and guest RAM
+//   SwiftletKVM            the KVM wrapper: /dev/kvm, the VM, vCPUs, exits (package-only API)
+//   SwiftletDevices        buses and device models (UART, i8042, virtio transport, queue, blk,
+//                          net, rng): no KVM, testable by construction
+//   SwiftletBackends       host backends of devices: raw disk images, taps
+//   Swiftlet               x86 boot, the machine builder, device manager and runtime; the
+//                          public API embedders import
+//   SwiftletDeviceTree     flattened device trees over libfdt, the aarch64 description (the
+//                          only target linking libfdt; the CLI's dump-dtb)
+//   SwiftletTestSupport    fakes for tests and fuzzing (InMemoryDiskImage)
 let package = Package(
     name: "Swiftlet",
     products: [
@@ -8,28 +22,35 @@ let package = Package(
         .executable(name: "swiftlet", targets: ["swiftlet"]),
     ],
     targets: [
-        // C shim: ioctl request numbers, fixed-signature ioctl wrappers, eventfd helpers.
-        .target(name: "CKVM"),
+        .target(name: "CHost"),
+        .target(name: "CKVM", dependencies: ["CHost"]),
         // libfdt, the device-tree library (Debian's libfdt-dev ships no pkg-config file: the
         // module map links "fdt" directly; a missing libfdt.pc only gives a warning).
         .systemLibrary(name: "CLibFDT", path: "Sources/CLibFDT", pkgConfig: "libfdt", providers: [.apt(["libfdt-dev"])]),
-        // The VMM library. It must not import Foundation (start time and memory goals).
+        // No target of the library imports Foundation (start time and memory goals).
+        .target(name: "SwiftletHost", dependencies: ["CHost"]),
+        .target(name: "SwiftletMemory", dependencies: ["SwiftletHost"]),
+        .target(name: "SwiftletKVM", dependencies: ["CKVM", "CHost", "SwiftletHost", "SwiftletMemory"]),
+        .target(name: "SwiftletDevices", dependencies: ["CHost", "SwiftletHost", "SwiftletMemory"]),
+        .target(name: "SwiftletBackends", dependencies: ["CHost", "SwiftletHost", "SwiftletMemory", "SwiftletDevices"]),
         .target(
             name: "Swiftlet",
-            dependencies: ["CKVM", "CLibFDT"],
+            dependencies: ["CKVM", "CHost", "SwiftletHost", "SwiftletMemory", "SwiftletKVM", "SwiftletDevices", "SwiftletBackends"],
             exclude: ["Arch/README.md"]
         ),
+        .target(name: "SwiftletDeviceTree", dependencies: ["CLibFDT", "Swiftlet"]),
+        .target(name: "SwiftletTestSupport", dependencies: ["SwiftletMemory", "SwiftletDevices"]),
         // The command-line front end: argument parsing only (hand-written, no Foundation: start
         // time and memory), everything else is the library.
         .executableTarget(
             name: "swiftlet",
-            dependencies: ["Swiftlet"]
+            dependencies: ["Swiftlet", "SwiftletDeviceTree"]
         ),
         // libFuzzer target for the virtqueue walker and the virtio-mmio transport. A plain build
         // gets a stub; `make fuzz` builds it with -sanitize=fuzzer -DSWIFTLET_FUZZ and runs it.
         .executableTarget(
             name: "SwiftletFuzz",
-            dependencies: ["Swiftlet"]
+            dependencies: ["SwiftletMemory", "SwiftletDevices", "SwiftletTestSupport"]
         ),
         // An example of embedding the library (Docs/API.md): boots a tiny guest, prints its console.
         .executableTarget(
@@ -39,7 +60,10 @@ let package = Package(
         ),
         .testTarget(
             name: "SwiftletTests",
-            dependencies: ["Swiftlet", "CKVM"]
+            dependencies: [
+                "Swiftlet", "SwiftletHost", "SwiftletMemory", "SwiftletKVM", "SwiftletDevices", "SwiftletBackends",
+                "SwiftletDeviceTree", "SwiftletTestSupport", "CKVM", "CHost", "CLibFDT",
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// Swiftlet's version, as `swiftlet --version` prints it.
 public enum SwiftletVersion {
     /// The version number, `major.minor.patch` (semantic versioning).

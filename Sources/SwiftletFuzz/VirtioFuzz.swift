@@ -1,5 +1,7 @@
 import Glibc
-import Swiftlet
+import SwiftletDevices
+import SwiftletMemory
+import SwiftletTestSupport
 
 /// libFuzzer target for the split-virtqueue walker and the virtio-mmio transport (with a
 /// virtio-blk device over an in-memory image). `make fuzz` builds it with `-sanitize=fuzzer`

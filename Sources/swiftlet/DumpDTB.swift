@@ -1,4 +1,5 @@
 import Swiftlet
+import SwiftletDeviceTree
 
 #if canImport(Glibc)
     import Glibc

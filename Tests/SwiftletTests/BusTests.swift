@@ -2,6 +2,13 @@ import Synchronization
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// A bus device that records every access. Reads return `tag` in every byte so a test can tell
 /// which device answered.

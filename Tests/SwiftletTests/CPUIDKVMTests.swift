@@ -1,7 +1,15 @@
+import CHost
 import CKVM
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// Boots Guests/tiny/cpuid-report.c, which prints what its `cpuid` instruction returns, and
 /// checks the KVM paravirtual leaf and the topology leaves against the VMM's CPUID table.

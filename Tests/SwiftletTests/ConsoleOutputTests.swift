@@ -3,6 +3,13 @@ import Synchronization
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// Byte k of the serial-flood and serial-burst guests' output is 'a' + k % 26.
 private func pattern(_ count: Int, from start: Int = 0) -> [UInt8] {

@@ -1,6 +1,13 @@
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// Feeds every byte of `input` and returns the outcomes in order.
 private func feed(_ escape: inout ConsoleEscape, _ input: [UInt8]) -> [ConsoleEscape.Outcome] {

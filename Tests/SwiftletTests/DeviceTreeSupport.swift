@@ -1,5 +1,12 @@
 import Glibc
 import Swiftlet
+import SwiftletBackends
+import SwiftletDeviceTree
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+import SwiftletTestSupport
 import Testing
 
 /// Runs `dtc` (Debian's device-tree-compiler) on blobs, with posix_spawn.

@@ -2,6 +2,13 @@ import CLibFDT
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 private let encodingCases: [(FDTValue, [UInt8])] = [
     (.empty, []),

@@ -1,9 +1,17 @@
+import CHost
 import CKVM
 import Glibc
 import Synchronization
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// A device that records every access. Read number n (from 1) returns bytes `n << 4 | i`, so
 /// the bytes show both which read produced them and their position.

@@ -2,6 +2,13 @@ import Glibc
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// The exit-status device (port 0x441) and how a reported status becomes the machine's ending
 /// and the CLI's exit status.

@@ -2,6 +2,13 @@ import Glibc
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 private let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
 private let kiB: UInt64 = 1 << 10

@@ -1,5 +1,12 @@
 import Glibc
 import Swiftlet
+import SwiftletBackends
+import SwiftletDeviceTree
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+import SwiftletTestSupport
 import Testing
 
 /// A directory in /tmp holding a FIFO nobody writes, a bound Unix socket and a subdirectory:

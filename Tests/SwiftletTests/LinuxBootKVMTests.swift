@@ -2,6 +2,13 @@ import Glibc
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// Tiny guests that enter through the same 64-bit Linux boot path as a vmlinux and check, from
 /// inside the guest, what Swiftlet handed them: the zero page (RSI), its e820 map, command line

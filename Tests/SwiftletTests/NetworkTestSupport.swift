@@ -1,9 +1,17 @@
+import CHost
 import CKVM
 import Glibc
 import Synchronization
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// Helpers for tests that need network namespaces, taps and packet sockets (root only).
 enum NetworkTestSupport {

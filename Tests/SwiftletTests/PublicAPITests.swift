@@ -1,5 +1,12 @@
 import Glibc
 import Swiftlet
+import SwiftletBackends
+import SwiftletDeviceTree
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+import SwiftletTestSupport
 import Testing
 
 /// The embedding API, used exactly as a Swift program would: plain `import Swiftlet`, no

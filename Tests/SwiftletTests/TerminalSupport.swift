@@ -1,3 +1,4 @@
+import CHost
 import CKVM
 import Glibc
 import Testing

@@ -3,6 +3,13 @@ import Synchronization
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// Boots the tiny guests from Guests/ on the host's /dev/kvm and checks what they print and how
 /// they end. Each run has a deadline, so a hung guest fails its test instead of hanging CI.

@@ -2,6 +2,13 @@ import Glibc
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// Boots Guests/build/virtio-blk-test.elf, a polling virtio-blk driver, against a disk image
 /// the test creates: the guest reads 16 MiB, writes them back 16 MiB further on, reads the

@@ -2,6 +2,13 @@ import Glibc
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 private typealias Flag = Virtqueue.DescriptorFlag
 private typealias RequestType = VirtioBlock.RequestType

@@ -1,6 +1,13 @@
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// How virtio devices are placed in the machine and described to the guest, and the `--disk`
 /// option. No KVM needed.

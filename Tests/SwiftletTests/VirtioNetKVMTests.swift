@@ -2,6 +2,13 @@ import Glibc
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// Boots Guests/build/virtio-net-test.elf, a polling virtio-net driver, with its tap inside a
 /// network namespace the test creates (`ip netns add swiftlet-test-<pid>-<n>`) and deletes. The

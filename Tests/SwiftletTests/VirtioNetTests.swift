@@ -1,9 +1,17 @@
+import CHost
 import CKVM
 import Glibc
 import Synchronization
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 private typealias Flag = Virtqueue.DescriptorFlag
 private typealias Feature = VirtioNet.Feature

@@ -3,6 +3,13 @@ import Synchronization
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// A signal that counts how often it was raised (a stand-in for an eventfd or irqfd).
 final class CountingSignal: VirtioSignal {

@@ -1,6 +1,13 @@
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 private typealias Flag = Virtqueue.DescriptorFlag
 private let indirect = VirtioFeature.version1 | VirtioFeature.ringIndirectDescriptors

@@ -1,7 +1,15 @@
+import CHost
 import CKVM
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// Guest RAM large enough for the low-memory boot structures.
 private func lowMemory() throws -> GuestMemory {

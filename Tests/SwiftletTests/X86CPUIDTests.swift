@@ -1,7 +1,15 @@
+import CHost
 import CKVM
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 
 /// The per-vCPU CPUID table built from KVM's supported table, checked without KVM.
 @Suite("X86 CPUID")

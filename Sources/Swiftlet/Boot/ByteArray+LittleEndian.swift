@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// Little-endian access to byte arrays, shared by the loaders (ELF, setup header) and the
 /// x86 boot structures (zero page, MP table). Callers check the bounds.
 extension Array where Element == UInt8 {

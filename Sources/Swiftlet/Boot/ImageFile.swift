@@ -1,4 +1,11 @@
+import CHost
+import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// A kernel or initrd image opened read-only, read with pread(2) without Foundation.
 ///

@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// The kernel image formats Swiftlet loads.
 public enum KernelFormat: String, CaseIterable, Sendable {
     /// Recognise ELF and bzImage by their magic numbers; anything else is refused.

@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// Writes what a Linux kernel reads at its 64-bit entry: the command line, the initrd, the zero
 /// page (setup header, e820 map, pointers) and the MP table.
 public enum LinuxBoot {

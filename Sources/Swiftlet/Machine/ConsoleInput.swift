@@ -1,5 +1,11 @@
+import CHost
 import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 import Synchronization
 
 /// Console input → the guest's UART, on the event-loop thread: from the host terminal (with the
@@ -58,7 +64,7 @@ final class ConsoleInput: Sendable {
     }
 
     /// Queues `bytes` for the guest (from any thread); they reach the UART in order.
-    func send(_ bytes: [UInt8]) {
+    package func send(_ bytes: [UInt8]) {
         state.withLock { $0.pending.append(contentsOf: bytes) }
         loop.wake()
     }

@@ -1,5 +1,11 @@
+import CHost
 import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 import Synchronization
 
 /// The guest's serial console as an asynchronous stream of byte chunks, for embedders.

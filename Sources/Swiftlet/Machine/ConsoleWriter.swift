@@ -1,4 +1,11 @@
+import CHost
+import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 import Synchronization
 
 /// Guest console output to a host file descriptor (the CLI's standard output), written by a

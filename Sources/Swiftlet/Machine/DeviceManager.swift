@@ -1,5 +1,11 @@
+import CHost
 import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// One device the device manager attached: what it is, where the guest finds it, and the
 /// command-line word (if any) that tells the guest about it. The list of these is the

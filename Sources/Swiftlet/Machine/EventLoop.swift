@@ -1,5 +1,11 @@
+import CHost
 import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 import Synchronization
 
 /// The machine's event-loop thread: epoll over host file descriptors (the console's stdin,
@@ -128,11 +134,4 @@ final class EventLoop: Sendable {
 
     /// Wakes the loop so pollers run now (from any thread).
     func wake() { try? wakeup.signal() }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-func monotonicNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }

@@ -1,4 +1,10 @@
+import CHost
 import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// Turns one vCPU exit into bus accesses or an end of the vCPU.
 ///

@@ -1,4 +1,10 @@
+import CHost
 import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// How a guest ended: what `Machine.wait()` returns and what the CLI's exit code says.
 public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
@@ -95,8 +101,6 @@ public enum HostStopReason: Equatable, Sendable {
     /// The process received this signal (see `SignalStopper`).
     case signal(Int32)
 }
-
-func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
 
 func internalErrorName(_ suberror: UInt32) -> String {
     switch Int32(bitPattern: suberror) {

@@ -1,4 +1,11 @@
+import CHost
+import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// The host terminal as the guest's serial console: raw mode while stdin is a terminal, and the
 /// original mode restored on every way out (normal end, error, or a terminating signal).

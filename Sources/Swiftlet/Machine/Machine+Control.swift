@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// Controlling a started machine from any thread: pause, resume, and waiting asynchronously.
 extension Machine {
     /// Stops every vCPU outside the guest and returns once they are all parked. The guest's

@@ -1,5 +1,11 @@
+import CHost
 import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// A step of building a machine, in the order they run; a failure names the step it happened in.
 public enum BuildStep: String, Sendable, CaseIterable {
@@ -147,7 +153,7 @@ enum MachineBuilder {
         let memory = try steps.run(.allocateMemory) { () throws in
             try GuestMemory(regions: X86MemoryMap.ramRegions(size: configuration.memorySize))
         }
-        try steps.run(.registerMemory) { () throws(SystemError) in try memory.registerSlots(with: vm) }
+        try steps.run(.registerMemory) { () throws(SystemError) in try vm.register(memory) }
         let kernel = try steps.run(.loadKernel) { () throws(KernelLoadError) in
             try KernelLoader.load(configuration.kernelPath, format: configuration.kernelFormat, into: memory)
         }

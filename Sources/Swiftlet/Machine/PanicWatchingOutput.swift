@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// Passes guest console output through and watches it for Linux's panic message, so a guest
 /// that panics and then reboots (`panic=N`) ends as `.guestPanic`, not as a clean reset.
 ///

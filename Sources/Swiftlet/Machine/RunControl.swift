@@ -1,4 +1,11 @@
+import CHost
+import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 import Synchronization
 
 /// Shared by a machine's vCPU threads: the first way the guest ended, the means to stop every

@@ -1,4 +1,11 @@
+import CHost
+import CKVM
 import Glibc
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// Stopping a vCPU from another thread: set `immediate_exit` in its `kvm_run`, then send its
 /// thread a real-time signal whose handler does nothing. The signal interrupts a `KVM_RUN` in

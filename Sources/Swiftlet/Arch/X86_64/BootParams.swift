@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// The Linux x86 "zero page" (`struct boot_params`, 4 KiB), built as plain bytes with every
 /// field at the offset given in Linux's `Documentation/arch/x86/zero-page.rst` and `boot.rst`.
 public struct BootParams: Equatable, Sendable {

@@ -1,4 +1,10 @@
+import CHost
 import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// A CPUID feature bit by the name Linux uses for it (`/proc/cpuinfo`, `clearcpuid=`), or a
 /// KVM paravirtual feature of leaf 0x40000001 (`kvm_` and the rest of Linux's `KVM_FEATURE_`

@@ -1,4 +1,10 @@
+import CHost
 import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// Control-register and EFER bits Swiftlet sets for the guest's first instruction.
 public enum X86ControlBits {

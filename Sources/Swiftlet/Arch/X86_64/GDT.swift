@@ -1,4 +1,10 @@
+import CHost
 import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
 
 /// A segment descriptor in the boot GDT, and its `kvm_segment` twin for `KVM_SET_SREGS`.
 ///

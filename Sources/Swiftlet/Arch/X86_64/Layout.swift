@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// Every fixed guest physical address and port of the x86_64 machine, in one place.
 ///
 /// Low memory (below 1 MiB) holds what the VMM writes for the guest before it starts; the

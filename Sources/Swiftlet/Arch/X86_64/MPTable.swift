@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// The Intel MultiProcessor Specification 1.4 tables that tell a guest how many processors it
 /// has and how ISA interrupts reach the IOAPIC (Linux reads them when there is no ACPI).
 ///

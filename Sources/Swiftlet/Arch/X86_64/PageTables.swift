@@ -1,3 +1,11 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
 /// The boot identity map: virtual == physical for the first 4 GiB, built from 2 MiB pages.
 ///
 /// One PML4 entry points at one PDPT whose first four entries point at four page directories,

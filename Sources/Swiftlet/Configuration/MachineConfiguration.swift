@@ -1,0 +1,174 @@
+import CHost
+import CKVM
+import SwiftletBackends
+import SwiftletDevices
+import SwiftletHost
+import SwiftletKVM
+import SwiftletMemory
+
+/// Everything needed to build a machine, as a plain value.
+public struct MachineConfiguration: Sendable {
+    /// Path of the kernel image.
+    public var kernelPath: String
+    /// How to interpret the kernel image.
+    public var kernelFormat: KernelFormat
+    /// Guest RAM in bytes (a multiple of 4 KiB).
+    public var memorySize: UInt64
+    /// Number of vCPUs.
+    public var vcpuCount: Int
+    /// Where the serial console goes.
+    public var console: ConsoleConfiguration
+    /// The kernel command line; nil means `LinuxBoot.defaultCommandLine`.
+    public var commandLine: String?
+    /// Path of an initrd / initramfs image, if any.
+    public var initrdPath: String?
+    /// CPUID features hidden from the guest (see `CPUIDFeature.parseMask`).
+    public var cpuidMask: [CPUIDFeature]
+    /// Virtio-blk disks. Virtio devices share one sequence of virtio-mmio slots
+    /// (`X86Layout.virtioMMIOBase`): disks first, then network interfaces, then the rng.
+    public var disks: [DiskConfiguration]
+    /// Virtio-net interfaces, each over a host tap, in slot order after the disks.
+    public var networks: [NetworkConfiguration]
+    /// A virtio-rng device (entropy from the host's getrandom), in the slot after the networks.
+    public var rng: Bool
+    /// Attach the boot-timer device (port `X86Layout.bootTimerPort`), which records when the
+    /// guest first writes `BootTimer.magic` to it (`Machine.bootTime`). Off by default, as in
+    /// Firecracker; the benchmarks and `--report-boot-time` turn it on.
+    public var bootTimer: Bool = false
+    /// Attach the MMIO test device (`X86Layout.mmioTestDeviceAddress`) of the tiny test guests.
+    /// For tests only; production guests never see it.
+    package var mmioTestDevice: Bool = false
+
+    /// Guest RAM when none is given: 128 MiB.
+    public static let defaultMemorySize: UInt64 = 128 << 20
+    /// The least guest RAM accepted: 2 MiB, the boot area below 1 MiB (`X86Layout.highMemoryStart`)
+    /// and at least 1 MiB above it for the kernel.
+    public static let minimumMemorySize: UInt64 = 2 << 20
+    /// 1 TiB: far above what a microVM needs, well inside what x86_64 guests can address.
+    public static let maximumMemorySize: UInt64 = 1 << 40
+    /// 254: the most vCPUs the MP table's 8-bit APIC IDs can describe.
+    public static let maximumVCPUs = 254
+
+    /// A configuration booting `kernelPath`, by default: format detected, 128 MiB, one vCPU, the host
+    /// terminal as console, the default command line, no initrd, no CPUID mask, no virtio devices.
+    /// Nothing is checked until `validate()` (which `Machine.init` calls).
+    public init(
+        kernelPath: String, kernelFormat: KernelFormat = .automatic, memorySize: UInt64 = defaultMemorySize,
+        vcpuCount: Int = 1, console: ConsoleConfiguration = .terminal, commandLine: String? = nil,
+        initrdPath: String? = nil, cpuidMask: [CPUIDFeature] = [], disks: [DiskConfiguration] = [],
+        networks: [NetworkConfiguration] = [], rng: Bool = false
+    ) {
+        self.disks = disks
+        self.networks = networks
+        self.rng = rng
+        self.commandLine = commandLine
+        self.initrdPath = initrdPath
+        self.cpuidMask = cpuidMask
+        self.kernelPath = kernelPath
+        self.kernelFormat = kernelFormat
+        self.memorySize = memorySize
+        self.vcpuCount = vcpuCount
+        self.console = console
+    }
+
+    /// Checks the values that can be checked without touching the host.
+    public func validate() throws(ConfigurationError) {
+        guard memorySize >= Self.minimumMemorySize else { throw .memoryTooSmall(memorySize) }
+        guard memorySize <= Self.maximumMemorySize else { throw .memoryTooLarge(memorySize) }
+        guard memorySize % 4096 == 0 else { throw .memoryNotPageAligned(memorySize) }
+        guard (1...Self.maximumVCPUs).contains(vcpuCount) else { throw .vcpuCount(vcpuCount) }
+        guard !kernelPath.isEmpty else { throw .missingKernel }
+        guard disks.count <= X86Layout.virtioMMIOSlotCount else { throw .tooManyDisks(disks.count) }
+        for disk in disks {
+            guard !disk.path.isEmpty else { throw .diskWithoutPath }
+            if let id = disk.id, id.utf8.count > VirtioBlock.identifierLength { throw .diskIdentifierTooLong(id) }
+        }
+        let virtioDevices = disks.count + networks.count + (rng ? 1 : 0)
+        guard virtioDevices <= X86Layout.virtioMMIOSlotCount else { throw .tooManyVirtioDevices(virtioDevices) }
+        for network in networks {
+            guard TapDevice.isValidInterfaceName(network.tap) else { throw .badTapName(network.tap) }
+            if let mac = network.mac, mac.isMulticast || mac.rawValue == 0 { throw .macNotUnicast(mac) }
+        }
+        var macs = Set<MACAddress>()
+        for network in networks where !macs.insert(network.effectiveMAC).inserted { throw .duplicateMAC(network.effectiveMAC) }
+    }
+}
+
+/// Where the guest's serial console is connected.
+public enum ConsoleConfiguration: Sendable {
+    /// The host terminal: output to stdout, stdin to the guest (raw mode on a terminal).
+    case terminal
+    /// Output to `output`; input only through `Machine.sendConsoleInput`.
+    case output(any SerialOutput)
+    /// Output as the `ConsoleStream`'s async stream; input through `Machine.sendConsoleInput`.
+    case stream(ConsoleStream)
+    /// Output discarded; no input.
+    case none
+}
+
+/// A configuration that cannot describe a machine.
+public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Sendable {
+    /// The memory size (bytes) is below `MachineConfiguration.minimumMemorySize`.
+    case memoryTooSmall(UInt64)
+    /// The memory size (bytes) is above `MachineConfiguration.maximumMemorySize`.
+    case memoryTooLarge(UInt64)
+    /// The memory size (bytes) is not a multiple of 4 KiB.
+    case memoryNotPageAligned(UInt64)
+    /// The vCPU count is outside 1...`MachineConfiguration.maximumVCPUs`.
+    case vcpuCount(Int)
+    /// The kernel path is empty.
+    case missingKernel
+    /// More disks than there are virtio-mmio slots (`X86Layout.virtioMMIOSlotCount`).
+    case tooManyDisks(Int)
+    /// A disk's image path is empty.
+    case diskWithoutPath
+    /// A disk id longer than 20 bytes in UTF-8 (`VirtioBlock.identifierLength`).
+    case diskIdentifierTooLong(String)
+    /// Disks, network interfaces and the rng together need more virtio-mmio slots than there are
+    /// (`X86Layout.virtioMMIOSlotCount`).
+    case tooManyVirtioDevices(Int)
+    /// A tap name Linux refuses (`TapDevice.isValidInterfaceName`).
+    case badTapName(String)
+    /// A configured MAC address is a group (multicast or broadcast) address or all zeros.
+    case macNotUnicast(MACAddress)
+    /// Two network interfaces would have this MAC address (configured or generated from the tap name).
+    case duplicateMAC(MACAddress)
+
+    /// A one-line explanation, with the supported range where there is one.
+    public var description: String {
+        switch self {
+        case .memoryTooSmall(let size):
+            "guest memory of \(size) bytes is too small (at least \(MachineConfiguration.minimumMemorySize >> 20) MiB)"
+        case .memoryTooLarge(let size):
+            "guest memory of \(size) bytes is too large (at most \(MachineConfiguration.maximumMemorySize >> 30) GiB)"
+        case .memoryNotPageAligned(let size): "guest memory of \(size) bytes is not a multiple of 4 KiB"
+        case .vcpuCount(let count): "\(count) vCPUs requested; between 1 and \(MachineConfiguration.maximumVCPUs) are supported"
+        case .missingKernel: "no kernel image given"
+        case .tooManyDisks(let count): "\(count) disks requested; at most \(X86Layout.virtioMMIOSlotCount) are supported"
+        case .diskWithoutPath: "a disk has no image path"
+        case .diskIdentifierTooLong(let id): "disk id '\(id)' is longer than \(VirtioBlock.identifierLength) bytes"
+        case .tooManyVirtioDevices(let count):
+            "\(count) virtio devices (disks, network interfaces, rng) requested; at most \(X86Layout.virtioMMIOSlotCount) are supported"
+        case .badTapName(let name): "'\(name)' is not an interface name (1-15 bytes, no '/', ':' or spaces)"
+        case .macNotUnicast(let mac): "MAC address \(mac) is a multicast or zero address"
+        case .duplicateMAC(let mac): "two network interfaces have the MAC address \(mac)"
+        }
+    }
+}
+
+/// Parses sizes such as `128M`, `1G`, `512K`, `65536` (bytes); binary units.
+public func parseMemorySize(_ text: String) -> UInt64? {
+    guard let last = text.last else { return nil }
+    let shift: UInt64
+    var digits = Substring(text)
+    switch last {
+    case "K", "k": shift = 10
+    case "M", "m": shift = 20
+    case "G", "g": shift = 30
+    default: shift = 0
+    }
+    if shift != 0 { digits = digits.dropLast() }
+    guard !digits.isEmpty, digits.allSatisfy({ $0 >= "0" && $0 <= "9" }), let value = UInt64(digits) else { return nil }
+    let (result, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
+    return overflow ? nil : result
+}

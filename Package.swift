@@ -19,11 +19,17 @@ let package = Package(
             dependencies: ["CKVM", "CLibFDT"],
             exclude: ["Arch/README.md"]
         ),
-        // The command-line front end: argument parsing only (hand-written, no Foundation: start
-        // time and memory), everything else is the library.
+        // The command line: option declarations, the key=value grammar of device options, help
+        // and the commands (hand-written, no Foundation: start time and memory); everything else
+        // is the library. A target of its own so tests can parse command lines in-process.
+        .target(
+            name: "SwiftletCommandLine",
+            dependencies: ["Swiftlet"]
+        ),
+        // The `swiftlet` executable: a thin @main that calls SwiftletCommandLine.
         .executableTarget(
             name: "swiftlet",
-            dependencies: ["Swiftlet"]
+            dependencies: ["Swiftlet", "SwiftletCommandLine"]
         ),
         // libFuzzer target for the virtqueue walker and the virtio-mmio transport. A plain build
         // gets a stub; `make fuzz` builds it with -sanitize=fuzzer -DSWIFTLET_FUZZ and runs it.
@@ -39,7 +45,7 @@ let package = Package(
         ),
         .testTarget(
             name: "SwiftletTests",
-            dependencies: ["Swiftlet", "CKVM"]
+            dependencies: ["Swiftlet", "SwiftletCommandLine", "CKVM"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -6,12 +6,11 @@ import Swiftlet
 
 /// `swiftlet`: the command-line front end. It reads the arguments (ArgumentReader: hand-written,
 /// no Foundation, for start time and memory) and calls the library; nothing else happens here.
-@main
-struct SwiftletCommand {
-    static func main() {
-        // The boot timer measures from here: as close to process start as Swift code gets.
-        ProcessClock.markStart()
-        let arguments = CommandLine.arguments.dropFirst()
+public enum SwiftletCommand {
+    /// Runs `swiftlet` with `arguments` (those after the program name). Help and version return;
+    /// a command ends the process with its exit status.
+    public static func run(_ arguments: [String]) {
+        let arguments = arguments[...]
         guard let first = arguments.first else { return Command.root.printHelp() }
         if first == "help" { return help(arguments.dropFirst()) }
         guard let command = Command(named: first) else {

@@ -6,90 +6,98 @@ import Swiftlet
 
 /// `swiftlet dump-dtb`: writes the device tree a machine would boot with, for reading with
 /// `dtc -I dtb -O dts`.
-struct DumpDTB {
+struct DumpDTB: MachineCommand {
+    /// Only what the device tree describes: memory, vCPUs, command line, initrd, virtio devices.
+    var configuration = MachineConfiguration(kernelPath: "")
+    var arch = ""
+    /// Virtio-mmio devices described besides those of `--disk`, `--net` and `--rng`.
+    var virtioDevices = 0
+    var output = ""
+
+    /// Every option of `dump-dtb`, in the order its help lists them; those `boot` also takes are
+    /// `boot`'s declarations (`MachineOptions.swift`).
+    static let syntax = CommandSyntax<DumpDTB>(
+        options: [
+            CommandOption("--arch", value: "arch", required: true, help: "The guest architecture: aarch64.") {
+                dump, text throws(UsageError) in
+                guard text == "aarch64" || text == "arm64" else {
+                    throw UsageError("unsupported architecture; device trees are built for aarch64 only")
+                }
+                dump.arch = text
+            },
+            .memory, .cpus, .cmdline, .initrd, .disk, .net, .rng,
+            CommandOption(
+                "--virtio-devices", value: "n", default: "0",
+                help: "Number of virtio-mmio devices to describe besides those of --disk, --net and --rng."
+            ) { dump, text throws(UsageError) in
+                dump.virtioDevices = try ValueSyntax.wholeNumber(reading: text)
+            },
+        ],
+        arguments: [
+            CommandArgument(name: "<OUT>", help: "Where to write the blob ('-' for stdout).") { dump, text in dump.output = text },
+        ])
+
     static let help = CommandHelp(
         abstract: "Write the flattened device tree (DTB) that describes a machine.",
-        arguments: [
-            HelpEntry("<OUT>", help: "Where to write the blob ('-' for stdout)."),
-        ],
-        options: [
-            HelpEntry("--arch", value: "arch", help: "The guest architecture: aarch64."),
-            HelpEntry("--memory", value: "size", help: "Guest memory, e.g. 128M or 1G (binary units).", default: "128M"),
-            HelpEntry("--cpus", value: "n", help: "Number of vCPUs.", default: "1"),
-            HelpEntry("--cmdline", value: "text", help: "The kernel command line (replaces the default)."),
-            HelpEntry("--initrd", value: "file", help: "An initrd image: its size sets /chosen's initrd range."),
-            HelpEntry("--virtio-devices", value: "n", help: "Number of virtio-mmio devices to describe.", default: "0"),
-        ],
+        arguments: syntax.argumentHelp,
+        options: syntax.optionHelp,
         discussion: wrap("""
             Builds the device tree an aarch64 guest boots with (memory, vCPUs with PSCI, GICv3, \
             timer, the ns16550a UART, virtio-mmio devices, /chosen) and writes it to OUT \
             ('-' for stdout). Read it with: dtc -I dtb -O dts OUT. Docs/DEVICETREE.md describes \
-            the layout. Only --arch aarch64 is supported: x86_64 guests get no device tree.
+            the layout. Only --arch aarch64 is supported: x86_64 guests get no device tree. \
+            --disk, --net and --rng are read and checked as boot reads them, and each takes a \
+            virtio-mmio slot (no image or tap is opened); --initrd is opened only for its size. \
+            A bad value exits 64, a file that cannot be read or written 1.
             """, width: CommandHelp.width)
     )
 
-    var arch = ""
-    var memory = "128M"
-    var cpus = "1"
-    var cmdline: String?
-    var initrd: String?
-    var virtioDevices = "0"
-    var output = ""
+    /// The virtio-mmio devices the tree describes: `--disk`, `--net`, `--rng`, then `--virtio-devices` more.
+    var virtioDeviceCount: Int {
+        configuration.disks.count + configuration.networks.count + (configuration.rng ? 1 : 0) + virtioDevices
+    }
 
-    /// Reads `swiftlet dump-dtb`'s arguments (those after `dump-dtb`). The values are checked by
-    /// `run()`: a bad one there is a one-line error with exit status 1.
+    /// Reads `swiftlet dump-dtb`'s arguments (those after `dump-dtb`) and checks their values:
+    /// the devices with `MachineConfiguration.validateDevices()`, the rest with
+    /// `AArch64MachineDescription`'s checks (the initrd's size is checked by `run()`, which reads it).
     static func parse(_ arguments: some Sequence<String>) throws(UsageError) -> DumpDTB {
         var dump = DumpDTB()
-        var arch: String?
-        var output: String?
-        var reader = ArgumentReader(arguments)
-        while let argument = reader.next() {
-            switch argument {
-            case .option("--arch"): arch = try reader.value()
-            case .option("--memory"): dump.memory = try reader.value()
-            case .option("--cpus"): dump.cpus = try reader.value()
-            case .option("--cmdline"): dump.cmdline = try reader.value()
-            case .option("--initrd"): dump.initrd = try reader.value()
-            case .option("--virtio-devices"): dump.virtioDevices = try reader.value()
-            case .option(let name): throw ArgumentReader.unknownOption(name)
-            case .positional(let text):
-                guard output == nil else { throw ArgumentReader.unexpectedArgument(text) }
-                output = text
-            }
+        try syntax.parse(arguments, into: &dump)
+        do { try dump.configuration.validateDevices() } catch { throw error.usageError }
+        do {
+            _ = try AArch64MachineDescription(
+                memorySize: dump.configuration.memorySize, vcpuCount: dump.configuration.vcpuCount,
+                commandLine: dump.configuration.commandLine, virtioDeviceCount: dump.virtioDeviceCount)
+        } catch {
+            throw error.usageError
         }
-        guard let arch else { throw UsageError("missing '--arch <arch>': the guest architecture") }
-        guard let output else { throw UsageError("missing <OUT>: where to write the blob ('-' for stdout)") }
-        dump.arch = arch
-        dump.output = output
         return dump
     }
 
-    func run() {
-        guard arch == "aarch64" || arch == "arm64" else {
-            fail("unsupported --arch '\(arch)': device trees are built for aarch64 only")
-        }
-        guard let memorySize = parseMemorySize(memory) else {
-            fail("cannot read --memory '\(memory)'; use a size such as 128M or 1G")
-        }
-        // Counts are read here, not by the parser, so a bad one is a one-line error too.
-        guard let vcpuCount = Int(cpus) else { fail("cannot read --cpus '\(cpus)'; use a whole number") }
-        guard let virtioDeviceCount = Int(virtioDevices) else {
-            fail("cannot read --virtio-devices '\(virtioDevices)'; use a whole number")
-        }
-        // No kernel is loaded: the configuration carries only what the device tree describes.
-        let configuration = MachineConfiguration(
-            kernelPath: "", memorySize: memorySize, vcpuCount: vcpuCount, commandLine: cmdline, initrdPath: initrd)
+    /// Builds the device tree and writes it, then exits 0; exits 1 if the initrd cannot be read
+    /// or does not fit, or the blob cannot be built or written.
+    func run() -> Never {
         do {
             let machine = try AArch64MachineDescription(configuration, virtioDeviceCount: virtioDeviceCount)
             try machine.deviceTree().write(toFile: output)
         } catch {
-            fail("\(error)")
+            failToBuild(error)
         }
+        terminate(0)
     }
+}
 
-    private func fail(_ message: String) -> Never {
-        var text = "swiftlet dump-dtb: " + message + "\n"
-        text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
-        Glibc.exit(1)
+extension AArch64MachineError {
+    /// A value `AArch64MachineDescription` refuses, as a usage error naming the option at fault.
+    var usageError: UsageError {
+        let option =
+            switch self {
+            case .memoryTooSmall, .memoryTooLarge, .memoryNotPageAligned: "--memory"
+            case .vcpuCount: "--cpus"
+            case .virtioDeviceCount: "--virtio-devices, --disk, --net and --rng"
+            case .commandLineContainsNUL, .commandLineTooLong: "--cmdline"
+            case .initrdUnreadable, .initrdNotARegularFile, .initrdDoesNotFit: "--initrd"
+            }
+        return UsageError("\(option): \(self)")
     }
 }

@@ -1,6 +1,7 @@
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletCommandLine
 
 private let validSizeCases: [(String, UInt64)] = [
     ("128M", 128 << 20),
@@ -22,11 +23,11 @@ private let validConfigurationCases: [(UInt64, Int)] = [(2 << 20, 1), (128 << 20
 
 @Suite("Configuration")
 struct ConfigurationTests {
-    // MARK: parseMemorySize
+    // MARK: byte sizes (--memory, and size keys of device options)
 
     @Test("valid sizes", arguments: validSizeCases)
     func validSizes(text: String, expected: UInt64) {
-        #expect(parseMemorySize(text) == expected)
+        #expect(ValueSyntax.byteSize(text) == expected)
     }
 
     @Test(
@@ -43,7 +44,7 @@ struct ConfigurationTests {
             "0x100",
         ])
     func invalidSizes(text: String) {
-        #expect(parseMemorySize(text) == nil)
+        #expect(ValueSyntax.byteSize(text) == nil)
     }
 
     // MARK: validate

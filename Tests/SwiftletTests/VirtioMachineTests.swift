@@ -2,8 +2,8 @@ import Testing
 
 @testable import Swiftlet
 
-/// How virtio devices are placed in the machine and described to the guest, and the `--disk`
-/// option. No KVM needed.
+/// How virtio devices are placed in the machine and described to the guest, and how their
+/// configurations are validated (the `--disk` and `--net` grammar: `CommandLineTests`). No KVM needed.
 @Suite("Virtio: machine wiring")
 struct VirtioMachineTests {
     @Test("slot i sits at 0xd0000000 + i * 4 KiB with GSI 5 + i, inside the MMIO gap")

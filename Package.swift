@@ -40,11 +40,17 @@ let package = Package(
         ),
         .target(name: "SwiftletDeviceTree", dependencies: ["CLibFDT", "Swiftlet"]),
         .target(name: "SwiftletTestSupport", dependencies: ["SwiftletMemory", "SwiftletDevices"]),
-        // The command-line front end: argument parsing only (hand-written, no Foundation: start
-        // time and memory), everything else is the library.
+        // The command line: option declarations, the key=value grammar of device options, help
+        // and the commands (hand-written, no Foundation: start time and memory); everything else
+        // is the library. A target of its own so tests can parse command lines in-process.
+        .target(
+            name: "SwiftletCommandLine",
+            dependencies: ["Swiftlet", "SwiftletDeviceTree"]
+        ),
+        // The `swiftlet` executable: a thin @main that calls SwiftletCommandLine.
         .executableTarget(
             name: "swiftlet",
-            dependencies: ["Swiftlet", "SwiftletDeviceTree"]
+            dependencies: ["Swiftlet", "SwiftletCommandLine"]
         ),
         // libFuzzer target for the virtqueue walker and the virtio-mmio transport. A plain build
         // gets a stub; `make fuzz` builds it with -sanitize=fuzzer -DSWIFTLET_FUZZ and runs it.
@@ -62,7 +68,7 @@ let package = Package(
             name: "SwiftletTests",
             dependencies: [
                 "Swiftlet", "SwiftletHost", "SwiftletMemory", "SwiftletKVM", "SwiftletDevices", "SwiftletBackends",
-                "SwiftletDeviceTree", "SwiftletTestSupport", "CKVM", "CHost", "CLibFDT",
+                "SwiftletDeviceTree", "SwiftletCommandLine", "SwiftletTestSupport", "CKVM", "CHost", "CLibFDT",
             ]
         ),
     ],

@@ -1,4 +1,5 @@
 import Glibc
+import Swiftlet
 import Testing
 
 /// The `swiftlet` executable as a user runs it: exit statuses, one-line errors, guest output.
@@ -16,7 +17,7 @@ struct CLITests {
     func version() throws {
         let result = try Self.swiftlet("--version")
         #expect(result.status == 0)
-        #expect(result.stdout == "0.1.0\n")
+        #expect(result.stdout == SwiftletVersion.string + "\n")
     }
 
     @Test("a missing kernel is a one-line error and exit status 1")
@@ -84,17 +85,54 @@ struct CLITests {
     func badFlags(flags: [String]) throws {
         let result = try Subprocess.run(Self.binary, ["boot", "--kernel", "/nonexistent"] + flags)
         #expect(result.status == 64)
-        #expect(result.stderr.contains("Error:"))
+        #expect(result.stderr.hasPrefix("swiftlet: "))
+        #expect(result.stderr.hasSuffix("\nUsage: swiftlet boot --kernel <file> [options]\nSee 'swiftlet boot --help'.\n"))
     }
 
-    @Test("zero vCPUs or too little memory are refused before anything runs", arguments: [
-        ["--cpus", "0"], ["--memory", "4K"],
-    ])
-    func invalidMachine(flags: [String]) throws {
+    /// A command line with one bad value (syntax or range), and the error's first line.
+    static let badValues: [([String], String)] = [
+        (["boot", "--cpus", "abc"], "swiftlet: --cpus 'abc': not a whole number"),
+        (["boot", "--cpus", "0"], "swiftlet: --cpus: 0 vCPUs requested; between 1 and 254 are supported"),
+        (["boot", "--cpus", "255"], "swiftlet: --cpus: 255 vCPUs requested; between 1 and 254 are supported"),
+        (["boot", "--memory", "0"], "swiftlet: --memory: guest memory of 0 bytes is too small (at least 2 MiB)"),
+        (["boot", "--memory", "4K"], "swiftlet: --memory: guest memory of 4096 bytes is too small (at least 2 MiB)"),
+        (["boot", "--memory", "1025G"], "swiftlet: --memory: guest memory of 1100585369600 bytes is too large (at most 1024 GiB)"),
+        (["boot", "--disk", "path=KERNEL,colour=red"], "swiftlet: --disk 'path=KERNEL,colour=red': unknown key 'colour'; use path, readonly, id or direct"),
+        (["boot", "--disk", "path=KERNEL,readonly=yes"], "swiftlet: --disk 'path=KERNEL,readonly=yes': key 'readonly' is 'yes'; use on or off"),
+        (["boot", "--disk", "KERNEL,id=123456789012345678901"], "swiftlet: --disk: disk id '123456789012345678901' is longer than 20 bytes"),
+        (["dump-dtb", "--cpus", "zz"], "swiftlet: --cpus 'zz': not a whole number"),
+        (["dump-dtb", "--cpus", "0"], "swiftlet: --cpus: 0 vCPUs requested; between 1 and 512 are supported on aarch64"),
+        (["dump-dtb", "--memory", "0"], "swiftlet: --memory: guest memory of 0 bytes is too small for aarch64 (at least 4 MiB)"),
+        (["dump-dtb", "--disk", "path=/x,direct=maybe"], "swiftlet: --disk 'path=/x,direct=maybe': key 'direct' is 'maybe'; use on or off"),
+        (["dump-dtb", "--arch", "mips"], "swiftlet: --arch 'mips': unsupported architecture; device trees are built for aarch64 only"),
+    ]
+
+    @Test("every bad value, of boot and of dump-dtb, exits 64 with one 'swiftlet: ' error naming the option, the usage line and the help pointer",
+          arguments: badValues)
+    func badValueExitStatus(arguments: [String], firstLine: String) throws {
+        // A real guest: had validation let the value through, it would boot and exit 0.
         let kernel = try TestSupport.guest("longmode-hello.elf")
-        let result = try Subprocess.run(Self.binary, ["boot", "--kernel", kernel] + flags)
-        #expect(result.status == 1)
-        #expect(result.stderr.hasPrefix("swiftlet: cannot validate the configuration: "))
+        let output = try TemporaryFile(contents: [])
+        let command = arguments[0]
+        let full = command == "boot"
+            ? ["boot", "--kernel", kernel] + arguments.dropFirst().map { $0.replacingKernel(with: kernel) }
+            : ["dump-dtb", "--arch", "aarch64"] + arguments.dropFirst() + [output.path]
+        let result = try Subprocess.run(Self.binary, full)
+        let usage = command == "boot" ? "swiftlet boot --kernel <file> [options]" : "swiftlet dump-dtb --arch <arch> [options] <OUT>"
+        #expect(result.status == 64, "\(full)")
+        #expect(result.stdout == "")
+        #expect(result.stderr == "\(firstLine.replacingKernel(with: kernel))\nUsage: \(usage)\nSee 'swiftlet \(command) --help'.\n")
+    }
+
+    @Test("what cannot be built exits 1 with one 'swiftlet: ' line, in dump-dtb as in boot")
+    func dumpDTBBuildFailures() throws {
+        let missing = try Self.swiftlet("dump-dtb", "--arch", "aarch64", "--initrd", "/nonexistent", "/tmp/unused.dtb")
+        #expect(missing.status == 1)
+        #expect(missing.stderr == "swiftlet: cannot read the initrd: open /nonexistent failed: No such file or directory (errno 2)\n")
+        let unwritable = try Self.swiftlet("dump-dtb", "--arch", "aarch64", "/nonexistent/dir/x.dtb")
+        #expect(unwritable.status == 1)
+        #expect(unwritable.stderr.hasPrefix("swiftlet: "))
+        #expect(unwritable.stderr.filter { $0 == "\n" }.count == 1)
     }
 
     @Test("a tap that cannot be opened is a one-line error and exit status 1 (run inside a namespace of the test's own)",
@@ -138,7 +176,7 @@ struct CLITests {
     /// Every option of `swiftlet boot`, as its help lists them.
     static let bootOptions = [
         "--kernel <file>", "--format <format>", "--memory <size>", "--cpus <n>", "--initrd <file>", "--cmdline <text>",
-        "--cpuid-mask <list>", "--report-boot-time", "--report-memory", "--timeout <seconds>", "--disk <disk>", "--net <net>",
+        "--cpuid-mask <list>", "--boot-timer", "--report-boot-time", "--report-memory", "--timeout <seconds>", "--disk <disk>", "--net <net>",
         "--rng",
     ]
 
@@ -162,8 +200,12 @@ struct CLITests {
             #expect(result.stdout.contains("\n  \(option) "), "boot's help does not list \(option)")
         }
         #expect(result.stdout.contains("(default: 128M)"))
+        // Lines generated from the declarations: --cpus (shared with dump-dtb) and --disk, whose
+        // help is its key grammar's synopsis.
+        #expect(result.stdout.contains("\n  --cpus <n>              Number of vCPUs. (default: 1)\n"))
+        #expect(result.stdout.contains("\n  --disk <disk>           A virtio-blk disk:\n                          path=FILE[,readonly=on][,id=NAME][,direct=on]\n"))
         for paragraph in ["Image formats (--format):", "Disks (--disk, repeatable)", "Network (--net, repeatable)", "Entropy (--rng)",
-                          "Boot timer:", "Ctrl-A x stops the VM", "bytes of guest output dropped (output stalled)", "Exit status of a guest command", "Exit status: the guest command's status"] {
+                          "Boot timer (--boot-timer", "Ctrl-A x stops the VM", "bytes of guest output dropped (output stalled)", "Exit status of a guest command", "Exit status: the guest command's status"] {
             #expect(result.stdout.contains(paragraph), "boot's help lacks \(paragraph)")
         }
         // The generated part (usage and options, before the preformatted discussion) fits 80 columns.
@@ -177,6 +219,11 @@ struct CLITests {
         #expect(result.status == 0)
         for text in ["USAGE: swiftlet dump-dtb", "<OUT>", "--arch <arch>", "--virtio-devices <n>", "dtc -I dtb -O dts"] {
             #expect(result.stdout.contains(text))
+        }
+        // The options boot shares, from the same declarations: the same lines.
+        #expect(result.stdout.contains("\n  --cpus <n>              Number of vCPUs. (default: 1)\n"))
+        for option in ["--memory <size>", "--cmdline <text>", "--initrd <file>", "--disk <disk>", "--net <net>", "--rng"] {
+            #expect(result.stdout.contains("\n  \(option) "), "dump-dtb's help does not list \(option)")
         }
     }
 
@@ -192,7 +239,7 @@ struct CLITests {
         let result = try Subprocess.run(Self.binary, arguments.map { $0 == "/nonexistent" ? kernel : $0 })
         #expect(result.status == 64)
         #expect(result.stdout == "")
-        #expect(result.stderr.hasPrefix("Error: "))
+        #expect(result.stderr.hasPrefix("swiftlet: "))
         #expect(result.stderr.hasSuffix("\nUsage: swiftlet boot --kernel <file> [options]\nSee 'swiftlet boot --help'.\n"))
         #expect(result.stderr.filter { $0 == "\n" }.count == 3)
     }
@@ -204,7 +251,7 @@ struct CLITests {
     func otherUsageErrors(arguments: [String]) throws {
         let result = try Subprocess.run(Self.binary, arguments)
         #expect(result.status == 64)
-        #expect(result.stderr.hasPrefix("Error: "))
+        #expect(result.stderr.hasPrefix("swiftlet: "))
         #expect(result.stderr.contains("\nUsage: swiftlet "))
     }
 
@@ -215,7 +262,7 @@ struct CLITests {
         #expect(help.stdout.hasPrefix("Boot a kernel image"))
         let version = try Self.swiftlet("boot", "--version")
         #expect(version.status == 0)
-        #expect(version.stdout == "0.1.0\n")
+        #expect(version.stdout == SwiftletVersion.string + "\n")
     }
 
     @Test("--name=value works as --name value; the last of a repeated option wins",
@@ -247,10 +294,23 @@ struct CLITests {
         #expect(piped.stdout == (try Subprocess.contents(of: file.path)))
     }
 
-    @Test("dump-dtb refuses an unknown architecture")
+    @Test("dump-dtb refuses an unknown architecture as a usage error")
     func dumpDTBArch() throws {
         let result = try Self.swiftlet("dump-dtb", "--arch", "mips", "/tmp/x.dtb")
-        #expect(result.status != 0)
-        #expect(result.stderr.filter { $0 == "\n" }.count == 1)
+        #expect(result.status == 64)
+        #expect(result.stderr.hasPrefix("swiftlet: --arch 'mips': "))
+    }
+}
+
+extension String {
+    /// The text with the placeholder `KERNEL` replaced by a real file's path.
+    fileprivate func replacingKernel(with path: String) -> String {
+        var result = ""
+        var rest = Substring(self)
+        while let range = rest.firstRange(of: "KERNEL") {
+            result += rest[..<range.lowerBound] + path
+            rest = rest[range.upperBound...]
+        }
+        return result + rest
     }
 }

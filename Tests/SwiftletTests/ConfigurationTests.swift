@@ -8,6 +8,7 @@ import Testing
 @testable import SwiftletKVM
 @testable import SwiftletMemory
 @testable import SwiftletTestSupport
+@testable import SwiftletCommandLine
 
 private let validSizeCases: [(String, UInt64)] = [
     ("128M", 128 << 20),
@@ -29,11 +30,11 @@ private let validConfigurationCases: [(UInt64, Int)] = [(2 << 20, 1), (128 << 20
 
 @Suite("Configuration")
 struct ConfigurationTests {
-    // MARK: parseMemorySize
+    // MARK: byte sizes (--memory, and size keys of device options)
 
     @Test("valid sizes", arguments: validSizeCases)
     func validSizes(text: String, expected: UInt64) {
-        #expect(parseMemorySize(text) == expected)
+        #expect(ValueSyntax.byteSize(text) == expected)
     }
 
     @Test(
@@ -50,7 +51,7 @@ struct ConfigurationTests {
             "0x100",
         ])
     func invalidSizes(text: String) {
-        #expect(parseMemorySize(text) == nil)
+        #expect(ValueSyntax.byteSize(text) == nil)
     }
 
     // MARK: validate

@@ -9,8 +9,8 @@ import Testing
 @testable import SwiftletMemory
 @testable import SwiftletTestSupport
 
-/// How virtio devices are placed in the machine and described to the guest, and the `--disk`
-/// option. No KVM needed.
+/// How virtio devices are placed in the machine and described to the guest, and how their
+/// configurations are validated (the `--disk` and `--net` grammar: `CommandLineTests`). No KVM needed.
 @Suite("Virtio: machine wiring")
 struct VirtioMachineTests {
     @Test("slot i sits at 0xd0000000 + i * 4 KiB with GSI 5 + i, inside the MMIO gap")
@@ -50,33 +50,6 @@ struct VirtioMachineTests {
             == "a --b c-- swiftlet.cmd=\"x -- y\" clearcpuid=popcnt")
         // A second "--" belongs to init's arguments.
         #expect(LinuxBoot.commandLine(base: "a -- echo -- b", cpuidMask: mask) == "a clearcpuid=popcnt -- echo -- b")
-    }
-
-    @Test("--disk values", arguments: [
-        ("path=/img", DiskConfiguration(path: "/img")),
-        ("/img", DiskConfiguration(path: "/img")),
-        ("path=/a b,readonly=on", DiskConfiguration(path: "/a b", readOnly: true)),
-        ("readonly=off,path=/img,id=root,direct=on", DiskConfiguration(path: "/img", id: "root", directIO: true)),
-        ("path=/img,ro=yes,direct=0", DiskConfiguration(path: "/img", readOnly: true)),
-        ("path=/img,id=12345678901234567890", DiskConfiguration(path: "/img", id: "12345678901234567890")),
-    ])
-    func parse(text: String, expected: DiskConfiguration) throws {
-        #expect(try DiskConfiguration.parse(text) == expected)
-    }
-
-    @Test("bad --disk values say what is wrong", arguments: [
-        ("", DiskOptionError.malformed("")),
-        ("readonly=on", .missingPath),
-        ("path=", .missingPath),
-        ("path=/a,path=/b", .duplicate("path")),
-        ("/a,/b", .malformed("/b")),
-        ("path=/a,,readonly=on", .malformed("")),
-        ("path=/a,cache=none", .unknownKey("cache")),
-        ("path=/a,readonly=maybe", .badFlag(key: "readonly", value: "maybe")),
-        ("path=/a,id=123456789012345678901", .identifierTooLong("123456789012345678901")),
-    ])
-    func parseErrors(text: String, expected: DiskOptionError) {
-        #expect(throws: expected) { try DiskConfiguration.parse(text) }
     }
 
     @Test("the configuration refuses more disks than slots, empty paths and long ids")
@@ -134,35 +107,5 @@ struct VirtioMachineTests {
         #expect(generated.octets[0] == 0x02 && generated.isLocallyAdministered && !generated.isMulticast)
         #expect(NetworkConfiguration(tap: "tap0").effectiveMAC == generated)
         #expect(NetworkConfiguration(tap: "tap0", mac: mac).effectiveMAC == mac)
-    }
-
-    @Test("--net values", arguments: [
-        ("tap=tap0", NetworkConfiguration(tap: "tap0")),
-        ("tap0", NetworkConfiguration(tap: "tap0")),
-        ("tap=vm-net.1,mac=02:00:00:00:00:01", NetworkConfiguration(tap: "vm-net.1", mac: MACAddress([2, 0, 0, 0, 0, 1]))),
-        ("mac=02:00:00:00:00:02,tap=t,offload=off", NetworkConfiguration(tap: "t", mac: MACAddress([2, 0, 0, 0, 0, 2]), offloads: false)),
-        ("ifname=t,offload=on", NetworkConfiguration(tap: "t")),
-    ])
-    func parseNetwork(text: String, expected: NetworkConfiguration) throws {
-        #expect(try NetworkConfiguration.parse(text) == expected)
-    }
-
-    @Test("bad --net values say what is wrong", arguments: [
-        ("", NetworkOptionError.malformed("")),
-        ("mac=02:00:00:00:00:01", .missingTap),
-        ("tap=", .missingTap),
-        ("tap=a,tap=b", .duplicate("tap")),
-        ("a,b", .malformed("b")),
-        ("tap=a,speed=10G", .unknownKey("speed")),
-        ("tap=a,mac=02:00:00:00:00", .badMAC("02:00:00:00:00")),
-        ("tap=a,mac=03:00:00:00:00:01", .notUnicast("03:00:00:00:00:01")),
-        ("tap=a,mac=00:00:00:00:00:00", .notUnicast("00:00:00:00:00:00")),
-        ("tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02", .duplicate("mac")),
-        ("tap=this-name-is-too-long", .badTapName("this-name-is-too-long")),
-        ("tap=a/b", .badTapName("a/b")),
-        ("tap=a,offload=maybe", .badFlag(key: "offload", value: "maybe")),
-    ])
-    func parseNetworkErrors(text: String, expected: NetworkOptionError) {
-        #expect(throws: expected) { try NetworkConfiguration.parse(text) }
     }
 }

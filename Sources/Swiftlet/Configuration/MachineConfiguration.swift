@@ -31,10 +31,9 @@ public struct MachineConfiguration: Sendable {
     public var networks: [NetworkConfiguration]
     /// A virtio-rng device (entropy from the host's getrandom), in the slot after the networks.
     public var rng: Bool
-    /// Attach the boot-timer device (port `X86Layout.bootTimerPort`), which records when the
-    /// guest first writes `BootTimer.magic` to it (`Machine.bootTime`). Off by default, as in
-    /// Firecracker; the benchmarks and `--report-boot-time` turn it on.
-    public var bootTimer: Bool = false
+    /// Attach the boot-timer device (port `X86Layout.bootTimerPort`); off by default, as in
+    /// Firecracker. `swiftlet boot --boot-timer` (or `--report-boot-time`) sets it.
+    public var bootTimer: Bool
     /// Attach the MMIO test device (`X86Layout.mmioTestDeviceAddress`) of the tiny test guests.
     /// For tests only; production guests never see it.
     package var mmioTestDevice: Bool = false
@@ -50,17 +49,18 @@ public struct MachineConfiguration: Sendable {
     public static let maximumVCPUs = 254
 
     /// A configuration booting `kernelPath`, by default: format detected, 128 MiB, one vCPU, the host
-    /// terminal as console, the default command line, no initrd, no CPUID mask, no virtio devices.
-    /// Nothing is checked until `validate()` (which `Machine.init` calls).
+    /// terminal as console, the default command line, no initrd, no CPUID mask, no virtio devices,
+    /// no boot timer. Nothing is checked until `validate()` (which `Machine.init` calls).
     public init(
         kernelPath: String, kernelFormat: KernelFormat = .automatic, memorySize: UInt64 = defaultMemorySize,
         vcpuCount: Int = 1, console: ConsoleConfiguration = .terminal, commandLine: String? = nil,
         initrdPath: String? = nil, cpuidMask: [CPUIDFeature] = [], disks: [DiskConfiguration] = [],
-        networks: [NetworkConfiguration] = [], rng: Bool = false
+        networks: [NetworkConfiguration] = [], rng: Bool = false, bootTimer: Bool = false
     ) {
         self.disks = disks
         self.networks = networks
         self.rng = rng
+        self.bootTimer = bootTimer
         self.commandLine = commandLine
         self.initrdPath = initrdPath
         self.cpuidMask = cpuidMask
@@ -71,7 +71,10 @@ public struct MachineConfiguration: Sendable {
         self.console = console
     }
 
-    /// Checks the values that can be checked without touching the host.
+    /// Checks the values that can be checked without touching the host: the one place a
+    /// configuration's values are checked (the CLI calls it before building, so that a bad value
+    /// is a usage error; `Machine.init` calls it again). Memory, vCPUs, the kernel path, the
+    /// number of virtio devices, then `validateDevices()`.
     public func validate() throws(ConfigurationError) {
         guard memorySize >= Self.minimumMemorySize else { throw .memoryTooSmall(memorySize) }
         guard memorySize <= Self.maximumMemorySize else { throw .memoryTooLarge(memorySize) }
@@ -79,16 +82,17 @@ public struct MachineConfiguration: Sendable {
         guard (1...Self.maximumVCPUs).contains(vcpuCount) else { throw .vcpuCount(vcpuCount) }
         guard !kernelPath.isEmpty else { throw .missingKernel }
         guard disks.count <= X86Layout.virtioMMIOSlotCount else { throw .tooManyDisks(disks.count) }
-        for disk in disks {
-            guard !disk.path.isEmpty else { throw .diskWithoutPath }
-            if let id = disk.id, id.utf8.count > VirtioBlock.identifierLength { throw .diskIdentifierTooLong(id) }
-        }
         let virtioDevices = disks.count + networks.count + (rng ? 1 : 0)
         guard virtioDevices <= X86Layout.virtioMMIOSlotCount else { throw .tooManyVirtioDevices(virtioDevices) }
-        for network in networks {
-            guard TapDevice.isValidInterfaceName(network.tap) else { throw .badTapName(network.tap) }
-            if let mac = network.mac, mac.isMulticast || mac.rawValue == 0 { throw .macNotUnicast(mac) }
-        }
+        try validateDevices()
+    }
+
+    /// The checks of `validate()` that hold on every architecture (`swiftlet dump-dtb` uses them
+    /// with `AArch64MachineDescription`'s own): each disk's and network interface's
+    /// `validate()`, and no two interfaces with the same MAC address.
+    public func validateDevices() throws(ConfigurationError) {
+        for disk in disks { try disk.validate() }
+        for network in networks { try network.validate() }
         var macs = Set<MACAddress>()
         for network in networks where !macs.insert(network.effectiveMAC).inserted { throw .duplicateMAC(network.effectiveMAC) }
     }
@@ -154,21 +158,4 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
         case .duplicateMAC(let mac): "two network interfaces have the MAC address \(mac)"
         }
     }
-}
-
-/// Parses sizes such as `128M`, `1G`, `512K`, `65536` (bytes); binary units.
-public func parseMemorySize(_ text: String) -> UInt64? {
-    guard let last = text.last else { return nil }
-    let shift: UInt64
-    var digits = Substring(text)
-    switch last {
-    case "K", "k": shift = 10
-    case "M", "m": shift = 20
-    case "G", "g": shift = 30
-    default: shift = 0
-    }
-    if shift != 0 { digits = digits.dropLast() }
-    guard !digits.isEmpty, digits.allSatisfy({ $0 >= "0" && $0 <= "9" }), let value = UInt64(digits) else { return nil }
-    let (result, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
-    return overflow ? nil : result
 }

@@ -46,9 +46,10 @@ enum Command {
         writeAll(help.rendered(usage: usage), to: STDOUT_FILENO)
     }
 
-    /// Prints `error` with this command's usage on stderr and exits with status 64 (EX_USAGE).
+    /// Prints `error` with this command's usage on stderr and exits with status 64 (EX_USAGE):
+    /// `swiftlet: <message>`, the usage line and where to find the help.
     func fail(_ error: UsageError) -> Never {
-        writeAll("Error: \(error.message)\nUsage: \(usage)\nSee '\(invocation) --help'.\n", to: STDERR_FILENO)
+        writeAll("swiftlet: \(error.message)\nUsage: \(usage)\nSee '\(invocation) --help'.\n", to: STDERR_FILENO)
         terminate(64)
     }
 }
@@ -73,14 +74,8 @@ struct HelpEntry {
     /// The value an option has when it is not given, shown after its help.
     var defaultValue: String?
 
-    init(_ name: String, help: String) {
+    init(_ name: String, help: String, default defaultValue: String? = nil) {
         self.name = name
-        self.help = help
-    }
-
-    /// An option that takes a value, such as `--memory <size>`, with its default if it has one.
-    init(_ name: String, value: String, help: String, default defaultValue: String? = nil) {
-        self.name = "\(name) <\(value)>"
         self.help = help
         self.defaultValue = defaultValue
     }

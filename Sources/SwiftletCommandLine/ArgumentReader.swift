@@ -1,8 +1,8 @@
 /// A command line that cannot be run: an unknown option, a missing or malformed value, a missing
-/// required option, a stray argument, or a value that fails a command's checks. `swiftlet` prints
-/// it as `Error: <message>` with the command's usage on stderr and exits with status 64
-/// (EX_USAGE) before it builds anything.
-struct UsageError: Error, CustomStringConvertible {
+/// required option, a stray argument, or a value the library's validation refuses. `swiftlet`
+/// prints it as `swiftlet: <message>` with the command's usage on stderr and exits with status
+/// 64 (EX_USAGE) before it builds anything.
+struct UsageError: Error, Equatable, CustomStringConvertible {
     let message: String
 
     init(_ message: String) { self.message = message }
@@ -12,7 +12,8 @@ struct UsageError: Error, CustomStringConvertible {
 
 /// Reads a command's arguments one at a time: options (`--name value`, `--name=value`, flags
 /// such as `--rng`, and `-h`) and positional arguments (anything that does not start with `-`,
-/// a lone `-`, and everything after `--`).
+/// a lone `-`, and everything after `--`). `CommandSyntax.parse` drives it from a command's
+/// option declarations:
 ///
 ///     var reader = ArgumentReader(arguments)
 ///     while let argument = reader.next() {
@@ -79,20 +80,6 @@ struct ArgumentReader {
         }
         index += 1
         return arguments[index - 1]
-    }
-
-    /// The value of the option just read, as a whole number.
-    mutating func integer() throws(UsageError) -> Int {
-        let text = try value()
-        guard let number = Int(text) else { throw UsageError("the value '\(text)' of '\(option)' is not a whole number") }
-        return number
-    }
-
-    /// The value of the option just read, as a number.
-    mutating func number() throws(UsageError) -> Double {
-        let text = try value()
-        guard let number = Double(text) else { throw UsageError("the value '\(text)' of '\(option)' is not a number") }
-        return number
     }
 
     /// Checks that the flag just read was not given a value (`--rng=on`).

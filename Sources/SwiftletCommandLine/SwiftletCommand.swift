@@ -6,12 +6,11 @@ import Swiftlet
 
 /// `swiftlet`: the command-line front end. It reads the arguments (ArgumentReader: hand-written,
 /// no Foundation, for start time and memory) and calls the library; nothing else happens here.
-@main
-struct SwiftletCommand {
-    static func main() {
-        // The boot timer measures from here: as close to process start as Swift code gets.
-        ProcessClock.markStart()
-        let arguments = CommandLine.arguments.dropFirst()
+public enum SwiftletCommand {
+    /// Runs `swiftlet` with `arguments` (those after the program name). Help and version return;
+    /// a command ends the process with its exit status.
+    public static func run(_ arguments: [String]) {
+        let arguments = arguments[...]
         guard let first = arguments.first else { return Command.root.printHelp() }
         if first == "help" { return help(arguments.dropFirst()) }
         guard let command = Command(named: first) else {
@@ -51,26 +50,56 @@ struct SwiftletCommand {
     }
 }
 
-/// `swiftlet boot`: its options, as read from the command line.
-struct Boot {
+/// `swiftlet boot`: its settings, as read from the command line and checked by the library.
+struct Boot: MachineCommand {
+    var configuration = MachineConfiguration(kernelPath: "")
+    var timeout: Double?
+    var reportBootTime = false
+    var reportMemory = false
+
+    /// Every option of `boot`, in the order its help lists them. `--memory`, `--cpus`, `--initrd`,
+    /// `--cmdline`, `--disk`, `--net` and `--rng` are declared with `dump-dtb`'s (`MachineOptions.swift`).
+    static let syntax = CommandSyntax<Boot>(options: [
+        CommandOption("--kernel", value: "file", required: true, help: "The kernel image to boot.") { boot, text in
+            boot.configuration.kernelPath = text
+        },
+        CommandOption(
+            "--format", value: "format", default: KernelFormat.automatic.rawValue,
+            help: "How to load the kernel image: \(KernelFormat.allCases.map(\.rawValue).joined(separator: ", "))."
+        ) { boot, text throws(UsageError) in
+            guard let format = KernelFormat(rawValue: text) else {
+                throw UsageError("unknown format; use one of: \(KernelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            boot.configuration.kernelFormat = format
+        },
+        .memory, .cpus, .initrd, .cmdline,
+        CommandOption("--cpuid-mask", value: "list", help: "CPUID features to hide, comma-separated names or templates.") {
+            boot, text throws(UsageError) in
+            do { boot.configuration.cpuidMask = try CPUIDFeature.parseMask(text) } catch { throw UsageError("\(error)") }
+        },
+        CommandOption(
+            flag: "--boot-timer", help: "Attach the boot-timer device (port 0x\(String(X86Layout.bootTimerPort, radix: 16)))."
+        ) { boot in
+            boot.configuration.bootTimer = true
+        },
+        CommandOption(
+            flag: "--report-boot-time", help: "Print the guest's boot time (boot-timer port write) on stderr at the end; implies --boot-timer."
+        ) { boot in
+            boot.reportBootTime = true
+            boot.configuration.bootTimer = true
+        },
+        CommandOption(flag: "--report-memory", help: "Print the guest's resident memory and the process's peak RSS on stderr at the end.") {
+            boot in boot.reportMemory = true
+        },
+        CommandOption("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124).") {
+            boot, text throws(UsageError) in boot.timeout = try ValueSyntax.seconds(reading: text)
+        },
+        .disk, .net, .rng,
+    ])
+
     static let help = CommandHelp(
         abstract: "Boot a kernel image in a new microVM with the serial console on this terminal.",
-        options: [
-            HelpEntry("--kernel", value: "file", help: "The kernel image to boot."),
-            HelpEntry("--format", value: "format", help: "How to load the kernel image: auto, elf, bzimage or flat-real-mode.",
-                      default: KernelFormat.automatic.rawValue),
-            HelpEntry("--memory", value: "size", help: "Guest memory, e.g. 128M or 1G (binary units).", default: "128M"),
-            HelpEntry("--cpus", value: "n", help: "Number of vCPUs.", default: "1"),
-            HelpEntry("--initrd", value: "file", help: "An initrd or initramfs image for a Linux kernel."),
-            HelpEntry("--cmdline", value: "text", help: "The kernel command line (replaces the default)."),
-            HelpEntry("--cpuid-mask", value: "list", help: "CPUID features to hide, comma-separated names or templates."),
-            HelpEntry("--report-boot-time", help: "Print the guest's boot time (boot-timer port write) on stderr at the end."),
-            HelpEntry("--report-memory", help: "Print the guest's resident memory and the process's peak RSS on stderr at the end."),
-            HelpEntry("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124)."),
-            HelpEntry("--disk", value: "disk", help: "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME][,direct=on] (repeatable)."),
-            HelpEntry("--net", value: "net", help: "A virtio-net interface over a host tap: tap=NAME[,mac=MAC][,offload=off] (repeatable)."),
-            HelpEntry("--rng", help: "Add a virtio-rng entropy device (backed by getrandom)."),
-        ],
+        options: syntax.optionHelp,
         discussion: """
             Image formats (--format):
               auto            (default) ELF64 and bzImage are recognised by their magic numbers.
@@ -100,11 +129,11 @@ struct Boot {
 
             Disks (--disk, repeatable): each is a virtio-blk device over a raw image file or a
             host block device (/dev/loopN, a partition),
-              --disk path=FILE[,readonly=on][,id=NAME][,direct=on]
+              --disk \(DeviceOptions.disk.synopsis)
             readonly=on offers the disk read-only (the guest's writes fail with an I/O error);
             id= is what the guest reads as the disk's serial (at most 20 bytes, default diskN);
             direct=on opens the image with O_DIRECT (its size must be a multiple of 4 KiB).
-            Linux names them /dev/vda, /dev/vdb, ... A missing or unreadable image ends with
+            Toggles are on or off; a bare value is the path (--disk FILE). Linux names them /dev/vda, /dev/vdb, ... A missing or unreadable image ends with
             exit status 1.
 
             Host files: --kernel and --initrd must be regular files, a --disk path a regular file
@@ -113,7 +142,7 @@ struct Boot {
             nothing waits on a FIFO and no device driver is touched.
 
             Network (--net, repeatable): each is a virtio-net device over a host tap interface,
-              --net tap=NAME[,mac=MAC][,offload=off]
+              --net \(DeviceOptions.network.synopsis)
             The tap is opened through /dev/net/tun in swiftlet's network namespace (created if
             no interface has that name; it then goes away when swiftlet ends). mac= is the
             guest's address (default: 02:xx:xx:xx:xx:xx derived from the tap name, the same on
@@ -129,8 +158,9 @@ struct Boot {
             rng. Slot N sits at 0xd0000000 + N * 0x1000 with IRQ 5 + N (at most 19 devices), and
             virtio_mmio.device=4K@ADDRESS:IRQ is added to the command line for it.
 
-            Boot timer: the guest writes the byte 123 to port 0x440 when it is ready; with
-            --report-boot-time Swiftlet prints the time since it started.
+            Boot timer (--boot-timer, off by default as in Firecracker): a device at port 0x440;
+            the guest writes the byte 123 to it when it is ready. --report-boot-time attaches it
+            too and prints the time from swiftlet's start to that write.
 
             Exit status of a guest command: the guest writes one byte to port 0x441 before it
             resets or powers off, and swiftlet exits with that value. Swiftlet's guest init runs
@@ -150,8 +180,8 @@ struct Boot {
             Exit status: the guest command's status when the guest reported one (port 0x441,
             above); otherwise 0 the guest reset, powered off or was stopped (Ctrl-A x); 1 the VM
             could not be built (unreadable, invalid or wrong kind of kernel, initrd or disk, a tap
-            that cannot be opened, no KVM); 64 a usage error (unknown option, bad value); 3 triple
-            fault;
+            that cannot be opened, no KVM); 64 a usage error (an unknown option, a malformed or
+            out-of-range value: every value is checked before anything is built); 3 triple fault;
             4 KVM internal (emulation) error; 5 VM entry failure; 6 unhandled exit; 7 a vCPU call
             failed; 8 guest panic; 124 --timeout reached; 128 + N stopped by signal N (SIGINT,
             SIGTERM and SIGHUP stop the VM cleanly; a second one while it stops ends swiftlet
@@ -159,87 +189,21 @@ struct Boot {
             """
     )
 
-    var kernel = ""
-    var format = KernelFormat.automatic.rawValue
-    var memory = "128M"
-    var cpus = 1
-    var initrd: String?
-    var cmdline: String?
-    var cpuidMask: String?
-    var reportBootTime = false
-    var reportMemory = false
-    var timeout: Double?
-    var disk: [String] = []
-    var net: [String] = []
-    var rng = false
-
-    /// Reads `swiftlet boot`'s arguments (those after `boot`) and checks them.
+    /// Reads `swiftlet boot`'s arguments (those after `boot`) and checks the configuration they
+    /// describe with `MachineConfiguration.validate()`: every bad value is a usage error here,
+    /// before anything is built.
     static func parse(_ arguments: some Sequence<String>) throws(UsageError) -> Boot {
         var boot = Boot()
-        var kernel: String?
-        var reader = ArgumentReader(arguments)
-        while let argument = reader.next() {
-            switch argument {
-            case .option("--kernel"): kernel = try reader.value()
-            case .option("--format"): boot.format = try reader.value()
-            case .option("--memory"): boot.memory = try reader.value()
-            case .option("--cpus"): boot.cpus = try reader.integer()
-            case .option("--initrd"): boot.initrd = try reader.value()
-            case .option("--cmdline"): boot.cmdline = try reader.value()
-            case .option("--cpuid-mask"): boot.cpuidMask = try reader.value()
-            case .option("--report-boot-time"): try reader.flag(); boot.reportBootTime = true
-            case .option("--report-memory"): try reader.flag(); boot.reportMemory = true
-            case .option("--timeout"): boot.timeout = try reader.number()
-            case .option("--disk"): boot.disk.append(try reader.value())
-            case .option("--net"): boot.net.append(try reader.value())
-            case .option("--rng"): try reader.flag(); boot.rng = true
-            case .option(let name): throw ArgumentReader.unknownOption(name)
-            case .positional(let text): throw ArgumentReader.unexpectedArgument(text)
-            }
-        }
-        guard let kernel else { throw UsageError("missing '--kernel <file>': the kernel image to boot") }
-        boot.kernel = kernel
-        try boot.validate()
+        try syntax.parse(arguments, into: &boot)
+        do { try boot.configuration.validate() } catch { throw error.usageError }
         return boot
     }
 
-    private func validate() throws(UsageError) {
-        guard KernelFormat(rawValue: format) != nil else {
-            throw UsageError("unknown --format '\(format)'; use one of: \(KernelFormat.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        guard parseMemorySize(memory) != nil else {
-            throw UsageError("cannot read --memory '\(memory)'; use a size such as 128M or 1G")
-        }
-        if let timeout, !(timeout > 0) { throw UsageError("--timeout must be a positive number of seconds") }
-        if let cpuidMask {
-            do { _ = try CPUIDFeature.parseMask(cpuidMask) } catch { throw UsageError("--cpuid-mask: \(error)") }
-        }
-        for value in disk {
-            do { _ = try DiskConfiguration.parse(value) } catch { throw UsageError("--disk '\(value)': \(error)") }
-        }
-        var macs = Set<MACAddress>()
-        for value in net {
-            let network: NetworkConfiguration
-            do { network = try NetworkConfiguration.parse(value) } catch { throw UsageError("--net '\(value)': \(error)") }
-            guard macs.insert(network.effectiveMAC).inserted else {
-                throw UsageError("--net '\(value)': MAC address \(network.effectiveMAC) is already in use by another --net")
-            }
-        }
-        guard disk.count + net.count + (rng ? 1 : 0) <= X86Layout.virtioMMIOSlotCount else {
-            throw UsageError("at most \(X86Layout.virtioMMIOSlotCount) virtio devices (--disk, --net and --rng together) are supported")
-        }
-    }
-
-    func run() {
+    /// Builds and runs the machine, then ends the process with its exit status (1 if it cannot
+    /// be built).
+    func run() -> Never {
         // Console output may go to a pipe that closes early: get EPIPE, not a fatal signal.
         signal(SIGPIPE, SIG_IGN)
-        var configuration = MachineConfiguration(
-            kernelPath: kernel, kernelFormat: KernelFormat(rawValue: format)!, memorySize: parseMemorySize(memory)!,
-            vcpuCount: cpus, console: .terminal, commandLine: cmdline, initrdPath: initrd,
-            cpuidMask: (try? CPUIDFeature.parseMask(cpuidMask ?? "")) ?? [],
-            disks: disk.compactMap { try? DiskConfiguration.parse($0) },
-            networks: net.compactMap { try? NetworkConfiguration.parse($0) }, rng: rng)
-        configuration.bootTimer = reportBootTime
         let machine: Machine
         let signals: SignalStopper
         do {
@@ -248,7 +212,7 @@ struct Boot {
             signals = try SignalStopper(stopping: machine, on: [SIGINT, SIGTERM, SIGHUP])
             try machine.start()
         } catch {
-            fail("swiftlet: \(error)")
+            failToBuild(error)
         }
         if let timeout { machine.setDeadline(after: timeout) }
         let exit = machine.wait()
@@ -281,15 +245,17 @@ struct Boot {
         terminate(exit.exitCode)
     }
 
-    private func fail(_ message: String) -> Never {
-        printError(message)
-        terminate(1)
-    }
-
     private func printError(_ message: String) {
         var text = message + "\n"
         text.withUTF8 { _ = write(STDERR_FILENO, $0.baseAddress, $0.count) }
     }
+}
+
+/// Prints why a machine (or its device tree) could not be built, `swiftlet: <error>` on one
+/// line, and exits with status 1. Bad values never get here: they are usage errors (64).
+func failToBuild(_ error: any Error) -> Never {
+    writeAll("swiftlet: \(error)\n", to: STDERR_FILENO)
+    terminate(1)
 }
 
 /// Ends the process with `code` (the guest's exit status).

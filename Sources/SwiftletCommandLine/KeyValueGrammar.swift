@@ -1,0 +1,179 @@
+/// One key of a device option's `key=value` list (`readonly` of `--disk path=FILE,readonly=on`),
+/// declared once: the parser, its errors and the option's help all come from it.
+struct OptionKey: Sendable {
+    /// What the value must be; the parser checks it, so a bad one is an error naming the key.
+    enum Kind: Sendable {
+        /// Any non-empty text (a path, a name, an address the device option reads itself).
+        case text
+        /// `on` or `off`, nothing else.
+        case toggle
+        /// A byte count: digits with an optional binary unit `K`, `M` or `G` (`ValueSyntax.byteSize`).
+        case byteSize
+    }
+
+    /// The name `KeyValues` knows the key by, and the one help and errors show.
+    let name: String
+    /// Other names accepted for it (`ro` for `readonly`); giving two of them is a repeated key.
+    let aliases: [String]
+    let kind: Kind
+    /// What help shows after `=`: `FILE`, `NAME`, or for a toggle the state that is not the default.
+    let placeholder: String
+    /// The option cannot do without it (`path` of `--disk`).
+    let required: Bool
+
+    init(_ name: String, aliases: [String] = [], _ kind: Kind, placeholder: String, required: Bool = false) {
+        self.name = name
+        self.aliases = aliases
+        self.kind = kind
+        self.placeholder = placeholder
+        self.required = required
+    }
+}
+
+/// The grammar of a device option's value, shared by `--disk`, `--net` and every later device
+/// option: items separated by commas, each `key=value` with a declared key, no key twice, every
+/// required key present, toggles `on`/`off`, sizes such as `512K` or `1G`. An item without `=`
+/// is the value of `bareKey` (`--disk FILE` is `--disk path=FILE`). The text after the first `=`
+/// is the value, so a value may contain `=` but not `,`.
+struct KeyValueGrammar: Sendable {
+    /// The command-line option this grammar reads (`--disk`): errors name it.
+    let option: String
+    let keys: [OptionKey]
+    /// The key an item without `=` is taken as, if any.
+    let bareKey: String?
+
+    init(option: String, bareKey: String? = nil, keys: [OptionKey]) {
+        self.option = option
+        self.bareKey = bareKey
+        self.keys = keys
+    }
+
+    /// The form help shows: required keys first as `key=PLACEHOLDER`, the others in brackets,
+    /// e.g. `path=FILE[,readonly=on][,id=NAME][,direct=on]`.
+    var synopsis: String {
+        let required = keys.filter(\.required).map { "\($0.name)=\($0.placeholder)" }.joined(separator: ",")
+        let optional = keys.filter { !$0.required }.map { "[,\($0.name)=\($0.placeholder)]" }.joined()
+        return required + optional
+    }
+
+    /// Reads `text`, checking every value against its key's kind.
+    func parse(_ text: String) throws(KeyValueError) -> KeyValues {
+        func error(_ problem: KeyValueError.Problem) -> KeyValueError { self.error(problem, in: text) }
+        var values: [String: KeyValues.Value] = [:]
+        for item in text.split(separator: ",", omittingEmptySubsequences: false).map(String.init) {
+            guard !item.isEmpty else { throw error(.emptyItem) }
+            let written: String
+            let value: String
+            if let equals = item.firstIndex(of: "=") {
+                written = String(item[..<equals])
+                value = String(item[item.index(after: equals)...])
+            } else {
+                guard let bareKey, values[bareKey] == nil else { throw error(.notKeyValue(item)) }
+                written = bareKey
+                value = item
+            }
+            guard let key = keys.first(where: { $0.name == written || $0.aliases.contains(written) }) else {
+                throw error(.unknownKey(written, known: keys.map(\.name)))
+            }
+            guard values[key.name] == nil else { throw error(.repeatedKey(written)) }
+            guard !value.isEmpty else { throw error(.emptyValue(key: written)) }
+            switch key.kind {
+            case .text:
+                values[key.name] = .text(value)
+            case .toggle:
+                guard let on = ValueSyntax.toggle(value) else { throw error(.badToggle(key: written, value: value)) }
+                values[key.name] = .toggle(on)
+            case .byteSize:
+                guard let size = ValueSyntax.byteSize(value) else { throw error(.badByteSize(key: written, value: value)) }
+                values[key.name] = .byteSize(size)
+            }
+        }
+        for key in keys where key.required && values[key.name] == nil {
+            throw error(.missingKey(key.name, placeholder: key.placeholder))
+        }
+        return KeyValues(values: values)
+    }
+
+    /// An error about `text` (the whole value) for this grammar's option; device options use it
+    /// for their own checks of a key's text (`KeyValueError.Problem.badValue`).
+    func error(_ problem: KeyValueError.Problem, in text: String) -> KeyValueError {
+        KeyValueError(option: option, text: text, problem: problem)
+    }
+}
+
+/// The values of one parsed `key=value` list, by each key's `name` (not its alias), already
+/// checked against the key's kind.
+struct KeyValues: Equatable, Sendable {
+    enum Value: Equatable, Sendable {
+        case text(String)
+        case toggle(Bool)
+        case byteSize(UInt64)
+    }
+
+    let values: [String: Value]
+
+    /// The text of a `.text` key, or nil if it was not given.
+    func text(_ key: String) -> String? {
+        if case .text(let text) = values[key] { text } else { nil }
+    }
+
+    /// The state of a `.toggle` key, or nil if it was not given.
+    func toggle(_ key: String) -> Bool? {
+        if case .toggle(let on) = values[key] { on } else { nil }
+    }
+
+    /// The byte count of a `.byteSize` key, or nil if it was not given.
+    func byteSize(_ key: String) -> UInt64? {
+        if case .byteSize(let size) = values[key] { size } else { nil }
+    }
+}
+
+/// A device option's value that does not follow its grammar. The description names the option,
+/// the value as given and the key at fault: `--disk 'path=/a,cache=none': unknown key 'cache';
+/// use path, readonly, id or direct`.
+struct KeyValueError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// What is wrong, with the key as the user wrote it.
+    enum Problem: Equatable, Sendable, CustomStringConvertible {
+        /// Two commas in a row, or one at the start or end (an empty value is one empty item).
+        case emptyItem
+        /// An item without `=` where no bare value is accepted (or a second one).
+        case notKeyValue(String)
+        /// A key the option does not have, with the keys it has.
+        case unknownKey(String, known: [String])
+        /// A key given twice (also under two of its names).
+        case repeatedKey(String)
+        /// A required key is absent; `placeholder` is what its value stands for.
+        case missingKey(String, placeholder: String)
+        /// `key=` with nothing after the `=`.
+        case emptyValue(key: String)
+        /// A toggle other than `on` or `off`.
+        case badToggle(key: String, value: String)
+        /// A size `ValueSyntax.byteSize` cannot read.
+        case badByteSize(key: String, value: String)
+        /// A text value the device option cannot read; `expected` says what it should be.
+        case badValue(key: String, value: String, expected: String)
+
+        var description: String {
+            switch self {
+            case .emptyItem: "an empty item; write key=value items separated by single commas"
+            case .notKeyValue(let item): "'\(item)' is not key=value"
+            case .unknownKey(let key, let known):
+                "unknown key '\(key)'; use \(known.dropLast().joined(separator: ", "))\(known.count > 1 ? " or " : "")\(known.last ?? "")"
+            case .repeatedKey(let key): "key '\(key)' given twice"
+            case .missingKey(let key, let placeholder): "missing key '\(key)' (\(key)=\(placeholder))"
+            case .emptyValue(let key): "key '\(key)' has no value"
+            case .badToggle(let key, let value): "key '\(key)' is '\(value)'; use on or off"
+            case .badByteSize(let key, let value): "key '\(key)' is '\(value)'; use a size such as 512K, 128M or 1G"
+            case .badValue(let key, let value, let expected): "key '\(key)' is '\(value)'; \(expected)"
+            }
+        }
+    }
+
+    /// The command-line option (`--disk`).
+    let option: String
+    /// The option's whole value, as given.
+    let text: String
+    let problem: Problem
+
+    var description: String { "\(option) '\(text)': \(problem)" }
+}

@@ -1,0 +1,120 @@
+import Swiftlet
+
+/// The settings of a command that describes a machine (`boot`, `dump-dtb`): the options below
+/// write into its configuration, and each command checks that with the library's validation.
+protocol MachineCommand: Sendable {
+    var configuration: MachineConfiguration { get set }
+}
+
+/// The options `boot` and `dump-dtb` share, declared once for both.
+extension CommandOption where Settings: MachineCommand {
+    static var memory: Self {
+        CommandOption(
+            "--memory", value: "size", default: ValueSyntax.byteSizeText(MachineConfiguration.defaultMemorySize),
+            help: "Guest memory, e.g. 128M or 1G (binary units)."
+        ) { settings, text throws(UsageError) in
+            settings.configuration.memorySize = try ValueSyntax.byteSize(reading: text)
+        }
+    }
+
+    static var cpus: Self {
+        CommandOption("--cpus", value: "n", default: "1", help: "Number of vCPUs.") { settings, text throws(UsageError) in
+            settings.configuration.vcpuCount = try ValueSyntax.wholeNumber(reading: text)
+        }
+    }
+
+    static var cmdline: Self {
+        CommandOption("--cmdline", value: "text", help: "The kernel command line (replaces the default).") { settings, text in
+            settings.configuration.commandLine = text
+        }
+    }
+
+    static var initrd: Self {
+        CommandOption("--initrd", value: "file", help: "An initrd or initramfs image for a Linux kernel.") { settings, text in
+            settings.configuration.initrdPath = text
+        }
+    }
+
+    static var disk: Self {
+        CommandOption("--disk", value: "disk", help: "A virtio-blk disk: \(DeviceOptions.disk.synopsis) (repeatable).") {
+            settings, text throws(UsageError) in
+            do throws(KeyValueError) { settings.configuration.disks.append(try DeviceOptions.diskConfiguration(text)) } catch {
+                throw UsageError(error.problem.description)
+            }
+        }
+    }
+
+    static var net: Self {
+        CommandOption(
+            "--net", value: "net", help: "A virtio-net interface over a host tap: \(DeviceOptions.network.synopsis) (repeatable)."
+        ) { settings, text throws(UsageError) in
+            do throws(KeyValueError) { settings.configuration.networks.append(try DeviceOptions.networkConfiguration(text)) } catch {
+                throw UsageError(error.problem.description)
+            }
+        }
+    }
+
+    static var rng: Self {
+        CommandOption(flag: "--rng", help: "Add a virtio-rng entropy device (backed by getrandom).") { settings in
+            settings.configuration.rng = true
+        }
+    }
+}
+
+/// The device options' grammars, and how their values become the library's configurations.
+/// Only the syntax is checked here; values (an id's length, a tap name, a unicast MAC) are
+/// checked by `MachineConfiguration.validate()` with everything else.
+enum DeviceOptions {
+    /// `--disk path=FILE[,readonly=on][,id=NAME][,direct=on]`; a bare value is the path.
+    static let disk = KeyValueGrammar(option: "--disk", bareKey: "path", keys: [
+        OptionKey("path", aliases: ["file"], .text, placeholder: "FILE", required: true),
+        OptionKey("readonly", aliases: ["ro"], .toggle, placeholder: "on"),
+        OptionKey("id", aliases: ["serial"], .text, placeholder: "NAME"),
+        OptionKey("direct", .toggle, placeholder: "on"),
+    ])
+
+    /// `--net tap=NAME[,mac=MAC][,offload=off]`; a bare value is the tap name.
+    static let network = KeyValueGrammar(option: "--net", bareKey: "tap", keys: [
+        OptionKey("tap", aliases: ["ifname"], .text, placeholder: "NAME", required: true),
+        OptionKey("mac", .text, placeholder: "MAC"),
+        OptionKey("offload", aliases: ["offloads"], .toggle, placeholder: "off"),
+    ])
+
+    /// A `--disk` value as the disk it describes (by default writable, id `diskN`, page cache).
+    static func diskConfiguration(_ text: String) throws(KeyValueError) -> DiskConfiguration {
+        let values = try disk.parse(text)
+        return DiskConfiguration(
+            path: values.text("path") ?? "", readOnly: values.toggle("readonly") ?? false, id: values.text("id"),
+            directIO: values.toggle("direct") ?? false)
+    }
+
+    /// A `--net` value as the interface it describes (by default the generated MAC, offloads on).
+    static func networkConfiguration(_ text: String) throws(KeyValueError) -> NetworkConfiguration {
+        let values = try network.parse(text)
+        var mac: MACAddress?
+        if let macText = values.text("mac") {
+            guard let parsed = MACAddress(parsing: macText) else {
+                throw network.error(.badValue(key: "mac", value: macText, expected: "use six hex octets, e.g. 02:00:00:00:00:01"), in: text)
+            }
+            mac = parsed
+        }
+        return NetworkConfiguration(tap: values.text("tap") ?? "", mac: mac, offloads: values.toggle("offload") ?? true)
+    }
+}
+
+extension ConfigurationError {
+    /// The configuration error as a usage error naming the option at fault:
+    /// `--cpus: 0 vCPUs requested; between 1 and 254 are supported`.
+    var usageError: UsageError {
+        let option =
+            switch self {
+            case .memoryTooSmall, .memoryTooLarge, .memoryNotPageAligned: "--memory"
+            case .vcpuCount: "--cpus"
+            case .missingKernel: "--kernel"
+            case .tooManyDisks, .diskWithoutPath, .diskIdentifierTooLong: "--disk"
+            case .tooManyVirtioDevices: "--disk, --net and --rng"
+            case .badTapName, .macNotUnicast, .duplicateMAC: "--net"
+            }
+        return UsageError("\(option): \(self)")
+    }
+}

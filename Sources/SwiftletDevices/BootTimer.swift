@@ -18,12 +18,14 @@ public final class BootTimer: BusDevice {
         public init() {}
     }
 
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let startNanoseconds: UInt64
 
-    /// A timer measuring from `startNanoseconds` (CLOCK_MONOTONIC).
-    public init(startNanoseconds: UInt64 = ProcessClock.startNanoseconds) {
+    /// A timer measuring from `startNanoseconds` (CLOCK_MONOTONIC), in `state` (nothing recorded
+    /// unless restoring).
+    public init(startNanoseconds: UInt64 = ProcessClock.startNanoseconds, state: State = State()) {
         self.startNanoseconds = startNanoseconds
+        self.state = Mutex(state)
     }
 
     /// Nanoseconds from process start to the guest's mark, if the guest has written it.
@@ -41,5 +43,27 @@ public final class BootTimer: BusDevice {
         state.withLock { state in
             if state.bootNanoseconds == nil { state.bootNanoseconds = now &- startNanoseconds }
         }
+    }
+}
+
+extension BootTimer: PersistentDevice {
+    /// What a timer is attached to: the moment it measures from.
+    public struct Resources: Sendable {
+        /// CLOCK_MONOTONIC in nanoseconds at the reference point (`ProcessClock.startNanoseconds`).
+        public var startNanoseconds: UInt64
+
+        /// Resources measuring from `startNanoseconds`.
+        public init(startNanoseconds: UInt64 = ProcessClock.startNanoseconds) {
+            self.startNanoseconds = startNanoseconds
+        }
+    }
+
+    /// The recorded boot time, if any.
+    public func saveState() -> State { state.withLock { $0 } }
+
+    /// A timer in `state`. A recorded boot time is kept as it was measured (by the process that
+    /// saved it); any value is valid, so this never throws.
+    public static func restore(from state: State, with resources: Resources) throws(DeviceRestoreError) -> BootTimer {
+        BootTimer(startNanoseconds: resources.startNanoseconds, state: state)
     }
 }

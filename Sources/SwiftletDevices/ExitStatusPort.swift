@@ -46,3 +46,16 @@ public final class ExitStatusPort: BusDevice {
         state.withLock { $0.reportedStatus = status }
     }
 }
+
+extension ExitStatusPort: PersistentDevice {
+    /// Nothing on the host side: the status is read by the machine.
+    public typealias Resources = Void
+
+    /// The reported status, if any.
+    public func saveState() -> State { currentState }
+
+    /// A port in `state`; every byte is a valid status, so this never throws.
+    public static func restore(from state: State, with resources: Void) throws(DeviceRestoreError) -> ExitStatusPort {
+        ExitStatusPort(state: state)
+    }
+}

@@ -222,3 +222,53 @@ public final class I8042Device: BusDevice {
         controller.withLock { $0 = state }
     }
 }
+
+// MARK: - Saved state
+
+extension I8042Device: PersistentDevice {
+    /// The controller's saved state is the controller model itself, a plain value.
+    public typealias State = I8042
+
+    /// What a controller is attached to: what to call when the guest asks for a reset.
+    public struct Resources: Sendable {
+        /// Called on the vCPU thread for every reset command (0xFE); it should only signal the
+        /// machine to stop.
+        public var resetHandler: @Sendable () -> Void
+
+        /// Resources calling `resetHandler` on a reset command.
+        public init(resetHandler: @escaping @Sendable () -> Void) {
+            self.resetHandler = resetHandler
+        }
+    }
+
+    /// The controller's command byte, output buffer and pending command now.
+    public func saveState() -> I8042 { state }
+
+    /// A controller in `state`. Throws when the command waiting for a parameter is not one that
+    /// takes one, or the status says the last write went to the data port although a command is
+    /// still waiting for its parameter there.
+    public static func restore(from state: I8042, with resources: Resources) throws(DeviceRestoreError) -> I8042Device {
+        try state.validate()
+        return I8042Device(state: state, resetHandler: resources.resetHandler)
+    }
+}
+
+extension I8042 {
+    /// The commands that wait for a parameter byte on the data port.
+    static let commandsTakingParameter: Set<UInt8> = [
+        Command.writeCommandByte, Command.writeOutputPort, Command.writeKeyboardOutputBuffer,
+        Command.writeAuxOutputBuffer, Command.writeToAux,
+    ]
+
+    /// Throws unless this is a state the controller can reach.
+    func validate() throws(DeviceRestoreError) {
+        let check = StateValidator(device: "i8042")
+        guard let command = commandAwaitingParameter else { return }
+        guard Self.commandsTakingParameter.contains(command) else {
+            throw check.error(
+                "commandAwaitingParameter", .inconsistent("command \(hex(UInt64(command))) takes no parameter"))
+        }
+        // Only a command write leaves a command waiting; a data write takes the parameter.
+        try check.require(lastWriteWasCommand, "lastWriteWasCommand", "false while a command waits for its parameter")
+    }
+}

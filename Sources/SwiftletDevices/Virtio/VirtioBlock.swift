@@ -137,6 +137,14 @@ public struct VirtioBlock: VirtioDevice {
         vectors.reserveCapacity(Int(settings.segmentCountMaximum))
     }
 
+    /// A device with these settings and statistics over `backend` (restoring a saved state).
+    private init(backend: any BlockBackend, settings: Settings, statistics: Statistics) {
+        self.backend = backend
+        self.settings = settings
+        self.statistics = statistics
+        vectors.reserveCapacity(Int(settings.segmentCountMaximum))
+    }
+
     // MARK: VirtioDevice
 
     /// `VirtioDeviceType.block` (5.2.1).
@@ -261,5 +269,57 @@ public struct VirtioBlock: VirtioDevice {
             return false
         }
         return true
+    }
+}
+
+// MARK: - Saved state
+
+extension VirtioBlock: PersistentDevice {
+    /// The device model's saved state: what the driver sees of the disk and the request counters.
+    /// (The negotiated features and the queue are the transport's.)
+    public struct State: Codable, Equatable, Sendable {
+        /// Capacity, read-only flag, id and limits, as offered to the driver.
+        public var settings: Settings
+        /// Requests served so far.
+        public var statistics: Statistics
+
+        /// A state with these parts.
+        public init(settings: Settings, statistics: Statistics) {
+            self.settings = settings
+            self.statistics = statistics
+        }
+    }
+
+    /// The disk image the sectors live in (opened again by the restoring machine).
+    public typealias Resources = any BlockBackend
+
+    /// The settings and statistics now.
+    public func saveState() -> State { State(settings: settings, statistics: statistics) }
+
+    /// A device in `state` over `backend`. Throws when the backend's size is not the saved
+    /// capacity (the driver already knows the disk's size), or a setting is one the device never
+    /// offers (an id longer than 20 bytes, a queue or block size not a power of two, a segment
+    /// limit the queue cannot hold).
+    public static func restore(from state: State, with backend: any BlockBackend) throws(DeviceRestoreError) -> VirtioBlock {
+        let check = StateValidator(device: "virtio-blk")
+        let settings = state.settings
+        try check.matches(settings.capacity, backend.size / sectorSize, "settings.capacity")
+        guard settings.identifier.count <= identifierLength else {
+            throw check.error("settings.identifier", .tooLong(count: settings.identifier.count, capacity: identifierLength))
+        }
+        try check.powerOfTwo(settings.queueSizeMaximum, "settings.queueSizeMaximum")
+        try check.atMost(settings.queueSizeMaximum, Virtqueue.maximumSize, "settings.queueSizeMaximum")
+        // Header and status take two descriptors of a chain no longer than the queue.
+        try check.atLeast(settings.segmentCountMaximum, 1, "settings.segmentCountMaximum")
+        try check.atMost(
+            settings.segmentCountMaximum, UInt32(max(settings.queueSizeMaximum, 3) - 2), "settings.segmentCountMaximum")
+        try check.atLeast(settings.segmentSizeMaximum, 1, "settings.segmentSizeMaximum")
+        try check.powerOfTwo(settings.blockSize, "settings.blockSize")
+        try check.atLeast(settings.blockSize, UInt32(sectorSize), "settings.blockSize")
+        let s = state.statistics
+        try check.nonNegative(
+            ["reads": s.reads, "writes": s.writes, "flushes": s.flushes, "identifies": s.identifies, "failures": s.failures],
+            in: "statistics")
+        return VirtioBlock(backend: backend, settings: settings, statistics: s)
     }
 }

@@ -273,3 +273,257 @@ public struct VirtioQueueStatistics: Equatable, Sendable {
     /// The last queue error (a malformed chain, a broken ring or a queue that did not fit).
     public var lastError: VirtqueueError?
 }
+
+// MARK: - Saved state
+
+/// The device's place in one virtqueue's rings, saved with its transport (the ring areas are in
+/// the register file).
+public struct VirtqueuePosition: Codable, Equatable, Sendable {
+    /// The next available-ring entry the device will take (`Virtqueue.nextAvailable`).
+    public var nextAvailable: UInt16
+    /// The used-ring index the device will publish next (`Virtqueue.nextUsed`).
+    public var nextUsed: UInt16
+    /// `nextUsed` at the last interrupt decision (`Virtqueue.usedAtLastInterruptCheck`).
+    public var usedAtLastInterruptCheck: UInt16
+
+    /// A position with these indices.
+    public init(nextAvailable: UInt16, nextUsed: UInt16, usedAtLastInterruptCheck: UInt16) {
+        self.nextAvailable = nextAvailable
+        self.nextUsed = nextUsed
+        self.usedAtLastInterruptCheck = usedAtLastInterruptCheck
+    }
+
+    /// The position of `queue`.
+    public init(_ queue: Virtqueue) {
+        self.init(
+            nextAvailable: queue.nextAvailable, nextUsed: queue.nextUsed,
+            usedAtLastInterruptCheck: queue.usedAtLastInterruptCheck)
+    }
+}
+
+/// A virtio-mmio transport's own saved state: the register file as the driver programmed it
+/// (status, feature selects and driver features, queue select, every queue's size, ready flag and
+/// ring addresses, interrupt status, configuration generation), whether the device was activated,
+/// and the device's position in each ring.
+public struct VirtioTransportState: Codable, Equatable, Sendable {
+    /// The register file, including the device's identity and configuration space.
+    public var registers: VirtioMMIORegisters
+    /// DRIVER_OK took effect: the enabled queues were created and the device activated.
+    public var isActive: Bool
+    /// A ring broke after activation: the device waits for the driver to reset it.
+    public var isBroken: Bool
+    /// One entry per queue: the device's position for the queues created at activation, nil for
+    /// the others (and for every queue before activation).
+    public var queues: [VirtqueuePosition?]
+    /// Well-formed chains handed to the device so far (`VirtioQueueStatistics.requests`).
+    public var requests: Int
+    /// Malformed chains returned unprocessed so far (`VirtioQueueStatistics.failedChains`).
+    public var failedChains: Int
+
+    /// A state with these fields (unchecked: `VirtioMMIOTransport.restore` checks them).
+    public init(
+        registers: VirtioMMIORegisters, isActive: Bool, isBroken: Bool, queues: [VirtqueuePosition?], requests: Int,
+        failedChains: Int
+    ) {
+        self.registers = registers
+        self.isActive = isActive
+        self.isBroken = isBroken
+        self.queues = queues
+        self.requests = requests
+        self.failedChains = failedChains
+    }
+}
+
+/// A virtio device's saved state: its transport's and its device model's.
+public struct VirtioDeviceState<Device: PersistentDevice>: Codable, Equatable, Sendable {
+    /// The virtio-mmio transport: registers, activation and ring positions.
+    public var transport: VirtioTransportState
+    /// The device model: settings, negotiated features, statistics.
+    public var device: Device.State
+
+    /// A state with these parts.
+    public init(transport: VirtioTransportState, device: Device.State) {
+        self.transport = transport
+        self.device = device
+    }
+}
+
+/// What a virtio device is attached to: the transport's resources and the device model's.
+public struct VirtioDeviceResources<Device: PersistentDevice>: Sendable {
+    /// Guest memory, which holds the rings (restored before the devices).
+    public var memory: GuestMemory
+    /// One signal per queue that wakes whoever serves it (the queue's ioeventfd).
+    public var notifiers: [any VirtioSignal]
+    /// The device's interrupt (its irqfd).
+    public var interrupt: any VirtioSignal
+    /// The device model's own resources (a disk image, a tap).
+    public var device: Device.Resources
+
+    /// Resources with these parts.
+    public init(memory: GuestMemory, notifiers: [any VirtioSignal], interrupt: any VirtioSignal, device: Device.Resources) {
+        self.memory = memory
+        self.notifiers = notifiers
+        self.interrupt = interrupt
+        self.device = device
+    }
+}
+
+extension VirtioMMIOTransport: PersistentDevice where Device: PersistentDevice {
+    /// The transport's state and the device model's.
+    public typealias State = VirtioDeviceState<Device>
+    /// Guest memory, the signals, and the device model's resources.
+    public typealias Resources = VirtioDeviceResources<Device>
+
+    /// The register file, the ring positions and the device model's state, taken under both locks
+    /// (so between two requests, never in the middle of one).
+    public func saveState() -> State {
+        work.withLock { work in
+            registers.withLock { registers in
+                let transport = VirtioTransportState(
+                    registers: registers, isActive: work.isActive, isBroken: work.isBroken,
+                    queues: work.queues.map { $0.map(VirtqueuePosition.init) }, requests: work.statistics.requests,
+                    failedChains: work.statistics.failedChains)
+                return State(transport: transport, device: work.device.saveState())
+            }
+        }
+    }
+
+    /// A transport in `state` over the device model restored from `state.device`. Each queue the
+    /// saved device had created is created again over `resources.memory` (its size, alignment and
+    /// areas checked as at DRIVER_OK) and put back at its saved ring position; the next request
+    /// is taken from, and completed at, where the saved device would have. If an interrupt was
+    /// pending, `resources.interrupt` is signalled once, since the new interrupt line never saw it.
+    ///
+    /// Throws when the device model's state is invalid, when the register file does not belong to
+    /// that device (identity, features, queue count or configuration differ), when a register holds
+    /// a value the transport never lets it reach, when a created queue does not fit guest memory,
+    /// or when the ring positions contradict the activation state.
+    public static func restore(from state: State, with resources: Resources) throws(DeviceRestoreError) -> VirtioMMIOTransport<Device> {
+        let device = try Device.restore(from: state.device, with: resources.device)
+        let saved = state.transport
+        let queues = try saved.validatedQueues(for: device, memory: resources.memory)
+        guard resources.notifiers.count == device.queueCount else {
+            throw StateValidator(device: "virtio-mmio")
+                .error("resources.notifiers", .wrongCount(resources.notifiers.count, expected: device.queueCount))
+        }
+        let transport = VirtioMMIOTransport(
+            device: device, memory: resources.memory, notifiers: resources.notifiers, interrupt: resources.interrupt)
+        transport.work.withLock { work in
+            work.queues = queues
+            work.isActive = saved.isActive
+            work.isBroken = saved.isBroken
+            work.statistics = VirtioQueueStatistics(requests: saved.requests, failedChains: saved.failedChains)
+        }
+        transport.registers.withLock { $0 = saved.registers }
+        if saved.registers.interruptStatus != 0 { resources.interrupt.signal() }
+        return transport
+    }
+}
+
+extension VirtioTransportState {
+    /// Checks the state against `device` and `memory` and returns the queues to serve: one per
+    /// device queue, created over `memory` where the saved transport had one.
+    func validatedQueues(for device: some VirtioDevice, memory: GuestMemory) throws(DeviceRestoreError) -> [Virtqueue?] {
+        let check = StateValidator(device: "virtio-mmio")
+        let r = registers
+        // The register file belongs to this device.
+        try check.matches(r.deviceID, device.deviceType, "registers.deviceID")
+        try check.matches(r.offeredFeatures, device.offeredFeatures, "registers.offeredFeatures")
+        try check.matches(r.queueSizeMaximum, device.maximumQueueSize, "registers.queueSizeMaximum")
+        let configuration = device.configurationSpace
+        guard r.configuration.count == configuration.count else {
+            throw check.error("registers.configuration", .wrongCount(r.configuration.count, expected: configuration.count))
+        }
+        for (index, (saved, current)) in zip(r.configuration, configuration).enumerated() {
+            try check.matches(saved, current, "registers.configuration[\(index)]")
+        }
+        guard r.queues.count == device.queueCount else {
+            throw check.error("registers.queues", .wrongCount(r.queues.count, expected: device.queueCount))
+        }
+        guard queues.count == device.queueCount else {
+            throw check.error("queues", .wrongCount(queues.count, expected: device.queueCount))
+        }
+        // Registers hold only values the register file lets them reach.
+        typealias S = VirtioDeviceStatus
+        let status = r.status
+        try check.bits(
+            status, allowed: S.acknowledge | S.driver | S.featuresOK | S.driverOK | S.deviceNeedsReset | S.failed,
+            "registers.status")
+        try check.require(status & S.driver == 0 || status & S.acknowledge != 0, "registers.status", "DRIVER without ACKNOWLEDGE")
+        try check.require(status & S.featuresOK == 0 || status & S.driver != 0, "registers.status", "FEATURES_OK without DRIVER")
+        try check.require(status & S.driverOK == 0 || status & S.featuresOK != 0, "registers.status", "DRIVER_OK without FEATURES_OK")
+        if status & S.featuresOK != 0 {
+            try check.bits(r.driverFeatures, allowed: r.offeredFeatures, "registers.driverFeatures")
+            try check.require(
+                r.driverFeatures & VirtioFeature.version1 != 0, "registers.driverFeatures",
+                "FEATURES_OK was kept without VIRTIO_F_VERSION_1")
+        }
+        try check.bits(
+            r.interruptStatus, allowed: VirtioInterruptBit.usedBuffer | VirtioInterruptBit.configurationChange,
+            "registers.interruptStatus")
+        for (index, queue) in r.queues.enumerated() where queue.ready {
+            try check.powerOfTwo(queue.size, "registers.queues[\(index)].size")
+            try check.atMost(queue.size, r.queueSizeMaximum, "registers.queues[\(index)].size")
+        }
+        // Activation follows DRIVER_OK, unless it failed (NEEDS_RESET) or the driver gave up first.
+        try check.require(!isActive || status & S.driverOK != 0, "isActive", "true without DRIVER_OK in the status")
+        try check.require(
+            isActive || status & S.driverOK == 0 || status & (S.deviceNeedsReset | S.failed) != 0, "isActive",
+            "false although DRIVER_OK is set without NEEDS_RESET or FAILED")
+        try check.require(!isBroken || isActive, "isBroken", "true for a device that was never activated")
+        try check.require(
+            !isBroken || status & S.deviceNeedsReset != 0, "isBroken", "true without DEVICE_NEEDS_RESET in the status")
+        try check.nonNegative(["requests": requests, "failedChains": failedChains], in: "statistics")
+        // The queues: created at activation for the enabled ones, at their saved positions.
+        var created: [Virtqueue?] = []
+        for (index, programmed) in r.queues.enumerated() {
+            let field = "queues[\(index)]"
+            guard isActive, programmed.ready else {
+                try check.require(queues[index] == nil, field, "a position for a queue that was not created")
+                created.append(nil)
+                continue
+            }
+            guard let position = queues[index] else {
+                throw check.error(field, .inconsistent("no position for a queue enabled at activation"))
+            }
+            // Requests complete before the state is saved, so a working ring has none in flight.
+            try check.require(
+                isBroken || position.nextUsed == position.nextAvailable, "\(field).nextUsed",
+                "\(position.nextUsed) differs from nextAvailable \(position.nextAvailable) in a working ring")
+            var queue: Virtqueue
+            do {
+                queue = try Virtqueue(
+                    size: programmed.size, maximumSize: r.queueSizeMaximum, descriptorTable: programmed.descriptorTable,
+                    availableRing: programmed.availableRing, usedRing: programmed.usedRing, features: r.negotiatedFeatures,
+                    memory: memory)
+            } catch {
+                throw Self.restoreError(error, queue: index, check: check)
+            }
+            queue.restorePosition(
+                nextAvailable: position.nextAvailable, nextUsed: position.nextUsed,
+                usedAtLastInterruptCheck: position.usedAtLastInterruptCheck)
+            created.append(queue)
+        }
+        return created
+    }
+
+    /// The restore error for a queue that cannot be created again, naming the area's register.
+    private static func restoreError(_ error: VirtqueueError, queue: Int, check: StateValidator) -> DeviceRestoreError {
+        func field(_ area: VirtqueueError.Area) -> String {
+            let name = switch area {
+            case .descriptorTable: "descriptorTable"
+            case .availableRing: "availableRing"
+            case .usedRing: "usedRing"
+            }
+            return "registers.queues[\(queue)].\(name)"
+        }
+        switch error {
+        case .misaligned(let area, let address, let alignment):
+            return check.error(field(area), .misaligned(address: address, alignment: alignment))
+        case .areaOutsideGuestMemory(let area, let address, let length):
+            return check.error(field(area), .outsideGuestMemory(address: address, length: length))
+        default:
+            return check.error("registers.queues[\(queue)]", .inconsistent(error.description))
+        }
+    }
+}

@@ -344,6 +344,76 @@ public struct VirtioNet: VirtioDevice {
     }
 }
 
+// MARK: - Saved state
+
+extension VirtioNet: PersistentDevice {
+    /// The device model's saved state: its settings (address, link status, offloads offered), the
+    /// features the driver accepted at activation, and the frame counters.
+    ///
+    /// Host-side conditions are not saved: a failed tap read (`backendFailure`) belongs to the old
+    /// tap, and the new tap is switched to the negotiated receive offloads before its first read.
+    public struct State: Codable, Equatable, Sendable {
+        /// MAC address, link status, offloads offered and queue limit.
+        public var settings: Settings
+        /// The features the driver accepted (0 before activation and after a reset).
+        public var negotiatedFeatures: UInt64
+        /// Frames moved and dropped so far.
+        public var statistics: Statistics
+
+        /// A state with these parts.
+        public init(settings: Settings, negotiatedFeatures: UInt64, statistics: Statistics) {
+            self.settings = settings
+            self.negotiatedFeatures = negotiatedFeatures
+            self.statistics = statistics
+        }
+    }
+
+    /// The tap the frames go to and come from (opened again by the restoring machine).
+    public typealias Resources = any NetworkBackend
+
+    /// The settings, negotiated features and statistics now.
+    public func saveState() -> State {
+        State(settings: settings, negotiatedFeatures: negotiatedFeatures, statistics: statistics)
+    }
+
+    /// A device in `state` over `backend`, which is switched to the negotiated receive offloads
+    /// before its first read. Throws when `backend` cannot deliver an offload the saved device
+    /// offered (the driver may have accepted it), or a field holds a value the device never has (a
+    /// MAC address wider than 48 bits, inconsistent offloads, features that were not offered, a
+    /// queue size limit that is not a power of two, a negative counter).
+    public static func restore(from state: State, with backend: any NetworkBackend) throws(DeviceRestoreError) -> VirtioNet {
+        let check = StateValidator(device: "virtio-net")
+        let settings = state.settings
+        try check.bits(settings.mac.rawValue, allowed: 0xFFFF_FFFF_FFFF, "settings.mac")
+        let offloads = settings.offloads
+        try check.bits(offloads.rawValue, allowed: NetworkOffloads.all.rawValue, "settings.offloads")
+        try check.require(
+            offloads == offloads.consistent, "settings.offloads",
+            "segmentation without checksums, or ECN without segmentation")
+        try check.require(
+            backend.supportedOffloads.isSuperset(of: offloads), "settings.offloads",
+            "\(hex(UInt64(offloads.rawValue))) were offered, but \(backend.name) supports only \(hex(UInt64(backend.supportedOffloads.rawValue)))")
+        try check.powerOfTwo(settings.queueSizeMaximum, "settings.queueSizeMaximum")
+        try check.atMost(settings.queueSizeMaximum, Virtqueue.maximumSize, "settings.queueSizeMaximum")
+        var device = VirtioNet(backend: backend, mac: settings.mac, offloads: false, queueSizeMaximum: settings.queueSizeMaximum)
+        device.settings = settings
+        try check.bits(state.negotiatedFeatures, allowed: device.offeredFeatures, "negotiatedFeatures")
+        let s = state.statistics
+        try check.nonNegative(
+            [
+                "receivedFrames": s.receivedFrames, "transmittedFrames": s.transmittedFrames,
+                "receiveTooLarge": s.receiveTooLarge, "receiveOffloadRefused": s.receiveOffloadRefused,
+                "receiveChainTooSmall": s.receiveChainTooSmall, "receiveErrors": s.receiveErrors,
+                "transmitMalformed": s.transmitMalformed, "transmitOffloadRefused": s.transmitOffloadRefused,
+                "transmitErrors": s.transmitErrors, "receiveStalls": s.receiveStalls,
+            ], in: "statistics")
+        device.negotiatedFeatures = state.negotiatedFeatures
+        device.statistics = s
+        device.pendingReceiveOffloads = receiveOffloads(for: state.negotiatedFeatures).intersection(offloads)
+        return device
+    }
+}
+
 /// The 64 KiB (plus headers) a received frame can spill into past the driver's chain: one per
 /// device, allocated once.
 final class ReceiveOverflowBuffer: @unchecked Sendable {

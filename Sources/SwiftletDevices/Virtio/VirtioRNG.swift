@@ -80,3 +80,40 @@ public struct VirtioRNG: VirtioDevice {
         return .used(UInt32(filled))
     }
 }
+
+// MARK: - Saved state
+
+extension VirtioRNG: PersistentDevice {
+    /// The device model's saved state: its queue limit and the request counters.
+    public struct State: Codable, Equatable, Sendable {
+        /// The largest size the driver may give `requestq`.
+        public var queueSizeMaximum: UInt16
+        /// Requests served so far.
+        public var statistics: Statistics
+
+        /// A state with these parts.
+        public init(queueSizeMaximum: UInt16, statistics: Statistics) {
+            self.queueSizeMaximum = queueSizeMaximum
+            self.statistics = statistics
+        }
+    }
+
+    /// Nothing on the host side: getrandom(2) needs no descriptor.
+    public typealias Resources = Void
+
+    /// The queue limit and statistics now.
+    public func saveState() -> State { State(queueSizeMaximum: queueSizeMaximum, statistics: statistics) }
+
+    /// A device in `state`. Throws for a queue size limit that is not a power of two up to 32768, or
+    /// a negative counter.
+    public static func restore(from state: State, with resources: Void) throws(DeviceRestoreError) -> VirtioRNG {
+        let check = StateValidator(device: "virtio-rng")
+        try check.powerOfTwo(state.queueSizeMaximum, "queueSizeMaximum")
+        try check.atMost(state.queueSizeMaximum, Virtqueue.maximumSize, "queueSizeMaximum")
+        let s = state.statistics
+        try check.nonNegative(["requests": s.requests, "failures": s.failures], in: "statistics")
+        var device = VirtioRNG(queueSizeMaximum: state.queueSizeMaximum)
+        device.statistics = s
+        return device
+    }
+}

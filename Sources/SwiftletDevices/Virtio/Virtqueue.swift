@@ -243,6 +243,16 @@ public struct Virtqueue: Equatable, Codable, Sendable {
     }
 }
 
+extension Virtqueue {
+    /// Puts the device back at a saved position in the rings (restoring a snapshot); the areas
+    /// were checked by `init`, the indices are any `UInt16`.
+    mutating func restorePosition(nextAvailable: UInt16, nextUsed: UInt16, usedAtLastInterruptCheck: UInt16) {
+        self.nextAvailable = nextAvailable
+        self.nextUsed = nextUsed
+        self.usedAtLastInterruptCheck = usedAtLastInterruptCheck
+    }
+}
+
 /// One descriptor as read from guest memory.
 struct Descriptor {
     let address: UInt64

@@ -179,9 +179,13 @@ public final class Machine: @unchecked Sendable {
         self.bootTimer = bootTimer
         let exitStatus = ExitStatusPort()
         self.exitStatus = exitStatus
-        let serial = SerialPort(output: PanicWatchingOutput(output, control: control), interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ))
+        // Console input waits on this eventfd, which the UART signals when its full FIFO gets room.
+        let consoleWork = try step(.createDevices) { () throws(SystemError) in try EventFD() }
+        let serial = SerialPort(
+            output: PanicWatchingOutput(output, control: control), interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ),
+            inputRoom: EventFDInputRoomSignal(eventfd: consoleWork))
         self.serial = serial
-        consoleInput = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop) {
+        consoleInput = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop, work: consoleWork) {
             control.finish(.stopped(.requested))
         }
         var portIO = Bus()

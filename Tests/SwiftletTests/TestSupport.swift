@@ -26,6 +26,16 @@ enum TestSupport {
 
     /// Seconds every guest in the tests gets before it is stopped (and its test fails).
     static let guestDeadline: Double = 20
+
+    /// Waits until `condition` holds, or throws after `seconds`. For conditions with no event to
+    /// wait on (a word of guest memory a running guest writes), so it checks every millisecond.
+    static func waitUntil(_ what: String, within seconds: Double = 10, _ condition: () throws -> Bool) throws {
+        let deadline = Subprocess.monotonicNow() + seconds
+        while try !condition() {
+            guard Subprocess.monotonicNow() < deadline else { throw TestFailure("\(what): not within \(seconds) s") }
+            usleep(1000)
+        }
+    }
 }
 
 struct TestFailure: Error, CustomStringConvertible {

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 int swl_ioctl_none(int fd, unsigned long request) { return ioctl(fd, request, 0); }
@@ -76,5 +77,7 @@ int swl_open_pty(char *path, unsigned long length) {
     }
     return master;
 }
+
+int swl_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
 
 const short SWL_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;

@@ -493,6 +493,18 @@ public final class BufferSerialOutput: SerialOutput {
     }
 }
 
+// MARK: - Receive room signal
+
+/// Told when a UART's receive FIFO, having been full, has room again (the guest read a byte or
+/// cleared the FIFO), so that whoever holds back host input can feed it: the machine passes an
+/// eventfd that re-arms its console input on the event loop, tests a counter.
+///
+/// Called on a vCPU thread, after the port's lock is released. Must not block.
+public protocol SerialInputRoomSignal: Sendable {
+    /// The receive FIFO went from full to having room.
+    func inputRoomAvailable()
+}
+
 // MARK: - Bus device
 
 /// An 8250/16550A UART on a bus (COM1 is at port 0x3F8, IRQ 4): a `Serial8250` guarded by a
@@ -513,13 +525,19 @@ public final class SerialPort: BusDevice {
     private let guarded: Mutex<Guarded>
     private let output: any SerialOutput
     private let interruptLine: any InterruptLine
+    private let inputRoom: (any SerialInputRoomSignal)?
 
     /// A port in `state` (the reset state unless restoring) that transmits to `output` and
     /// interrupts through `interruptLine`. The line is assumed low at first and raised at once
-    /// if `state` has an interrupt pending.
-    public init(output: any SerialOutput, interruptLine: any InterruptLine, state: Serial8250 = Serial8250()) {
+    /// if `state` has an interrupt pending. `inputRoom`, if given, is told each time a guest
+    /// access turns a full receive FIFO into one with room (not on every read).
+    public init(
+        output: any SerialOutput, interruptLine: any InterruptLine, state: Serial8250 = Serial8250(),
+        inputRoom: (any SerialInputRoomSignal)? = nil
+    ) {
         self.output = output
         self.interruptLine = interruptLine
+        self.inputRoom = inputRoom
         let level = state.interruptPending
         self.guarded = Mutex(Guarded(uart: state, lineIsHigh: level))
         if level { interruptLine.setLevel(true) }
@@ -534,25 +552,29 @@ public final class SerialPort: BusDevice {
             data.initializeMemory(as: UInt8.self, repeating: 0xFF)
             return
         }
-        let value = guarded.withLock { guarded in
+        let (value, gotRoom) = guarded.withLock { guarded in
+            let wasFull = guarded.uart.inputSpace == 0
             let value = guarded.uart.read(offset: UInt8(offset))
             updateLine(&guarded)
-            return value
+            return (value, wasFull && guarded.uart.inputSpace > 0)
         }
+        if gotRoom { inputRoom?.inputRoomAvailable() }
         data.initializeMemory(as: UInt8.self, repeating: 0)
         data[0] = value
     }
 
     /// Writes the first byte of `data` to the register at `offset`; the other bytes of a wider
     /// access are ignored, as are offsets past the UART's 8 registers. A transmitted byte goes
-    /// to the output sink.
+    /// to the output sink. (Clearing a full receive FIFO through FCR gives it room.)
     public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
         guard data.count > 0, offset < UInt64(Serial8250.Register.count) else { return }
-        let transmitted = guarded.withLock { guarded in
+        let (transmitted, gotRoom) = guarded.withLock { guarded in
+            let wasFull = guarded.uart.inputSpace == 0
             let transmitted = guarded.uart.write(offset: UInt8(offset), value: data[0])
             updateLine(&guarded)
-            return transmitted
+            return (transmitted, wasFull && guarded.uart.inputSpace > 0)
         }
+        if gotRoom { inputRoom?.inputRoomAvailable() }
         if let byte = transmitted {
             withUnsafeBytes(of: byte) { output.write($0) }
         }

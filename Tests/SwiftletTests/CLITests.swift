@@ -3,7 +3,8 @@ import Swiftlet
 import Testing
 
 /// The `swiftlet` executable as a user runs it: exit statuses, one-line errors, guest output.
-@Suite("CLI", .serialized)
+/// Some tests boot tiny guests through it (on /dev/kvm), hence the time limit.
+@Suite("CLI", .serialized, .timeLimit(.minutes(3)))
 struct CLITests {
     /// The debug build of the CLI, next to the test bundle.
     static let binary = TestSupport.repositoryRoot + "/.build/debug/swiftlet"

@@ -13,7 +13,9 @@ import Testing
 
 /// Boots Guests/tiny/cpuid-report.c, which prints what its `cpuid` instruction returns, and
 /// checks the KVM paravirtual leaf and the topology leaves against the VMM's CPUID table.
-@Suite("KVM: CPUID seen by the guest", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized)
+@Suite(
+    "KVM: CPUID seen by the guest", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized,
+    .timeLimit(.minutes(2)))
 struct CPUIDKVMTests {
     /// One `cpuid: leaf=... sub=... eax=... ebx=... ecx=... edx=...` line of the guest.
     struct Leaf: Equatable {
@@ -43,8 +45,8 @@ struct CPUIDKVMTests {
             MachineConfiguration(
                 kernelPath: try TestSupport.guest("cpuid-report.elf"), vcpuCount: cpus, console: .output(console),
                 cpuidMask: try CPUIDFeature.parseMask(mask)))
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
         let exit = machine.wait()
         var leaves: [String: Leaf] = [:]
         for line in console.text.split(separator: "\n") where line.hasPrefix("cpuid: ") {

@@ -164,8 +164,8 @@ struct ConsoleWriterTests {
             block.withUnsafeBytes { writer.write($0) }
             _ = finished.set()
         }
-        usleep(300_000)
-        // The pipe is full and the stall timeout is long: the producer is waiting for room.
+        // Nobody reads the pipe and the stall timeout is long: the producer ends up waiting for room.
+        try TestSupport.waitUntil("the producer waits for room") { writer.writersWaitingForRoom == 1 }
         #expect(!finished.isSet)
         let ended = Subprocess.monotonicNow()
         writer.machineEnded()
@@ -194,7 +194,7 @@ struct ConsoleWriterTests {
 
 /// `swiftlet boot` with standard output a pipe: a stalled reader never keeps the VM from
 /// stopping, a slow one gets every byte, and what was dropped is reported.
-@Suite("ConsoleOutputCLI", .serialized, .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+@Suite("ConsoleOutputCLI", .serialized, .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .timeLimit(.minutes(3)))
 struct ConsoleOutputCLITests {
     static let dropReport = "bytes of guest output dropped (output stalled)\n"
 
@@ -234,8 +234,10 @@ struct ConsoleOutputCLITests {
     func signalWithStalledPipe(signal: Int32) throws {
         let pipe = try TestPipe()
         let program = try Self.boot(try Self.flood(["--timeout", "20"]), into: pipe)
-        // Long enough for the pipe and the ring to fill and the output to count as stalled, even
-        // with the guest slowed down by other tests (it writes about 300 KB/s on this host).
+        // This sleep is part of what is tested, not a stand-in for an event: nothing outside the
+        // process shows when its ring is full and the output counts as stalled, so give the
+        // guest time to fill the pipe and the ring and the stall rule its half second, even with
+        // the guest slowed down by other tests (it writes about 300 KB/s on this host).
         usleep(4_000_000)
         let signalled = Subprocess.monotonicNow()
         kill(program.pid, signal)
@@ -250,7 +252,9 @@ struct ConsoleOutputCLITests {
     func secondSignal() throws {
         let pipe = try TestPipe()
         let program = try Self.boot(try Self.flood(["--timeout", "20"]), into: pipe)
-        usleep(1_500_000)
+        // The signals come while the guest runs: once its output reaches the pipe.
+        var ready = pollfd(fd: pipe.readEnd, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&ready, 1, 20_000) == 1, "no guest output within 20 s")
         kill(program.pid, SIGTERM)
         kill(program.pid, SIGTERM)
         let status = try program.wait(within: 5)

@@ -59,7 +59,7 @@ struct ExitStatusTests {
 }
 
 /// A tiny guest reports a status on the real port and ends with a reset.
-@Suite("KVM: exit status", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized)
+@Suite("KVM: exit status", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized, .timeLimit(.minutes(2)))
 struct ExitStatusKVMTests {
     @Test("the machine ends with the status the guest reported last")
     func machineEnding() throws {
@@ -67,8 +67,8 @@ struct ExitStatusKVMTests {
         let machine = try Machine(
             MachineConfiguration(
                 kernelPath: try TestSupport.guest("exit-status.elf"), memorySize: 128 << 20, console: .output(console)))
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
         let exit = machine.wait()
         #expect(exit == .commandExited(status: 42))
         #expect(machine.exitStatus.reportedStatus == 42)

@@ -13,7 +13,7 @@ import Testing
 /// Tiny guests that enter through the same 64-bit Linux boot path as a vmlinux and check, from
 /// inside the guest, what Swiftlet handed them: the zero page (RSI), its e820 map, command line
 /// and initrd, and the MP table with every vCPU's APIC ID.
-@Suite("KVM: Linux boot path", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized)
+@Suite("KVM: Linux boot path", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized, .timeLimit(.minutes(2)))
 struct LinuxBootKVMTests {
     static func fnv1a(_ bytes: [UInt8]) -> UInt32 {
         var hash: UInt32 = 0x811C_9DC5
@@ -28,8 +28,8 @@ struct LinuxBootKVMTests {
         var configuration = configuration
         configuration.console = .output(console)
         let machine = try Machine(configuration)
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
         let exit = machine.wait()
         return (exit, console.text, machine)
     }

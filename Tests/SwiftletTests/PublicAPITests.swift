@@ -1,17 +1,18 @@
 import Glibc
 import Swiftlet
-import SwiftletBackends
-import SwiftletDeviceTree
-import SwiftletDevices
-import SwiftletHost
-import SwiftletKVM
-import SwiftletMemory
-import SwiftletTestSupport
+import Synchronization
 import Testing
+
+/// A flag one task sets and another reads.
+private final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
+}
 
 /// The embedding API, used exactly as a Swift program would: plain `import Swiftlet`, no
 /// internal access.
-@Suite("Public API", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized)
+@Suite("Public API", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized, .timeLimit(.minutes(2)))
 struct PublicAPITests {
     /// A real-mode guest that increments the 32-bit counter at guest physical 0x11000 forever
     /// (mov ax, cs; mov ds, ax; 1: inc dword [0x1000]; jmp 1b).
@@ -23,8 +24,8 @@ struct PublicAPITests {
         let console = BufferSerialOutput()
         let machine = try Machine(
             MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .output(console)))
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
         let exit = await machine.waitUntilExit()
         #expect(exit == .reset)
         #expect(exit.isClean)
@@ -39,8 +40,8 @@ struct PublicAPITests {
             MachineConfiguration(
                 kernelPath: try TestSupport.guest("realmode-echo.bin"), kernelFormat: .flatRealMode,
                 console: .stream(console)))
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
         // More than the UART's 64-byte FIFO in one call: the rest waits, nothing is dropped.
         let text = String(repeating: "0123456789", count: 20)
         machine.sendConsoleInput(Array((text + "q").utf8))
@@ -56,9 +57,12 @@ struct PublicAPITests {
         let image = try TemporaryFile(contents: Self.counterGuest)
         let machine = try Machine(
             MachineConfiguration(kernelPath: image.path, kernelFormat: .flatRealMode, console: .none))
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
-        try await Task.sleep(for: .milliseconds(100))
+        try machine.start()
+        // Stop it while it runs: once its counter moves, the guest is executing.
+        try await waitUntil("the guest's counter moves") {
+            try machine.memory.read(UInt32.self, at: Self.counterAddress) > 0
+        }
         machine.stop()
         #expect(await machine.waitUntilExit() == .stopped(.requested))
         // Waiting again returns the same answer at once.
@@ -70,20 +74,22 @@ struct PublicAPITests {
         let image = try TemporaryFile(contents: Self.counterGuest)
         let machine = try Machine(
             MachineConfiguration(kernelPath: image.path, kernelFormat: .flatRealMode, vcpuCount: 2, console: .none))
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
         func counter() throws -> UInt32 { try machine.memory.read(UInt32.self, at: Self.counterAddress) }
 
-        try await waitUntil { try counter() > 0 }
+        try await waitUntil("the guest's counter moves") { try counter() > 0 }
         machine.pause()
         #expect(machine.isPaused)
         let paused = try counter()
+        // This sleep is the measurement: a counter that stays put for 200 ms, read again and
+        // again, shows that no vCPU runs. (A running guest moves it millions of times a second.)
         try await Task.sleep(for: .milliseconds(200))
         #expect(try counter() == paused, "the guest ran while paused")
 
         machine.resume()
         #expect(!machine.isPaused)
-        try await waitUntil { try counter() > paused }
+        try await waitUntil("the guest's counter moves again after resume") { try counter() > paused }
         machine.stop()
         #expect(await machine.waitUntilExit() == .stopped(.requested))
     }
@@ -92,10 +98,18 @@ struct PublicAPITests {
     func lifecycle() async throws {
         let machine = try Machine(
             MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .none))
-        async let early = machine.waitUntilExit()
-        try await Task.sleep(for: .milliseconds(50))
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        let returned = Flag()
+        async let early = { () async -> GuestExit in
+            let exit = await machine.waitUntilExit()
+            returned.set()
+            return exit
+        }()
+        // This sleep is the measurement: a wait() begun before start() must still be waiting
+        // 50 ms later, with nothing started.
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(!returned.isSet, "wait() returned before start()")
+        try machine.start()
         #expect(await early == .reset)
         do {
             try machine.start()
@@ -106,11 +120,59 @@ struct PublicAPITests {
         }
     }
 
-    @Test("a machine that is never started goes away cleanly")
+    /// Weak references to a machine and to parts its event loop's handlers hold: a reference
+    /// cycle left in place (through handlers never dropped) would keep them alive.
+    final class Released {
+        weak var machine: Machine?
+        weak var vm: AnyObject?
+        weak var memory: GuestMemory?
+        weak var serial: SerialPort?
+
+        init(_ machine: Machine) {
+            self.machine = machine
+            vm = machine.vm
+            memory = machine.memory
+            serial = machine.serial
+        }
+
+        func expectReleased(sourceLocation: SourceLocation = #_sourceLocation) {
+            #expect(machine == nil, "the machine outlived its last reference", sourceLocation: sourceLocation)
+            #expect(vm == nil, "the VM outlived its machine", sourceLocation: sourceLocation)
+            #expect(memory == nil, "guest memory outlived its machine", sourceLocation: sourceLocation)
+            #expect(serial == nil, "the UART outlived its machine", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test("a machine that is never started goes away cleanly: it and its parts are released")
     func neverStarted() throws {
-        for _ in 0..<3 {
-            _ = try Machine(
-                MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .none))
+        let kernel = try TestSupport.guest("longmode-hello.elf")
+        let configurations = [
+            MachineConfiguration(kernelPath: kernel, console: .none),
+            MachineConfiguration(kernelPath: kernel, console: .stream(try ConsoleStream())),
+            MachineConfiguration(kernelPath: kernel, console: .none, rng: true),
+        ]
+        for configuration in configurations {
+            let released = Released(try Machine(configuration))
+            released.expectReleased()
+        }
+    }
+
+    @Test("a machine that ran goes away cleanly: it and its parts are released")
+    func ranAndReleased() throws {
+        let kernel = try TestSupport.guest("longmode-hello.elf")
+        let configurations = [
+            MachineConfiguration(kernelPath: kernel, console: .output(BufferSerialOutput())),
+            MachineConfiguration(kernelPath: kernel, console: .stream(try ConsoleStream()), rng: true),
+        ]
+        for configuration in configurations {
+            let released = try { () throws -> Released in
+                let machine = try Machine(configuration)
+                machine.setDeadline(after: TestSupport.guestDeadline)
+                try machine.start()
+                #expect(machine.wait() == .reset)
+                return Released(machine)
+            }()
+            released.expectReleased()
         }
     }
 
@@ -123,10 +185,10 @@ struct PublicAPITests {
         let a = try Machine(withTestDevice)
         let b = try Machine(
             MachineConfiguration(kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .output(second)))
-        try a.start()
-        try b.start()
         a.setDeadline(after: TestSupport.guestDeadline)
         b.setDeadline(after: TestSupport.guestDeadline)
+        try a.start()
+        try b.start()
         async let exitA = a.waitUntilExit()
         async let exitB = b.waitUntilExit()
         #expect(await exitA == .reset)
@@ -168,12 +230,13 @@ struct PublicAPITests {
         }
     }
 
-    /// Polls `condition` every millisecond for up to five seconds.
-    func waitUntil(_ condition: () throws -> Bool) async throws {
-        for _ in 0..<5000 {
-            if try condition() { return }
+    /// Waits until `condition` holds, or throws after `seconds`. It checks every millisecond:
+    /// what it watches (a word of guest memory written by a running guest) has no event to wait on.
+    func waitUntil(_ what: String, within seconds: Double = 10, _ condition: () throws -> Bool) async throws {
+        let deadline = Subprocess.monotonicNow() + seconds
+        while try !condition() {
+            guard Subprocess.monotonicNow() < deadline else { throw TestFailure("\(what): not within \(seconds) s") }
             try await Task.sleep(for: .milliseconds(1))
         }
-        Issue.record("condition not met within 5 s")
     }
 }

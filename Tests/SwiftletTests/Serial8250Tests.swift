@@ -654,3 +654,96 @@ struct Serial8250OutputTests {
         [UInt8](repeating: 0x41, count: 3).withUnsafeBytes { output.write($0) }
     }
 }
+
+/// Counts how often a port says its full receive FIFO got room.
+private final class CountingRoomSignal: SerialInputRoomSignal {
+    private let count = Atomic<Int>(0)
+    func inputRoomAvailable() { count.add(1, ordering: .relaxed) }
+    var signals: Int { count.load(ordering: .relaxed) }
+}
+
+@Suite("SerialPort input-room signal")
+struct Serial8250InputRoomTests {
+    private let room = CountingRoomSignal()
+    let port: SerialPort
+
+    init() {
+        port = SerialPort(output: BufferSerialOutput(), interruptLine: RecordingInterruptLine(), inputRoom: room)
+    }
+
+    func read(_ offset: UInt64) -> UInt8 {
+        var byte: UInt8 = 0
+        withUnsafeMutableBytes(of: &byte) { port.read(offset: offset, data: $0) }
+        return byte
+    }
+
+    func write(_ offset: UInt64, _ value: UInt8) {
+        withUnsafeBytes(of: value) { port.write(offset: offset, data: $0) }
+    }
+
+    func fill() {
+        _ = port.enqueueInput([UInt8](repeating: 0x61, count: port.inputSpace))
+        #expect(port.inputSpace == 0)
+    }
+
+    @Test("only the read that takes a byte from a full FIFO signals, not every read")
+    func signalsOnceWhenFullGetsRoom() {
+        #expect(port.enqueueInput(Array(0..<64) as [UInt8]) == 64)
+        #expect(room.signals == 0, "queuing input never signals")
+        // Registers other than RBR leave the FIFO full: no signal.
+        for offset: UInt64 in [1, 2, 3, 4, 5, 6, 7, 9] { _ = read(offset) }
+        #expect(room.signals == 0)
+        #expect(read(0) == 0)
+        #expect(room.signals == 1)
+        // Reads from a FIFO that has room already do not signal again.
+        for expected in 1..<40 as Range<UInt8> { #expect(read(0) == expected) }
+        #expect(room.signals == 1)
+        // Filled again, the next RBR read signals again.
+        fill()
+        #expect(room.signals == 1)
+        _ = read(0)
+        #expect(room.signals == 2)
+        // Draining to empty, and reading an empty FIFO, add nothing.
+        for _ in 0..<80 { _ = read(0) }
+        #expect(port.inputSpace == 64)
+        #expect(room.signals == 2)
+    }
+
+    @Test("with DLAB set, offset 0 is DLL: reading it takes no byte and gives no room")
+    func divisorLatchReadDoesNotSignal() {
+        fill()
+        write(3, 0x83)  // DLAB
+        _ = read(0)
+        #expect(room.signals == 0)
+        #expect(port.inputSpace == 0)
+        write(3, 0x03)
+        _ = read(0)
+        #expect(room.signals == 1)
+    }
+
+    @Test("clearing a full FIFO through FCR signals; clearing one with room does not")
+    func fifoClearSignalsWhenFull() {
+        write(2, 0x01)  // enable the FIFOs
+        fill()
+        write(2, 0x03)  // clear the receive FIFO
+        #expect(port.inputSpace == 64)
+        #expect(room.signals == 1)
+        _ = port.enqueueInput([1, 2, 3])
+        write(2, 0x03)
+        #expect(room.signals == 1)
+        // Disabling the FIFOs clears them too.
+        fill()
+        write(2, 0x00)
+        #expect(room.signals == 2)
+    }
+
+    @Test("loopback bytes that fill the FIFO or overrun it do not signal")
+    func loopbackFillDoesNotSignal() {
+        write(4, mcrLoopback)
+        for byte in 0..<70 as Range<UInt8> { write(0, byte) }
+        #expect(port.inputSpace == 0)
+        #expect(room.signals == 0)
+        _ = read(0)
+        #expect(room.signals == 1)
+    }
+}

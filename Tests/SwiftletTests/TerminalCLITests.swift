@@ -8,7 +8,7 @@ import Testing
 /// Each test sets a recognisable cooked mode first, so "restored" cannot be confused with
 /// "left raw" or "reset to the default", and has a deadline: the child is killed and the test
 /// fails when it passes.
-@Suite("TerminalCLI", .serialized, .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+@Suite("TerminalCLI", .serialized, .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .timeLimit(.minutes(2)))
 struct TerminalCLITests {
     static let deadline: Double = 20
 
@@ -146,7 +146,10 @@ struct TerminalCLITests {
         let session = try Self.boot(["--kernel", try TestSupport.guest("serial-flood.elf"), "--timeout", "\(Self.deadline)"])
         // Read a little to know the guest runs, then stop reading: the pty's buffer fills.
         #expect(session.read(until: "abcdefghijklmnopqrstuvwxyz").contains("abcdefghijklmnopqrstuvwxyz"))
-        usleep(4_000_000)  // the pty buffer and the 256 KiB ring fill, then output counts as stalled
+        // This sleep is part of what is tested, not a stand-in for an event: the pty buffer and
+        // the 256 KiB ring fill, then output counts as stalled (nothing outside the process
+        // shows when), so the escape must work against stalled output.
+        usleep(4_000_000)
         let typed = Subprocess.monotonicNow()
         try session.terminal.type([0x01, 0x78])
         try session.expectEnd(status: 0, within: 5)
@@ -158,6 +161,8 @@ struct TerminalCLITests {
     func sigtermWithStalledOutput() throws {
         let session = try Self.boot(["--kernel", try TestSupport.guest("serial-flood.elf"), "--timeout", "\(Self.deadline)"])
         #expect(session.read(until: "abcdefghijklmnopqrstuvwxyz").contains("abcdefghijklmnopqrstuvwxyz"))
+        // This sleep is the scenario, not a stand-in for an event: a terminal nobody reads for
+        // a while, so the pty buffer fills and the console writer is blocked when SIGTERM comes.
         usleep(1_500_000)
         let signalled = Subprocess.monotonicNow()
         kill(session.program.pid, SIGTERM)

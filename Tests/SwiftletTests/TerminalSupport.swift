@@ -75,7 +75,7 @@ final class PseudoTerminal {
             let left = deadline - Subprocess.monotonicNow()
             if left <= 0 { break }
             var descriptor = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&descriptor, 1, Int32(min(left, 0.1) * 1000) + 1)
+            let ready = poll(&descriptor, 1, Int32(left * 1000) + 1)
             guard ready > 0 else { continue }
             let count = chunk.withUnsafeMutableBytes { Glibc.read(master, $0.baseAddress, $0.count) }
             if count > 0 { received += chunk[..<count] } else if count < 0, errno == EINTR || errno == EAGAIN { continue } else { break }
@@ -150,19 +150,12 @@ final class SpawnedProgram {
     /// kills it and throws when it does not.
     func wait(within seconds: Double) throws -> Int32 {
         if let status { return status }
-        let deadline = Subprocess.monotonicNow() + seconds
         var raw: Int32 = 0
-        while true {
-            let done = waitpid(pid, &raw, WNOHANG)
-            if done == pid { break }
-            if done < 0 && errno != EINTR { throw TestFailure("waitpid failed: errno \(errno)") }
-            if Subprocess.monotonicNow() > deadline {
-                kill(pid, SIGKILL)
-                _ = waitpid(pid, &raw, 0)
-                status = -1 - SIGKILL
-                throw TestFailure("the program did not end within \(seconds) s (killed)")
-            }
-            usleep(2000)
+        guard try Subprocess.waitForExit(pid, status: &raw, within: seconds) else {
+            kill(pid, SIGKILL)
+            _ = waitpid(pid, &raw, 0)
+            status = -1 - SIGKILL
+            throw TestFailure("the program did not end within \(seconds) s (killed)")
         }
         let result = raw & 0x7F == 0 ? (raw >> 8) & 0xFF : -1 - (raw & 0x7F)
         status = result

@@ -1,3 +1,4 @@
+import CKVM
 import Glibc
 import Swiftlet
 import SwiftletBackends
@@ -33,6 +34,16 @@ enum TestSupport {
 
     /// Seconds every guest in the tests gets before it is stopped (and its test fails).
     static let guestDeadline: Double = 20
+
+    /// Waits until `condition` holds, or throws after `seconds`. For conditions with no event to
+    /// wait on (a word of guest memory a running guest writes), so it checks every millisecond.
+    static func waitUntil(_ what: String, within seconds: Double = 10, _ condition: () throws -> Bool) throws {
+        let deadline = Subprocess.monotonicNow() + seconds
+        while try !condition() {
+            guard Subprocess.monotonicNow() < deadline else { throw TestFailure("\(what): not within \(seconds) s") }
+            usleep(1000)
+        }
+    }
 }
 
 struct TestFailure: Error, CustomStringConvertible {
@@ -86,21 +97,32 @@ enum Subprocess {
         let spawned = posix_spawn(&pid, path, &actions, nil, argv, environ)
         guard spawned == 0 else { throw TestFailure("posix_spawn \(path) failed: errno \(spawned)") }
         var status: Int32 = 0
-        let deadline = monotonicNow() + timeout
-        while true {
-            let done = waitpid(pid, &status, WNOHANG)
-            if done == pid { break }
-            if done < 0 && errno != EINTR { throw TestFailure("waitpid failed: errno \(errno)") }
-            if monotonicNow() > deadline {
-                kill(pid, SIGKILL)
-                _ = waitpid(pid, &status, 0)
-                throw TestFailure("\(path) \(arguments.joined(separator: " ")) did not end within \(timeout) s")
-            }
-            usleep(2000)
+        guard try waitForExit(pid, status: &status, within: timeout) else {
+            kill(pid, SIGKILL)
+            _ = waitpid(pid, &status, 0)
+            throw TestFailure("\(path) \(arguments.joined(separator: " ")) did not end within \(timeout) s")
         }
         // WIFEXITED / WEXITSTATUS are macros: a normal exit has the low 7 bits clear.
         let exitStatus = status & 0x7F == 0 ? (status >> 8) & 0xFF : -1
         return Result(status: exitStatus, stdout: try contents(of: output.path), stderr: try contents(of: errors.path))
+    }
+
+    /// Reaps the child `pid` into `status` once it exits, waiting at most `seconds` in poll(2)
+    /// on its pidfd (readable when it has exited); false when it is still running then.
+    static func waitForExit(_ pid: pid_t, status: inout Int32, within seconds: Double) throws -> Bool {
+        let pidfd = swl_pidfd_open(pid)
+        guard pidfd >= 0 else { throw TestFailure("pidfd_open \(pid) failed: errno \(errno)") }
+        defer { close(pidfd) }
+        let deadline = monotonicNow() + seconds
+        while true {
+            let done = waitpid(pid, &status, WNOHANG)
+            if done == pid { return true }
+            if done < 0 && errno != EINTR { throw TestFailure("waitpid failed: errno \(errno)") }
+            let left = deadline - monotonicNow()
+            if left <= 0 { return false }
+            var exited = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&exited, 1, Int32(min(left, 3600) * 1000) + 1)
+        }
     }
 
     static func contents(of path: String) throws -> String {

@@ -13,7 +13,7 @@ import Testing
 
 /// Boots the tiny guests from Guests/ on the host's /dev/kvm and checks what they print and how
 /// they end. Each run has a deadline, so a hung guest fails its test instead of hanging CI.
-@Suite("KVM: tiny guests", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized)
+@Suite("KVM: tiny guests", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized, .timeLimit(.minutes(2)))
 struct TinyGuestKVMTests {
     struct Run {
         let exit: GuestExit
@@ -26,12 +26,12 @@ struct TinyGuestKVMTests {
     ) throws -> Run {
         let console = BufferSerialOutput()
         var configuration = MachineConfiguration(
-            kernelPath: try TestSupport.guest(guest), kernelFormat: format, memorySize: 128 << 20,
+            kernelPath: guest.hasPrefix("/") ? guest : try TestSupport.guest(guest), kernelFormat: format, memorySize: 128 << 20,
             vcpuCount: cpus, console: .output(console))
         configuration.mmioTestDevice = mmioTestDevice
         let machine = try Machine(configuration)
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
         try running(machine)
         let exit = machine.wait()
         return Run(exit: exit, output: console.text)
@@ -63,23 +63,14 @@ struct TinyGuestKVMTests {
 
     @Test("host input reaches the guest through the UART receive FIFO")
     func consoleInput() throws {
+        let text = String(repeating: "abcdefgh", count: 40)
         let run = try Self.boot("realmode-echo.bin", format: .flatRealMode) { machine in
-            // More than the 64-byte FIFO: the rest must wait, not be dropped.
-            let text = Array(String(repeating: "abcdefgh", count: 5).utf8)
-            var offset = 0
-            let deadline = monotonicNanoseconds() + 10_000_000_000
-            while offset < text.count && monotonicNanoseconds() < deadline {
-                let room = min(machine.serial.inputSpace, text.count - offset)
-                offset += machine.serial.enqueueInput(text[offset..<(offset + room)])
-                usleep(1000)
-            }
-            while (machine.serial.inputSpace == 0 || machine.serial.enqueueInput([UInt8(ascii: "q")]) == 0)
-                && monotonicNanoseconds() < deadline
-            {
-                usleep(1000)
-            }
+            // Five times the 64-byte FIFO in one go: the rest waits in console input and moves
+            // in each time the guest's reads give the full FIFO room (the room signal), with
+            // nothing dropped and no overrun.
+            machine.sendConsoleInput(Array((text + "q").utf8))
         }
-        #expect(run.output == "echo ready\n" + String(repeating: "abcdefgh", count: 5))
+        #expect(run.output == "echo ready\n" + text)
         #expect(run.exit == .reset)
     }
 
@@ -98,9 +89,13 @@ struct TinyGuestKVMTests {
 
     @Test("the host stops a guest that spins forever")
     func stopSpinningGuest() throws {
+        let image = try TemporaryFile(contents: PublicAPITests.counterGuest)
         let started = monotonicNanoseconds()
-        let run = try Self.boot("realmode-spin.bin", format: .flatRealMode) { machine in
-            usleep(200_000)
+        let run = try Self.boot(image.path, format: .flatRealMode) { machine in
+            // Stop it while it runs: once its counter moves, the guest is executing.
+            try TestSupport.waitUntil("the guest's counter moves") {
+                try machine.memory.read(UInt32.self, at: PublicAPITests.counterAddress) > 0
+            }
             machine.stop()
         }
         #expect(run.exit == .stopped(.requested))
@@ -114,10 +109,17 @@ struct TinyGuestKVMTests {
             MachineConfiguration(
                 kernelPath: try TestSupport.guest("realmode-spin.bin"), kernelFormat: .flatRealMode,
                 memorySize: 64 << 20, console: .output(console)))
-        try machine.start()
+        let started = monotonicNanoseconds()
         machine.setDeadline(after: 0.3)
-        #expect(machine.wait() == .stopped(.deadline))
-        #expect(GuestExit.stopped(.deadline).exitCode == 124)
+        try machine.start()
+        let exit = machine.wait()
+        let took = Double(monotonicNanoseconds() - started) / 1e9
+        #expect(exit == .stopped(.deadline))
+        #expect(exit.exitCode == 124)
+        // The deadline ends it no earlier than asked, and not long after.
+        #expect(took >= 0.3, "stopped after \(took) s")
+        #expect(took < 5, "stopped after \(took) s")
+        #expect(console.text.isEmpty)
     }
 
     @Test("with two vCPUs the machine ends when the boot vCPU's guest resets")
@@ -159,13 +161,12 @@ struct TinyGuestKVMTests {
     }
 }
 
-@Suite("KVM: stopping on signals", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+@Suite("KVM: stopping on signals", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .timeLimit(.minutes(2)))
 struct SignalStopperKVMTests {
     @Test("a signal delivered to the stopper ends the machine as stopped(.signal)")
     func signalStopsMachine() throws {
-        let machine = try Machine(
-            MachineConfiguration(
-                kernelPath: try TestSupport.guest("realmode-spin.bin"), kernelFormat: .flatRealMode, console: .none))
+        let image = try TemporaryFile(contents: PublicAPITests.counterGuest)
+        let machine = try Machine(MachineConfiguration(kernelPath: image.path, kernelFormat: .flatRealMode, console: .none))
         // Thread-directed, so no other thread of the test runner can receive it.
         let stopper = try SignalStopper(stopping: machine, on: [SIGUSR1])
         defer {
@@ -174,9 +175,12 @@ struct SignalStopperKVMTests {
             sigaddset(&set, SIGUSR1)
             pthread_sigmask(SIG_UNBLOCK, &set, nil)
         }
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
-        usleep(100_000)
+        try machine.start()
+        // Signal it while it runs: once its counter moves, the guest is executing.
+        try TestSupport.waitUntil("the guest's counter moves") {
+            try machine.memory.read(UInt32.self, at: PublicAPITests.counterAddress) > 0
+        }
         pthread_kill(stopper.waiter.id, SIGUSR1)
         let exit = machine.wait()
         stopper.cancel()

@@ -13,7 +13,7 @@ import Testing
 /// Boots Guests/build/virtio-blk-test.elf, a polling virtio-blk driver, against a disk image
 /// the test creates: the guest reads 16 MiB, writes them back 16 MiB further on, reads the
 /// copy back (48 MiB through the device), and reports sample checksums over serial.
-@Suite("KVM: virtio-blk", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized)
+@Suite("KVM: virtio-blk", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized, .timeLimit(.minutes(2)))
 struct VirtioBlockKVMTests {
     static let mebibyte = 1 << 20
     static let transfer = 16 << 20
@@ -86,8 +86,8 @@ struct VirtioBlockKVMTests {
                 kernelPath: try TestSupport.guest("virtio-blk-test.elf"), memorySize: 128 << 20,
                 console: .output(console), disks: [disk]))
         let started = monotonicNanoseconds()
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
         let exit = machine.wait()
         let seconds = Double(monotonicNanoseconds() - started) / 1e9
         return (exit, console.text.split(separator: "\n").map(String.init), machine, seconds)

@@ -17,7 +17,7 @@ import Testing
 /// No frame leaves that namespace.
 @Suite(
     "KVM: virtio-net over a tap in a network namespace", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason),
-    .enabled(if: NetworkTestSupport.isRoot, NetworkTestSupport.notRootReason), .serialized)
+    .enabled(if: NetworkTestSupport.isRoot, NetworkTestSupport.notRootReason), .serialized, .timeLimit(.minutes(3)))
 struct VirtioNetKVMTests {
     static let etherType: [UInt8] = [0x88, 0xB5]
     static let hostMAC: [UInt8] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01]
@@ -49,8 +49,8 @@ struct VirtioNetKVMTests {
         // A larger MTU lets the namespace send a frame larger than the guest's buffers.
         try namespace.ip("link", "set", "dev", tapName, "mtu", "4000", "up")
         let started = monotonicNanoseconds()
-        try machine.start()
         machine.setDeadline(after: Self.deadline)
+        try machine.start()
         defer {
             machine.stop()
             _ = machine.wait()
@@ -143,7 +143,7 @@ struct VirtioNetKVMTests {
 }
 
 /// Boots Guests/build/virtio-rng-test.elf with a disk in slot 0 and the rng in slot 1.
-@Suite("KVM: virtio-rng", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+@Suite("KVM: virtio-rng", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .timeLimit(.minutes(2)))
 struct VirtioRNGKVMTests {
     @Test("the guest reads random bytes from the rng in the slot after the disk")
     func read() throws {
@@ -153,8 +153,8 @@ struct VirtioRNGKVMTests {
             MachineConfiguration(
                 kernelPath: try TestSupport.guest("virtio-rng-test.elf"), memorySize: 64 << 20, console: .output(console),
                 disks: [DiskConfiguration(path: disk.path)], rng: true))
-        try machine.start()
         machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
         #expect(machine.wait() == .reset)
         #expect(console.text.split(separator: "\n").map(String.init) == [
             "virtio-rng-test: slot=1 device=4",

@@ -61,6 +61,11 @@ int swl_setns(int fd, int nstype);
 /// Used by the tests that run swiftlet on a terminal.
 int swl_open_pty(char *path, unsigned long length);
 
+/// pidfd_open(2) (Linux 5.3+; glibc's wrapper is not visible to Swift): a descriptor for the
+/// process `pid` that poll(2) reports readable once it has exited. Returns it, or -1 (errno
+/// set). Used by the tests to wait for a child with a deadline instead of polling waitpid.
+int swl_pidfd_open(int pid);
+
 /// POSIX_SPAWN_SETSID (glibc 2.26+): the spawned child calls setsid(2) first, so opening a
 /// terminal makes it the child's controlling terminal.
 extern const short SWL_POSIX_SPAWN_SETSID;

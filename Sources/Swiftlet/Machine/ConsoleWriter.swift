@@ -34,6 +34,14 @@ import Synchronization
 ///   handler is installed without SA_RESTART, so write returns EINTR or a partial count).
 /// - A write error (EPIPE, EIO, ...) ends writing; everything after it is dropped and the
 ///   error is kept in `writeError`.
+///
+/// Every wait is for an event: the writer waits for data on `dataReady`, a full-ring vCPU for
+/// room on `spaceReady`, `close()` for the writer's end on `writerEnded`, and the writer for the
+/// descriptor in poll(2) with no timeout. Three waits also have a time limit because the rule
+/// they implement is a time: the full-ring wait ends at the stall moment (`stallTimeout` after
+/// the writer started waiting on the descriptor), the gather wait after `gatherNanoseconds`,
+/// and `close()` at the flush's give-up moment. Nothing sleeps to retry, except `close()`
+/// re-sending its kick after giving up (nothing tells it the writer has entered write(2)).
 final class ConsoleWriter: SerialOutput, @unchecked Sendable {
     /// The ring's capacity: 256 KiB, several times a Linux boot log, on top of the pipe's or
     /// terminal's own buffer. It is what a stalled reader costs (pages are touched only once
@@ -57,26 +65,35 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
     let stallNanoseconds: UInt64
 
     private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    /// Signalled when bytes arrive, or when closing; the writer waits on it.
+    /// Signalled when bytes arrive (while the writer waits for any), when a gathering writer's
+    /// chunk is complete, or when closing; the writer waits on it.
     private let dataReady = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    /// Signalled when the writer takes bytes, or when the machine ends; full-ring writers wait on it.
+    /// Signalled when the writer takes bytes, when writing fails, or when the machine ends;
+    /// full-ring writers wait on it.
     private let spaceReady = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    /// Signalled when the writer thread ends; `close()` waits on it.
+    private let writerEnded = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
     // Guarded by `lock`.
     private var ring: ByteRing
     private var writerWaiting = false
+    /// The writer is letting a burst gather: wake it once a chunk is complete.
+    private var writerGathering = false
+    private var writerFinished = false
+    /// vCPU threads waiting in `write` for room in the full ring.
+    private var roomWaiters = 0
     private var stopping = false
     private var closing = false
     private var failure: Int32?
 
     /// CLOCK_MONOTONIC nanoseconds of the writer's last progress (a chunk taken or written).
     private let lastProgress = Atomic<UInt64>(0)
-    /// When the writer started waiting on the descriptor, or last completed a write while doing
-    /// so; 0 while it is not in `writeOut` (then the output cannot be stalled).
+    /// When the writer took the chunk it is writing (it waits on the descriptor from then on),
+    /// or last completed a write of it; 0 while it holds no chunk (then the output cannot be
+    /// stalled, and the writer is on its way to take the next one). Set under `lock`.
     private let waitingOnOutputSince = Atomic<UInt64>(0)
     /// Set by `close()` when the flush gives up; the writer drops what is left and ends.
     private let givingUp = Atomic<Bool>(false)
-    private let writerDone = Atomic<Bool>(false)
     private var thread: NativeThread?
 
     /// A writer to `fileDescriptor` with a ring of `capacity` bytes. Nothing is written until `start()`.
@@ -86,19 +103,23 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
         self.stallNanoseconds = UInt64(max(0, stallTimeout) * 1e9)
         ring = ByteRing(capacity: max(1, capacity))
         pthread_mutex_init(lock, nil)
-        pthread_cond_init(dataReady, nil)
+        // Timed waits here are against CLOCK_MONOTONIC deadlines.
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
         pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(dataReady, &attributes)
         pthread_cond_init(spaceReady, &attributes)
+        pthread_cond_init(writerEnded, &attributes)
         pthread_condattr_destroy(&attributes)
     }
 
     deinit {
         close()
+        pthread_cond_destroy(writerEnded)
         pthread_cond_destroy(spaceReady)
         pthread_cond_destroy(dataReady)
         pthread_mutex_destroy(lock)
+        writerEnded.deallocate()
         spaceReady.deallocate()
         dataReady.deallocate()
         lock.deallocate()
@@ -112,7 +133,10 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
         thread = try NativeThread(name: "console writer", stackSize: NativeThread.helperStackSize) { [self] in
             VCPUKick.unblock()
             run()
-            writerDone.store(true, ordering: .releasing)
+            locked {
+                writerFinished = true
+                pthread_cond_broadcast(writerEnded)
+            }
         }
     }
 
@@ -124,6 +148,9 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
     var writeError: SystemError? {
         locked { failure }.map { SystemError("console output write", errno: $0) }
     }
+
+    /// How many `write` calls are waiting for room in the full ring now.
+    var writersWaitingForRoom: Int { locked { roomWaiters } }
 
     /// Queues `bytes` for the writer. Called on vCPU threads: it copies into the ring and, only
     /// when the ring is full and the writer is still making progress, waits for room (see the
@@ -141,19 +168,36 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
             if fits > 0 {
                 ring.append(UnsafeRawBufferPointer(rebasing: rest[..<fits]))
                 rest = UnsafeRawBufferPointer(rebasing: rest[fits...])
-                if writerWaiting { pthread_cond_signal(dataReady) }
+                if writerWaiting {
+                    pthread_cond_signal(dataReady)
+                } else if writerGathering && (ring.count >= Self.chunkSize || ring.space == 0) {
+                    writerGathering = false
+                    pthread_cond_signal(dataReady)
+                }
                 continue
             }
             // Full: wait while the writer is live and the machine is running.
-            let now = monotonicNanoseconds()
             let since = waitingOnOutputSince.load(ordering: .acquiring)
-            let stalledAt = since == 0 ? now &+ stallNanoseconds : since &+ stallNanoseconds
-            if stopping || (since != 0 && now >= stalledAt) {
+            let stalledAt = since &+ stallNanoseconds
+            if stopping || (since != 0 && monotonicNanoseconds() >= stalledAt) {
                 ring.noteDropped(rest.count)
                 break
             }
-            var deadline = timespec(tv_sec: Int(stalledAt / 1_000_000_000), tv_nsec: Int(stalledAt % 1_000_000_000))
-            pthread_cond_timedwait(spaceReady, lock, &deadline)
+            roomWaiters += 1
+            if since == 0 {
+                // The writer holds no chunk, so it is on its way to take one (which signals
+                // spaceReady) or writing has failed (which signals too). However long that takes
+                // (a writer short of CPU), it is not a stall: wait for the signal, with no timeout.
+                pthread_cond_wait(spaceReady, lock)
+            } else {
+                // The stall rule is a moment in time: output counts as stalled `stallTimeout`
+                // after the writer started waiting on the descriptor, unless a write completes
+                // first. So this wait is timed, to that moment; a taken chunk signals earlier,
+                // and a completed write moves `since`, which is read again on waking.
+                var deadline = timespec(tv_sec: Int(stalledAt / 1_000_000_000), tv_nsec: Int(stalledAt % 1_000_000_000))
+                pthread_cond_timedwait(spaceReady, lock, &deadline)
+            }
+            roomWaiters -= 1
         }
         pthread_mutex_unlock(lock)
     }
@@ -181,18 +225,29 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
         let started = monotonicNanoseconds()
         let stall = UInt64(Self.flushStallTimeout * 1e9)
         let limit = UInt64(Self.flushLimit * 1e9)
-        while !writerDone.load(ordering: .acquiring) {
+        pthread_mutex_lock(lock)
+        while !writerFinished {
             let now = monotonicNanoseconds()
             let progress = max(lastProgress.load(ordering: .relaxed), started)
-            if now &- progress >= stall || now &- started >= limit {
+            let giveUpAt = min(progress &+ stall, started &+ limit)
+            let wakeAt: UInt64
+            if givingUp.load(ordering: .relaxed) || now >= giveUpAt {
                 givingUp.store(true, ordering: .releasing)
-                // Interrupts a poll(2) or write(2) in progress; repeated, since a kick that
-                // arrives just before the writer enters write(2) is lost.
+                // Interrupts a poll(2) or write(2) in progress. A kick that arrives just before
+                // the writer enters write(2) is lost, and nothing says when it is in there, so
+                // this is the one retry on a timer: kick again every 2 ms until the writer ends.
                 thread.send(VCPUKick.signal)
+                wakeAt = now &+ 2_000_000
+            } else {
+                // Giving up is a time rule (no progress for `flushStallTimeout`, or `flushLimit`
+                // in all): wait for the writer's end until that moment, then look at its
+                // progress again.
+                wakeAt = giveUpAt
             }
-            var pause = timespec(tv_sec: 0, tv_nsec: 2_000_000)
-            nanosleep(&pause, nil)
+            var deadline = timespec(tv_sec: Int(wakeAt / 1_000_000_000), tv_nsec: Int(wakeAt % 1_000_000_000))
+            pthread_cond_timedwait(writerEnded, lock, &deadline)
         }
+        pthread_mutex_unlock(lock)
         thread.join()
         self.thread = nil
     }
@@ -214,16 +269,24 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
                 pthread_mutex_unlock(lock)
                 return
             }
-            if ring.count < Self.chunkSize && !closing {
+            if ring.count < Self.chunkSize && ring.space > 0 && !closing {
                 // Woken by the first byte of a burst: let the rest of it gather for a moment
                 // (a guest transmits a byte per exit) instead of a wake-up and a write per byte.
-                pthread_mutex_unlock(lock)
-                var pause = timespec(tv_sec: 0, tv_nsec: Self.gatherNanoseconds)
-                nanosleep(&pause, nil)
-                pthread_mutex_lock(lock)
+                // Timed, since the gathering time is the point; a complete chunk (or a full
+                // ring, or closing) signals earlier.
+                let until = monotonicNanoseconds() &+ UInt64(Self.gatherNanoseconds)
+                var deadline = timespec(tv_sec: Int(until / 1_000_000_000), tv_nsec: Int(until % 1_000_000_000))
+                writerGathering = true
+                while writerGathering && !closing && monotonicNanoseconds() < until {
+                    pthread_cond_timedwait(dataReady, lock, &deadline)
+                }
+                writerGathering = false
             }
             let count = ring.take(into: chunk)
-            lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
+            let now = monotonicNanoseconds()
+            lastProgress.store(now, ordering: .relaxed)
+            // From here until the chunk is written the writer waits on the descriptor.
+            waitingOnOutputSince.store(now, ordering: .releasing)
             pthread_cond_broadcast(spaceReady)
             pthread_mutex_unlock(lock)
 
@@ -232,6 +295,8 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
                 let failed = locked { () -> Bool in
                     ring.noteDropped(count - written)
                     if failure != nil { ring.discardAll() }
+                    // Writers waiting for room drop their bytes now.
+                    pthread_cond_broadcast(spaceReady)
                     return failure != nil
                 }
                 if failed { return }
@@ -239,16 +304,17 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
         }
     }
 
-    /// Writes `bytes` to the descriptor; returns how many were written before an error or the
-    /// flush gave up.
+    /// Writes `bytes` to the descriptor (the chunk `run` took, `waitingOnOutputSince` set);
+    /// returns how many were written before an error or the flush gave up.
     private func writeOut(_ bytes: UnsafeRawBufferPointer) -> Int {
-        waitingOnOutputSince.store(monotonicNanoseconds(), ordering: .releasing)
         defer { waitingOnOutputSince.store(0, ordering: .releasing) }
         var offset = 0
         while offset < bytes.count {
             if givingUp.load(ordering: .acquiring) { return offset }
+            // No timeout: the only other thing to wait for is `givingUp`, and close() sends a
+            // kick with it that interrupts poll(2) (EINTR).
             var descriptor = pollfd(fd: fileDescriptor, events: Int16(POLLOUT), revents: 0)
-            let ready = poll(&descriptor, 1, 50)
+            let ready = poll(&descriptor, 1, -1)
             if ready == 0 || (ready < 0 && errno == EINTR) { continue }
             // Anything else (ready, POLLERR/POLLHUP, a poll error): let write(2) say what it is.
             let result = Glibc.write(fileDescriptor, bytes.baseAddress! + offset, bytes.count - offset)

@@ -87,9 +87,11 @@ final class DeviceManager {
 
     // MARK: Legacy devices
 
-    /// The COM1 UART at `X86Layout.serialPort`, interrupting on `X86Layout.serialIRQ`.
-    func attachSerial(output: any SerialOutput) throws(DeviceAttachError) -> SerialPort {
-        let serial = SerialPort(output: output, interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ))
+    /// The COM1 UART at `X86Layout.serialPort`, interrupting on `X86Layout.serialIRQ`;
+    /// `inputRoom` is signalled when its full receive FIFO gets room (console input waits on it).
+    func attachSerial(output: any SerialOutput, inputRoom: (any SerialInputRoomSignal)?) throws(DeviceAttachError) -> SerialPort {
+        let serial = SerialPort(
+            output: output, interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ), inputRoom: inputRoom)
         try attachPorts(serial, kind: .serial, name: "serial (COM1)", base: X86Layout.serialPort, count: 8, gsi: X86Layout.serialIRQ)
         return serial
     }

@@ -8,9 +8,10 @@ import SwiftletKVM
 import SwiftletMemory
 import Synchronization
 
-/// The machine's event-loop thread: epoll over host file descriptors (the console's stdin,
-/// virtio queue eventfds, taps). Blocking host I/O happens here, never on a
-/// vCPU thread.
+/// The machine's event-loop thread: epoll over host file descriptors (the console's stdin and
+/// input-room eventfd, virtio queue eventfds, taps). Blocking host I/O happens here, never on a
+/// vCPU thread. Nothing runs on a timer: the loop sleeps in epoll_wait until a descriptor is
+/// ready, `wake()` or `stop()` is called, or the deadline (if one is set) comes.
 final class EventLoop: Sendable {
     /// Called with the epoll event bits when its descriptor is ready.
     typealias Handler = @Sendable (UInt32) -> Void
@@ -18,8 +19,6 @@ final class EventLoop: Sendable {
     private let epoll: OwnedFileDescriptor
     private let wakeup: EventFD
     private let handlers = Mutex<[Int32: Handler]>([:])
-    /// Called about every `pollInterval` while it returns true (work waiting for room elsewhere).
-    private let pollers = Mutex<[@Sendable () -> Bool]>([])
     private let stopped = Atomic<Bool>(false)
     /// A one-shot action at a CLOCK_MONOTONIC time (the machine's deadline). Kept in a class:
     /// a closure stored in a tuple inside the Mutex gained a reabstraction thunk on every
@@ -34,7 +33,6 @@ final class EventLoop: Sendable {
             self.action = action
         }
     }
-    static let pollIntervalMilliseconds: Int32 = 5
 
     init() throws(SystemError) {
         let fd = epoll_create1(Int32(EPOLL_CLOEXEC))
@@ -70,18 +68,11 @@ final class EventLoop: Sendable {
         handlers.withLock { _ = $0.removeValue(forKey: fd) }
     }
 
-    /// Drops every handler and poller (after `run()` has returned for good): they hold the
-    /// devices, and the devices may hold the loop.
+    /// Drops every handler and the deadline (after `run()` has returned for good): they hold
+    /// the devices, and the devices may hold the loop.
     func removeAllHandlers() {
         handlers.withLock { $0.removeAll() }
-        pollers.withLock { $0.removeAll() }
         deadline.withLock { $0 = nil }
-    }
-
-    /// Adds a poller, called on the loop thread every few milliseconds while any poller says
-    /// it still has work.
-    func addPoller(_ poller: @escaping @Sendable () -> Bool) {
-        pollers.withLock { $0.append(poller) }
     }
 
     /// Calls `action` on the loop thread `seconds` from now (replacing an earlier deadline).
@@ -94,36 +85,47 @@ final class EventLoop: Sendable {
 
     /// Runs until `stop()`; call on the loop's own thread.
     func run() {
-        var events = [epoll_event](repeating: epoll_event(), count: 16)
-        var pollersBusy = true
         while !stopped.load(ordering: .acquiring) {
-            var timeout = pollersBusy ? EventLoop.pollIntervalMilliseconds : -1
-            if let due = deadline.withLock({ $0 }) {
-                let now = monotonicNanoseconds()
-                if now >= due.nanoseconds {
-                    deadline.withLock { if $0 === due { $0 = nil } }
-                    due.action()
-                    continue
-                }
-                let untilDue = Int32(clamping: (due.nanoseconds - now + 999_999) / 1_000_000)
-                timeout = timeout < 0 ? untilDue : min(timeout, untilDue)
-            }
-            let count = events.withUnsafeMutableBufferPointer {
-                epoll_wait(epoll.rawValue, $0.baseAddress, Int32($0.count), timeout)
-            }
-            if count < 0 && Glibc.errno != EINTR { return }
-            for i in 0..<max(0, Int(count)) {
-                let fd = events[i].data.fd
-                if fd == wakeup.rawValue {
-                    _ = try? wakeup.consume()
-                    continue
-                }
-                if let handler = handlers.withLock({ $0[fd] }) { handler(events[i].events) }
-            }
-            let current = pollers.withLock { $0 }
-            pollersBusy = false
-            for poller in current where poller() { pollersBusy = true }
+            if dispatch(waitingAtMost: -1) == nil { return }
         }
+    }
+
+    /// One turn of the loop: runs the deadline's action if it is due, otherwise waits in
+    /// epoll_wait (at most `timeoutMilliseconds`, -1 for no limit, and never past the deadline)
+    /// and calls the handlers of the descriptors that are ready. Returns how many handlers ran
+    /// (the deadline counts as one), or nil when epoll_wait failed. `run()` calls it; tests call
+    /// it with a timeout of 0 to see exactly what is ready now.
+    func dispatch(waitingAtMost timeoutMilliseconds: Int32) -> Int? {
+        var timeout = timeoutMilliseconds
+        if let due = deadline.withLock({ $0 }) {
+            let now = monotonicNanoseconds()
+            if now >= due.nanoseconds {
+                deadline.withLock { if $0 === due { $0 = nil } }
+                due.action()
+                return 1
+            }
+            let untilDue = Int32(clamping: (due.nanoseconds - now + 999_999) / 1_000_000)
+            timeout = timeout < 0 ? untilDue : min(timeout, untilDue)
+        }
+        var events = InlineArray<16, epoll_event>(repeating: epoll_event())
+        var span = events.mutableSpan
+        let count = span.withUnsafeMutableBufferPointer {
+            epoll_wait(epoll.rawValue, $0.baseAddress, Int32($0.count), timeout)
+        }
+        if count < 0 { return Glibc.errno == EINTR ? 0 : nil }
+        var handled = 0
+        for i in 0..<Int(count) {
+            let fd = events[i].data.fd
+            if fd == wakeup.rawValue {
+                _ = try? wakeup.consume()
+                continue
+            }
+            if let handler = handlers.withLock({ $0[fd] }) {
+                handler(events[i].events)
+                handled += 1
+            }
+        }
+        return handled
     }
 
     /// Makes `run()` return (from any thread).
@@ -132,6 +134,6 @@ final class EventLoop: Sendable {
         try? wakeup.signal()
     }
 
-    /// Wakes the loop so pollers run now (from any thread).
+    /// Wakes the loop so it re-reads the deadline (from any thread).
     func wake() { try? wakeup.signal() }
 }

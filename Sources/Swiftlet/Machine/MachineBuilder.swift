@@ -251,8 +251,11 @@ enum MachineBuilder {
             output = DiscardingSerialOutput()
             terminal = nil
         }
-        let serial = try manager.attachSerial(output: PanicWatchingOutput(output, control: control))
-        let consoleInput = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop) {
+        // Console input waits on this eventfd, which the UART signals when its full FIFO gets room.
+        let consoleWork = try EventFD()
+        let serial = try manager.attachSerial(
+            output: PanicWatchingOutput(output, control: control), inputRoom: EventFDInputRoomSignal(eventfd: consoleWork))
+        let consoleInput = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop, work: consoleWork) {
             control.finish(.stopped(.requested))
         }
         _ = try manager.attachI8042 { control.finish(.reset) }

@@ -137,7 +137,8 @@ enum VCPULoop {
 }
 
 /// A condition variable with a count of parked threads (POSIX mutex and condition, heap
-/// allocated so they never move).
+/// allocated so they never move). No wait here times out: every condition waited on is
+/// signalled by whoever changes it (`park`, or `wakeAll()` after the change).
 final class ParkingGate: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -165,20 +166,15 @@ final class ParkingGate: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
-    /// Waits until `done(parkedCount)` is true; re-checked whenever the gate changes and every
-    /// 10 ms (the machine may end without anyone parking).
+    /// Waits until `done(parkedCount)` is true. Re-checked each time a thread parks and each
+    /// time `wakeAll()` is called, and only then: whoever changes what `done` reads (outside
+    /// the park count) must call `wakeAll()` after the change. Because `done` is evaluated with
+    /// the gate's mutex held and `wakeAll()` takes that mutex, a change made just after `done`
+    /// returned false is never missed: its `wakeAll()` waits until this thread is in
+    /// pthread_cond_wait.
     func waitUntil(_ done: (Int) -> Bool) {
         pthread_mutex_lock(mutex)
-        while !done(parked) {
-            var deadline = timespec()
-            clock_gettime(CLOCK_REALTIME, &deadline)
-            deadline.tv_nsec += 10_000_000
-            if deadline.tv_nsec >= 1_000_000_000 {
-                deadline.tv_sec += 1
-                deadline.tv_nsec -= 1_000_000_000
-            }
-            pthread_cond_timedwait(condition, mutex, &deadline)
-        }
+        while !done(parked) { pthread_cond_wait(condition, mutex) }
         pthread_mutex_unlock(mutex)
     }
 

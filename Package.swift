@@ -10,13 +10,17 @@ let package = Package(
     targets: [
         // C shim: ioctl request numbers, fixed-signature ioctl wrappers, eventfd helpers.
         .target(name: "CKVM"),
+        // Acquire loads and release stores of 16-bit fields in guest memory (the virtqueue ring
+        // indices), which Swift's Atomic cannot be placed over. Device code uses it; it does not
+        // depend on the KVM layer.
+        .target(name: "CGuestAtomics"),
         // libfdt, the device-tree library (Debian's libfdt-dev ships no pkg-config file: the
         // module map links "fdt" directly; a missing libfdt.pc only gives a warning).
         .systemLibrary(name: "CLibFDT", path: "Sources/CLibFDT", pkgConfig: "libfdt", providers: [.apt(["libfdt-dev"])]),
         // The VMM library. It must not import Foundation (start time and memory goals).
         .target(
             name: "Swiftlet",
-            dependencies: ["CKVM", "CLibFDT"],
+            dependencies: ["CKVM", "CGuestAtomics", "CLibFDT"],
             exclude: ["Arch/README.md"]
         ),
         // The command-line front end: argument parsing only (hand-written, no Foundation: start

@@ -66,6 +66,7 @@ struct Boot {
             HelpEntry("--cpuid-mask", value: "list", help: "CPUID features to hide, comma-separated names or templates."),
             HelpEntry("--report-boot-time", help: "Print the guest's boot time (boot-timer port write) on stderr at the end."),
             HelpEntry("--report-memory", help: "Print the guest's resident memory and the process's peak RSS on stderr at the end."),
+            HelpEntry("--report-exits", help: "Print each vCPU's exits by reason on stderr at the end."),
             HelpEntry("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124)."),
             HelpEntry("--disk", value: "disk", help: "A virtio-blk disk: path=FILE[,readonly=on][,id=NAME][,direct=on] (repeatable)."),
             HelpEntry("--net", value: "net", help: "A virtio-net interface over a host tap: tap=NAME[,mac=MAC][,offload=off] (repeatable)."),
@@ -168,6 +169,7 @@ struct Boot {
     var cpuidMask: String?
     var reportBootTime = false
     var reportMemory = false
+    var reportExits = false
     var timeout: Double?
     var disk: [String] = []
     var net: [String] = []
@@ -189,6 +191,7 @@ struct Boot {
             case .option("--cpuid-mask"): boot.cpuidMask = try reader.value()
             case .option("--report-boot-time"): try reader.flag(); boot.reportBootTime = true
             case .option("--report-memory"): try reader.flag(); boot.reportMemory = true
+            case .option("--report-exits"): try reader.flag(); boot.reportExits = true
             case .option("--timeout"): boot.timeout = try reader.number()
             case .option("--disk"): boot.disk.append(try reader.value())
             case .option("--net"): boot.net.append(try reader.value())
@@ -276,6 +279,10 @@ struct Boot {
             } else {
                 printError("swiftlet: process peak RSS \(usage.ru_maxrss) KiB (guest residency unavailable)")
             }
+        }
+        if reportExits {
+            // One line per vCPU: swiftlet: vcpu N exits: pio-in N, pio-out N, ... (ExitCounts).
+            for (vcpu, counts) in machine.exitCounts.enumerated() { printError("swiftlet: vcpu \(vcpu) exits: \(counts)") }
         }
         terminate(exit.exitCode)
     }

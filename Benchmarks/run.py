@@ -1000,6 +1000,17 @@ def exit_cost_only(args):
             q1, _, q3 = statistics.quantiles(rounds, n=4) if len(rounds) > 1 else (rounds[0],) * 3
             figures.append(f"{kind} {median(rounds):.3f} (±{(q3 - q1) / 2:.3f})")
         print(f"  {name:12} {'   '.join(figures)}   {vmms.get(name, os.path.join(BENCH_BUILD, 'kvm-floor'))}")
+    # Each build against the first, round by round (both measured in the same round, so the
+    # round's load cancels): the median of the per-round differences.
+    per_round = lambda name, kind: [(a["wall_ms"] - b["wall_ms"]) * 1000 / n
+                                    for a, b in zip(samples[f"{name}_{kind}_{n}"], samples[f"{name}_{kind}_0"])]
+    first = next(iter(vmms))
+    for name in list(vmms)[1:]:
+        figures = []
+        for kind in ("pio", "mmio"):
+            deltas = [x - y for x, y in zip(per_round(name, kind), per_round(first, kind))]
+            figures.append(f"{kind} {median(deltas):+.3f} ({sum(d > 0 for d in deltas)}/{len(deltas)} rounds slower)")
+        print(f"  {name} - {first}, per round: {'   '.join(figures)}")
 
 
 def report(r, args):

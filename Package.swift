@@ -3,7 +3,8 @@ import PackageDescription
 
 // The targets are the layers (Docs/DESIGN.md, "Targets"); each imports only the ones below it:
 //
-//   CHost, CKVM            C shims: ioctl/eventfd/tun/pty wrappers; KVM request numbers
+//   CHost, CKVM,           C shims: ioctl/eventfd/tun/pty wrappers; KVM request numbers;
+//   CGuestAtomics          acquire/release accesses to guest memory (ring indices)
 //   SwiftletHost           host primitives: SystemError, descriptors, eventfd, threads, clocks
 //   SwiftletMemory         guest physical addresses and guest RAM
 //   SwiftletKVM            the KVM wrapper: /dev/kvm, the VM, vCPUs, exits (package-only API)
@@ -24,6 +25,10 @@ let package = Package(
     targets: [
         .target(name: "CHost"),
         .target(name: "CKVM", dependencies: ["CHost"]),
+        // Acquire loads and release stores of 16-bit fields in guest memory (the virtqueue ring
+        // indices), which Swift's Atomic cannot be placed over. Device code uses it; it does not
+        // depend on the KVM layer.
+        .target(name: "CGuestAtomics"),
         // libfdt, the device-tree library (Debian's libfdt-dev ships no pkg-config file: the
         // module map links "fdt" directly; a missing libfdt.pc only gives a warning).
         .systemLibrary(name: "CLibFDT", path: "Sources/CLibFDT", pkgConfig: "libfdt", providers: [.apt(["libfdt-dev"])]),
@@ -31,7 +36,7 @@ let package = Package(
         .target(name: "SwiftletHost", dependencies: ["CHost"]),
         .target(name: "SwiftletMemory", dependencies: ["SwiftletHost"]),
         .target(name: "SwiftletKVM", dependencies: ["CKVM", "CHost", "SwiftletHost", "SwiftletMemory"]),
-        .target(name: "SwiftletDevices", dependencies: ["CHost", "SwiftletHost", "SwiftletMemory"]),
+        .target(name: "SwiftletDevices", dependencies: ["CHost", "CGuestAtomics", "SwiftletHost", "SwiftletMemory"]),
         .target(name: "SwiftletBackends", dependencies: ["CHost", "SwiftletHost", "SwiftletMemory", "SwiftletDevices"]),
         .target(
             name: "Swiftlet",

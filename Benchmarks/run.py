@@ -855,7 +855,13 @@ def main():
     parser.add_argument("--from-results", metavar="JSON",
                         help="measure nothing: print and write the documents from a saved results.json")
     parser.add_argument("--linux-timeout", type=int, default=300)
+    parser.add_argument("--exit-cost-only", nargs="+", metavar="BINARY",
+                        help="measure only the exit cost of these swiftlet binaries (and the C floor), side by "
+                             "side; builds nothing but the guests, prints only (Docs/ untouched)")
     args = parser.parse_args()
+    if args.exit_cost_only:
+        exit_cost_only(args)
+        return
     if args.from_results:
         with open(args.from_results) as f:
             r = json.load(f)
@@ -964,6 +970,47 @@ def main():
         json.dump(r, f, indent=1, default=str)
     report(r, args)
     log(f"done in {r['seconds']:.0f} s")
+
+
+def exit_cost_only(args):
+    """`--exit-cost-only A B ...`: the exit-cost part of the benchmarks alone, for comparing
+    builds (say, before and after a change to the exit path) in one interleaved run."""
+    os.makedirs(BENCH_BUILD, exist_ok=True)
+    build_guests(args.exits)
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        sys.exit("bench: /dev/kvm is not usable")
+    bench = Bench(args, {})
+    n = args.exits
+    vmms = {f"swiftlet[{i}]": binary for i, binary in enumerate(args.exit_cost_only)}
+    items = []
+    for kind in ("pio", "mmio"):
+        for count in (0, n):
+            guest = f"exit-{kind}-{count}.elf"
+            for name, binary in vmms.items():
+                items.append((f"{name}_{kind}_{count}", lambda b=binary, g=guest: bench.swiftlet_exits(b, g)))
+            items.append((f"floor_{kind}_{count}", lambda g=guest: bench.floor_exits(g)))
+    samples = run_interleaved(items, args.reps, "exit cost")
+    print(f"Exit cost, (T({n}) - T(0)) / {n}, median of {args.reps} interleaved rounds (µs per exit; "
+          "half the interquartile range in brackets)")
+    for name in [*vmms, "floor"]:
+        figures = []
+        for kind in ("pio", "mmio"):
+            rounds = [(a["wall_ms"] - b["wall_ms"]) * 1000 / n
+                      for a, b in zip(samples[f"{name}_{kind}_{n}"], samples[f"{name}_{kind}_0"])]
+            q1, _, q3 = statistics.quantiles(rounds, n=4) if len(rounds) > 1 else (rounds[0],) * 3
+            figures.append(f"{kind} {median(rounds):.3f} (±{(q3 - q1) / 2:.3f})")
+        print(f"  {name:12} {'   '.join(figures)}   {vmms.get(name, os.path.join(BENCH_BUILD, 'kvm-floor'))}")
+    # Each build against the first, round by round (both measured in the same round, so the
+    # round's load cancels): the median of the per-round differences.
+    per_round = lambda name, kind: [(a["wall_ms"] - b["wall_ms"]) * 1000 / n
+                                    for a, b in zip(samples[f"{name}_{kind}_{n}"], samples[f"{name}_{kind}_0"])]
+    first = next(iter(vmms))
+    for name in list(vmms)[1:]:
+        figures = []
+        for kind in ("pio", "mmio"):
+            deltas = [x - y for x, y in zip(per_round(name, kind), per_round(first, kind))]
+            figures.append(f"{kind} {median(deltas):+.3f} ({sum(d > 0 for d in deltas)}/{len(deltas)} rounds slower)")
+        print(f"  {name} - {first}, per round: {'   '.join(figures)}")
 
 
 def report(r, args):

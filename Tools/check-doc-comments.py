@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
-"""Lists public declarations of the Swiftlet library that have no `///` documentation comment.
+"""Lists public and package declarations of the Swiftlet library that have no `///` comment.
 
-Every public symbol of Sources/Swiftlet carries a doc comment (Docs/API.md); `make test` runs
+Every public or package symbol of the library's targets (Sources/Swiftlet*) carries a doc
+comment (Docs/API.md); `make test` runs
 this check and fails when one is missing. A declaration counts as documented when the nearest
 non-attribute line above it is a `///` comment (or the end of a `/** */` block).
-Usage: Tools/check-doc-comments.py [SOURCE_DIR]   (default: Sources/Swiftlet)
+Usage: Tools/check-doc-comments.py [SOURCE_DIR...]   (default: every Sources/Swiftlet* target)
 """
 import glob
 import os
 import re
 import sys
 
-DECLARATION = re.compile(r"(@\w+(\(.*?\))?\s+)*public\b")
+DECLARATION = re.compile(r"(@\w+(\(.*?\))?\s+)*(public|package)\b(?!\s+(import|extension)\b)")
 
 
 def undocumented(root):
@@ -32,10 +33,11 @@ def undocumented(root):
 
 
 if __name__ == "__main__":
-    missing = undocumented(sys.argv[1] if len(sys.argv) > 1 else "Sources/Swiftlet")
+    roots = sys.argv[1:] or sorted(glob.glob("Sources/Swiftlet*"))
+    missing = [entry for root in roots for entry in undocumented(root)]
     for entry in missing:
         print(entry)
     if missing:
-        print(f"doc comments: {len(missing)} public declarations have no /// comment", file=sys.stderr)
+        print(f"doc comments: {len(missing)} public or package declarations have no /// comment", file=sys.stderr)
         sys.exit(1)
-    print("doc comments: every public declaration is documented")
+    print("doc comments: every public and package declaration is documented")

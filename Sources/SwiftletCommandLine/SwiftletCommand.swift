@@ -56,6 +56,7 @@ struct Boot: MachineCommand {
     var timeout: Double?
     var reportBootTime = false
     var reportMemory = false
+    var reportExits = false
 
     /// Every option of `boot`, in the order its help lists them. `--memory`, `--cpus`, `--initrd`,
     /// `--cmdline`, `--disk`, `--net` and `--rng` are declared with `dump-dtb`'s (`MachineOptions.swift`).
@@ -90,6 +91,9 @@ struct Boot: MachineCommand {
         },
         CommandOption(flag: "--report-memory", help: "Print the guest's resident memory and the process's peak RSS on stderr at the end.") {
             boot in boot.reportMemory = true
+        },
+        CommandOption(flag: "--report-exits", help: "Print each vCPU's exits by reason on stderr at the end.") {
+            boot in boot.reportExits = true
         },
         CommandOption("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124).") {
             boot, text throws(UsageError) in boot.timeout = try ValueSyntax.seconds(reading: text)
@@ -241,6 +245,10 @@ struct Boot: MachineCommand {
             } else {
                 printError("swiftlet: process peak RSS \(usage.ru_maxrss) KiB (guest residency unavailable)")
             }
+        }
+        if reportExits {
+            // One line per vCPU: swiftlet: vcpu N exits: pio-in N, pio-out N, ... (ExitCounts).
+            for (vcpu, counts) in machine.exitCounts.enumerated() { printError("swiftlet: vcpu \(vcpu) exits: \(counts)") }
         }
         terminate(exit.exitCode)
     }

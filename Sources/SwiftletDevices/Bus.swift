@@ -38,8 +38,9 @@ public enum BusError: Error, Equatable, CustomStringConvertible, Sendable {
 /// An address space (port I/O or MMIO) that routes an access to the device whose range holds it.
 ///
 /// Ranges are registered while the machine is built; overlapping ranges are rejected. Lookup is
-/// a binary search over the sorted ranges: O(log n), no allocation, no lock. Once the machine
-/// starts, the bus is a value shared read-only by every vCPU thread.
+/// a binary search over the sorted ranges: O(log n), no allocation, no lock, and no reference
+/// counting (see `Route`). Once the machine starts, the bus is a value shared read-only by every
+/// vCPU thread.
 public struct Bus: Sendable {
     /// One registered device and the address range `[base, base + length)` it claims.
     public struct Entry: Sendable {
@@ -49,13 +50,30 @@ public struct Bus: Sendable {
         public let length: UInt64
         /// The device's name, for error messages and diagnostics.
         public let name: String
+        /// Holds the device; the entry's strong reference keeps it (and its route's target) alive.
+        let target: RouteTarget
         /// The device that receives accesses in the range, at offsets from `base`.
-        public let device: any BusDevice
+        public var device: any BusDevice { target.device }
         var last: UInt64 { base + (length - 1) }
+    }
+
+    /// What an access looks up: a range and an unretained reference to its device, all trivial
+    /// values, so copying one out of `routes` retains nothing (copying an `Entry` would retain
+    /// its name's storage and its device, atomically, on memory every vCPU shares).
+    ///
+    /// `routes[i]` is `entries[i]` without the name: both arrays are stored properties of the
+    /// same value and change only together (`register`), so every copy of a bus that holds a
+    /// route also holds the entry whose strong reference keeps the route's target alive.
+    struct Route: @unchecked Sendable {
+        let base: UInt64
+        let last: UInt64
+        let target: Unmanaged<RouteTarget>
     }
 
     /// Registered ranges, sorted by base address.
     public private(set) var entries: [Entry] = []
+    /// The same ranges as `entries`, in the same order, for the lookup on every access.
+    private var routes: [Route] = []
 
     /// An empty bus: every read returns all ones and every write is dropped.
     public init() {}
@@ -66,7 +84,7 @@ public struct Bus: Sendable {
         guard base.addingReportingOverflow(length - 1).overflow == false else {
             throw .wrapsAround(name: name, base: base, length: length)
         }
-        let entry = Entry(base: base, length: length, name: name, device: device)
+        let entry = Entry(base: base, length: length, name: name, target: RouteTarget(device))
         let index = entries.firstIndex { $0.base > base } ?? entries.count
         if index > 0, entries[index - 1].last >= base {
             throw .overlap(name: name, base: base, length: length, existing: entries[index - 1].name)
@@ -75,31 +93,39 @@ public struct Bus: Sendable {
             throw .overlap(name: name, base: base, length: length, existing: entries[index].name)
         }
         entries.insert(entry, at: index)
+        routes.insert(Route(base: base, last: entry.last, target: .passUnretained(entry.target)), at: index)
     }
 
-    /// The entry whose range contains `address`, found by binary search.
+    /// The index in `entries` (and `routes`) of the range that contains `address`, found by
+    /// binary search over `routes`.
     @inline(__always)
-    public func entry(containing address: UInt64) -> Entry? {
+    func index(containing address: UInt64) -> Int? {
         var low = 0
-        var high = entries.count
+        var high = routes.count
         while low < high {
             let mid = (low + high) / 2
-            if entries[mid].base <= address { low = mid + 1 } else { high = mid }
+            if routes[mid].base <= address { low = mid + 1 } else { high = mid }
         }
-        guard low > 0 else { return nil }
-        let candidate = entries[low - 1]
-        return address <= candidate.last ? candidate : nil
+        guard low > 0, address <= routes[low - 1].last else { return nil }
+        return low - 1
+    }
+
+    /// The entry whose range contains `address` (for diagnostics: the access path uses `routes`).
+    public func entry(containing address: UInt64) -> Entry? {
+        index(containing: address).map { entries[$0] }
     }
 
     /// Routes a read. Unclaimed addresses read as all ones (an empty ISA/PCI bus). Returns whether
     /// a device claimed the access.
     @inline(__always) @discardableResult
     public func read(_ address: UInt64, data: UnsafeMutableRawBufferPointer) -> Bool {
-        guard let entry = entry(containing: address) else {
+        guard let index = index(containing: address) else {
             data.initializeMemory(as: UInt8.self, repeating: 0xFF)
             return false
         }
-        entry.device.read(offset: address - entry.base, data: data)
+        let route = routes[index]
+        // A +0 reference: the entry keeps the target alive for as long as this bus value lives.
+        route.target._withUnsafeGuaranteedRef { $0.device.read(offset: address - route.base, data: data) }
         return true
     }
 
@@ -107,10 +133,20 @@ public struct Bus: Sendable {
     /// claimed the access.
     @inline(__always) @discardableResult
     public func write(_ address: UInt64, data: UnsafeRawBufferPointer) -> Bool {
-        guard let entry = entry(containing: address) else { return false }
-        entry.device.write(offset: address - entry.base, data: data)
+        guard let index = index(containing: address) else { return false }
+        let route = routes[index]
+        // A +0 reference: the entry keeps the target alive for as long as this bus value lives.
+        route.target._withUnsafeGuaranteedRef { $0.device.write(offset: address - route.base, data: data) }
         return true
     }
+}
+
+/// A registered device, boxed in a final class: an `Unmanaged` reference (a `Bus.Route`) can
+/// point at it, where it cannot point at an `any BusDevice`, and calling the device through the
+/// box's `let` property borrows it without a retain.
+final class RouteTarget: Sendable {
+    let device: any BusDevice
+    init(_ device: any BusDevice) { self.device = device }
 }
 
 /// A level-triggered interrupt input of the guest's interrupt controller, as a device sees it.

@@ -3,6 +3,7 @@ import Glibc
 
 /// An eventfd(2): a counter the kernel and threads signal each other through.
 public final class EventFD: Sendable {
+    /// The eventfd descriptor (owned: closed with this object).
     package let fd: OwnedFileDescriptor
 
     /// A new eventfd (close-on-exec; non-blocking when asked).

@@ -5,16 +5,16 @@ import SwiftletHost
 import SwiftletMemory
 
 /// The host's `/dev/kvm`: API version, capabilities, supported CPUID, and VM creation.
-public final class KVM: Sendable {
+package final class KVM: Sendable {
     /// The only KVM API version that exists; anything else is refused.
-    public static let requiredAPIVersion: Int32 = 12
+    package static let requiredAPIVersion: Int32 = 12
 
     let fd: OwnedFileDescriptor
     /// Size of the per-vCPU `kvm_run` mapping (`KVM_GET_VCPU_MMAP_SIZE`).
-    public let vcpuMmapSize: Int
+    package let vcpuMmapSize: Int
 
     /// Opens `path` (normally `/dev/kvm`) and checks the API version.
-    public init(path: String = "/dev/kvm") throws {
+    package init(path: String = "/dev/kvm") throws {
         fd = try OwnedFileDescriptor(opening: path, flags: O_RDWR)
         let version = swl_ioctl_none(fd.rawValue, SWL_KVM_GET_API_VERSION)
         if version < 0 { throw SystemError.current("KVM_GET_API_VERSION") }
@@ -28,19 +28,19 @@ public final class KVM: Sendable {
     }
 
     /// `KVM_CHECK_EXTENSION`: 0 when the capability is absent, otherwise its value.
-    public func capability(_ cap: Int32) -> Int32 {
+    package func capability(_ cap: Int32) -> Int32 {
         max(0, swl_ioctl_value(fd.rawValue, SWL_KVM_CHECK_EXTENSION, UInt(cap)))
     }
 
     /// Throws unless the host has every capability in `caps` (names are for the message).
-    public func require(_ caps: [(Int32, String)]) throws(KVMUnsupportedError) {
+    package func require(_ caps: [(Int32, String)]) throws(KVMUnsupportedError) {
         for (cap, name) in caps where capability(cap) == 0 {
             throw KVMUnsupportedError(requirement: name, detail: "KVM_CHECK_EXTENSION returned 0")
         }
     }
 
     /// `KVM_GET_SUPPORTED_CPUID`: the CPUID entries this host can expose to a guest.
-    public func supportedCPUID() throws(SystemError) -> [kvm_cpuid_entry2] {
+    package func supportedCPUID() throws(SystemError) -> [kvm_cpuid_entry2] {
         var capacity = 64
         while true {
             let table = CPUIDTable(capacity: capacity)
@@ -55,7 +55,7 @@ public final class KVM: Sendable {
     }
 
     /// `KVM_CREATE_VM`: a new, empty virtual machine.
-    public func createVirtualMachine() throws(SystemError) -> VirtualMachine {
+    package func createVirtualMachine() throws(SystemError) -> VirtualMachine {
         let vmfd = try retryingOnInterrupt("KVM_CREATE_VM") { swl_ioctl_value(fd.rawValue, SWL_KVM_CREATE_VM, 0) }
         return VirtualMachine(fd: OwnedFileDescriptor(taking: vmfd), kvm: self)
     }

@@ -5,11 +5,11 @@ import SwiftletHost
 import SwiftletMemory
 
 /// A KVM host that lacks something Swiftlet needs (an API version, a capability).
-public struct KVMUnsupportedError: Error, Equatable, CustomStringConvertible, Sendable {
+package struct KVMUnsupportedError: Error, Equatable, CustomStringConvertible, Sendable {
     /// What the host lacks, e.g. `API version 12` or a capability name such as `KVM_CAP_IRQFD`.
-    public let requirement: String
+    package let requirement: String
     /// What the host reported instead, e.g. `KVM_CHECK_EXTENSION returned 0`.
-    public let detail: String
+    package let detail: String
     /// `KVM host does not support <requirement>: <detail>`.
-    public var description: String { "KVM host does not support \(requirement): \(detail)" }
+    package var description: String { "KVM host does not support \(requirement): \(detail)" }
 }

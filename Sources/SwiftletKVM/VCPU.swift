@@ -8,9 +8,9 @@ import SwiftletMemory
 ///
 /// A vCPU is driven by one thread at a time (its vCPU thread). The only members another thread
 /// may use are `requestImmediateExit(_:)` and the id.
-public final class VCPU: @unchecked Sendable {
+package final class VCPU: @unchecked Sendable {
     /// The vCPU index (also its initial APIC ID).
-    public let id: UInt32
+    package let id: UInt32
     let fd: OwnedFileDescriptor
     /// The shared `struct kvm_run` page; exits are read from here in place, never copied.
     let runPage: UnsafeMutablePointer<kvm_run>
@@ -36,7 +36,7 @@ public final class VCPU: @unchecked Sendable {
     /// of a woken application processor both come back as `.interrupted`.
     /// Allocates nothing on the success path.
     @inline(__always)
-    public func run() throws(SystemError) -> VCPUExit {
+    package func run() throws(SystemError) -> VCPUExit {
         if swl_ioctl_none(fd.rawValue, SWL_KVM_RUN) < 0 {
             let error = Glibc.errno
             if error == EINTR || error == EAGAIN { return .interrupted }
@@ -47,39 +47,39 @@ public final class VCPU: @unchecked Sendable {
 
     /// Sets or clears `kvm_run.immediate_exit`. While set, `KVM_RUN` returns `EINTR` at once;
     /// together with a signal to the vCPU thread this stops a running vCPU from another thread.
-    public func requestImmediateExit(_ exit: Bool) {
+    package func requestImmediateExit(_ exit: Bool) {
         runPage.pointer(to: \.immediate_exit)!.pointee = exit ? 1 : 0
     }
 
     // MARK: Registers
 
     /// `KVM_GET_REGS`: the general-purpose registers, RIP and RFLAGS. Throws if the ioctl fails.
-    public func registers() throws(SystemError) -> kvm_regs { try get(SWL_KVM_GET_REGS, "KVM_GET_REGS") }
+    package func registers() throws(SystemError) -> kvm_regs { try get(SWL_KVM_GET_REGS, "KVM_GET_REGS") }
     /// `KVM_SET_REGS`: sets the general registers, RIP and RFLAGS. Throws if the ioctl fails.
-    public func setRegisters(_ value: kvm_regs) throws(SystemError) { try set(SWL_KVM_SET_REGS, "KVM_SET_REGS", value) }
+    package func setRegisters(_ value: kvm_regs) throws(SystemError) { try set(SWL_KVM_SET_REGS, "KVM_SET_REGS", value) }
     /// `KVM_GET_SREGS`: segment and descriptor-table registers, CR0-CR8, EFER and the APIC base.
     /// Throws if the ioctl fails.
-    public func specialRegisters() throws(SystemError) -> kvm_sregs { try get(SWL_KVM_GET_SREGS, "KVM_GET_SREGS") }
+    package func specialRegisters() throws(SystemError) -> kvm_sregs { try get(SWL_KVM_GET_SREGS, "KVM_GET_SREGS") }
     /// `KVM_SET_SREGS`: sets the segment, descriptor-table and control registers, EFER and the APIC
     /// base. Throws if the ioctl fails.
-    public func setSpecialRegisters(_ value: kvm_sregs) throws(SystemError) { try set(SWL_KVM_SET_SREGS, "KVM_SET_SREGS", value) }
+    package func setSpecialRegisters(_ value: kvm_sregs) throws(SystemError) { try set(SWL_KVM_SET_SREGS, "KVM_SET_SREGS", value) }
     /// `KVM_GET_FPU`: the x87 and SSE state (FPU stack, control/status words, MXCSR, XMM0-15).
     /// Throws if the ioctl fails.
-    public func fpu() throws(SystemError) -> kvm_fpu { try get(SWL_KVM_GET_FPU, "KVM_GET_FPU") }
+    package func fpu() throws(SystemError) -> kvm_fpu { try get(SWL_KVM_GET_FPU, "KVM_GET_FPU") }
     /// `KVM_SET_FPU`: replaces the x87 and SSE state. Throws if the ioctl fails.
-    public func setFPU(_ value: kvm_fpu) throws(SystemError) { try set(SWL_KVM_SET_FPU, "KVM_SET_FPU", value) }
+    package func setFPU(_ value: kvm_fpu) throws(SystemError) { try set(SWL_KVM_SET_FPU, "KVM_SET_FPU", value) }
     /// `KVM_GET_LAPIC`: the in-kernel local APIC's 1 KiB register page. Throws if the ioctl fails.
-    public func localAPIC() throws(SystemError) -> kvm_lapic_state { try get(SWL_KVM_GET_LAPIC, "KVM_GET_LAPIC") }
+    package func localAPIC() throws(SystemError) -> kvm_lapic_state { try get(SWL_KVM_GET_LAPIC, "KVM_GET_LAPIC") }
     /// `KVM_SET_LAPIC`: sets the local APIC's register page. Throws if the ioctl fails.
-    public func setLocalAPIC(_ value: kvm_lapic_state) throws(SystemError) { try set(SWL_KVM_SET_LAPIC, "KVM_SET_LAPIC", value) }
+    package func setLocalAPIC(_ value: kvm_lapic_state) throws(SystemError) { try set(SWL_KVM_SET_LAPIC, "KVM_SET_LAPIC", value) }
     /// `KVM_GET_MP_STATE`: runnable, halted, waiting for INIT/SIPI... Throws if the ioctl fails.
-    public func mpState() throws(SystemError) -> kvm_mp_state { try get(SWL_KVM_GET_MP_STATE, "KVM_GET_MP_STATE") }
+    package func mpState() throws(SystemError) -> kvm_mp_state { try get(SWL_KVM_GET_MP_STATE, "KVM_GET_MP_STATE") }
     /// `KVM_SET_MP_STATE`: sets the vCPU's multiprocessing state (e.g. `KVM_MP_STATE_RUNNABLE`).
     /// Throws if the ioctl fails.
-    public func setMPState(_ value: kvm_mp_state) throws(SystemError) { try set(SWL_KVM_SET_MP_STATE, "KVM_SET_MP_STATE", value) }
+    package func setMPState(_ value: kvm_mp_state) throws(SystemError) { try set(SWL_KVM_SET_MP_STATE, "KVM_SET_MP_STATE", value) }
 
     /// `KVM_SET_MSRS` with (index, value) pairs; fails unless every MSR was accepted.
-    public func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(SystemError) {
+    package func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(SystemError) {
         let table = MSRTable(count: msrs.count)
         for (i, msr) in msrs.enumerated() {
             table.entries[i] = kvm_msr_entry(index: msr.index, reserved: 0, data: msr.value)
@@ -93,7 +93,7 @@ public final class VCPU: @unchecked Sendable {
     }
 
     /// `KVM_GET_MSRS` for `indices`, in the same order.
-    public func msrs(_ indices: [UInt32]) throws(SystemError) -> [UInt64] {
+    package func msrs(_ indices: [UInt32]) throws(SystemError) -> [UInt64] {
         let table = MSRTable(count: indices.count)
         for (i, index) in indices.enumerated() { table.entries[i].index = index }
         let read = swl_ioctl_pointer(fd.rawValue, SWL_KVM_GET_MSRS, table.raw)
@@ -103,7 +103,7 @@ public final class VCPU: @unchecked Sendable {
     }
 
     /// `KVM_SET_CPUID2`: the CPUID table this vCPU reports.
-    public func setCPUID(_ entries: [kvm_cpuid_entry2]) throws(SystemError) {
+    package func setCPUID(_ entries: [kvm_cpuid_entry2]) throws(SystemError) {
         let table = CPUIDTable(entries: entries)
         if swl_ioctl_pointer(fd.rawValue, SWL_KVM_SET_CPUID2, table.raw) < 0 {
             throw SystemError.current("KVM_SET_CPUID2")
@@ -111,7 +111,7 @@ public final class VCPU: @unchecked Sendable {
     }
 
     /// `KVM_GET_CPUID2`: the CPUID table as KVM holds it for this vCPU.
-    public func cpuid() throws(SystemError) -> [kvm_cpuid_entry2] {
+    package func cpuid() throws(SystemError) -> [kvm_cpuid_entry2] {
         var capacity = 64
         while true {
             let table = CPUIDTable(capacity: capacity)

@@ -7,7 +7,7 @@ import SwiftletMemory
 ///
 /// The data buffers of `.portIO` and `.mmio` are views of the shared page, valid until the next
 /// `run()` on the same vCPU. A handler fills them in place for reads; nothing is copied.
-public enum VCPUExit {
+package enum VCPUExit {
     /// An `in`/`out` instruction (`KVM_EXIT_IO`).
     case portIO(PortIOExit)
     /// A load or store to an address with no memory slot (`KVM_EXIT_MMIO`).
@@ -56,20 +56,20 @@ public enum VCPUExit {
 }
 
 /// A port I/O exit: `count` accesses of `size` bytes each (count > 1 for `rep ins/outs`).
-public struct PortIOExit {
+package struct PortIOExit {
     /// The I/O port accessed (0-0xFFFF).
-    public let port: UInt16
+    package let port: UInt16
     /// True for `out`/`outs` (`KVM_EXIT_IO_OUT`), false for `in`/`ins`.
-    public let isWrite: Bool
+    package let isWrite: Bool
     /// Bytes per access: 1, 2 or 4.
-    public let size: Int
+    package let size: Int
     /// Number of accesses, each `size` bytes; above 1 only for string I/O with a `rep` prefix.
-    public let count: Int
+    package let count: Int
     /// `size * count` bytes inside the `kvm_run` page.
-    public let data: UnsafeMutableRawPointer
+    package let data: UnsafeMutableRawPointer
 
     /// An exit of `count` accesses of `size` bytes to `port`, their bytes at `data` (for tests).
-    public init(port: UInt16, isWrite: Bool, size: Int, count: Int, data: UnsafeMutableRawPointer) {
+    package init(port: UInt16, isWrite: Bool, size: Int, count: Int, data: UnsafeMutableRawPointer) {
         self.port = port
         self.isWrite = isWrite
         self.size = size
@@ -79,16 +79,16 @@ public struct PortIOExit {
 }
 
 /// An MMIO exit: one access of `data.count` (1, 2, 4 or 8) bytes at `address`.
-public struct MMIOExit {
+package struct MMIOExit {
     /// The guest physical address accessed.
-    public let address: UInt64
+    package let address: UInt64
     /// True for a store (the value is in `data`), false for a load (the result goes in `data`).
-    public let isWrite: Bool
+    package let isWrite: Bool
     /// The bytes inside the `kvm_run` page: the value written, or where a read's result goes.
-    public let data: UnsafeMutableRawBufferPointer
+    package let data: UnsafeMutableRawBufferPointer
 
     /// An exit for one access at `address` whose bytes are `data` (for tests).
-    public init(address: UInt64, isWrite: Bool, data: UnsafeMutableRawBufferPointer) {
+    package init(address: UInt64, isWrite: Bool, data: UnsafeMutableRawBufferPointer) {
         self.address = address
         self.isWrite = isWrite
         self.data = data

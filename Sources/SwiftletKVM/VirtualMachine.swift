@@ -6,10 +6,10 @@ import SwiftletMemory
 
 /// A KVM virtual machine file descriptor: memory slots, the in-kernel irqchip and PIT,
 /// irqfd/ioeventfd registration, and vCPU creation.
-public final class VirtualMachine: Sendable {
+package final class VirtualMachine: Sendable {
     let fd: OwnedFileDescriptor
     /// The `/dev/kvm` this VM was created from (kept alive for the vCPU mmap size).
-    public let kvm: KVM
+    package let kvm: KVM
 
     init(fd: OwnedFileDescriptor, kvm: KVM) {
         self.fd = fd
@@ -18,7 +18,7 @@ public final class VirtualMachine: Sendable {
 
     /// `KVM_SET_USER_MEMORY_REGION`: maps `size` bytes of host memory at `host` into the guest
     /// at `guest` in memory slot `slot`.
-    public func setUserMemoryRegion(
+    package func setUserMemoryRegion(
         slot: UInt32, guest: GuestAddress, size: UInt64, host: UnsafeMutableRawPointer, readOnly: Bool = false
     ) throws(SystemError) {
         var region = kvm_userspace_memory_region(
@@ -31,12 +31,12 @@ public final class VirtualMachine: Sendable {
     }
 
     /// `KVM_SET_TSS_ADDR`: three pages the x86 VMX backend needs below 4 GiB.
-    public func setTSSAddress(_ address: GuestAddress) throws(SystemError) {
+    package func setTSSAddress(_ address: GuestAddress) throws(SystemError) {
         try check("KVM_SET_TSS_ADDR") { swl_ioctl_value(fd.rawValue, SWL_KVM_SET_TSS_ADDR, UInt(address.rawValue)) }
     }
 
     /// `KVM_SET_IDENTITY_MAP_ADDR`: one page for the real-mode identity map on VMX hosts.
-    public func setIdentityMapAddress(_ address: GuestAddress) throws(SystemError) {
+    package func setIdentityMapAddress(_ address: GuestAddress) throws(SystemError) {
         var value = address.rawValue
         try check("KVM_SET_IDENTITY_MAP_ADDR") {
             swl_ioctl_pointer(fd.rawValue, SWL_KVM_SET_IDENTITY_MAP_ADDR, &value)
@@ -44,19 +44,19 @@ public final class VirtualMachine: Sendable {
     }
 
     /// `KVM_CREATE_IRQCHIP`: the in-kernel PIC pair, IOAPIC and per-vCPU local APICs.
-    public func createIRQChip() throws(SystemError) {
+    package func createIRQChip() throws(SystemError) {
         try check("KVM_CREATE_IRQCHIP") { swl_ioctl_none(fd.rawValue, SWL_KVM_CREATE_IRQCHIP) }
     }
 
     /// `KVM_CREATE_PIT2`: the in-kernel i8254 timer (with the speaker port left to userspace).
-    public func createPIT2() throws(SystemError) {
+    package func createPIT2() throws(SystemError) {
         var config = kvm_pit_config()
         config.flags = UInt32(KVM_PIT_SPEAKER_DUMMY)
         try check("KVM_CREATE_PIT2") { swl_ioctl_pointer(fd.rawValue, SWL_KVM_CREATE_PIT2, &config) }
     }
 
     /// `KVM_IRQ_LINE`: drives interrupt line `gsi` of the in-kernel irqchip high or low.
-    public func setIRQLine(_ gsi: UInt32, high: Bool) throws(SystemError) {
+    package func setIRQLine(_ gsi: UInt32, high: Bool) throws(SystemError) {
         var level = kvm_irq_level()
         level.irq = gsi
         level.level = high ? 1 : 0
@@ -64,7 +64,7 @@ public final class VirtualMachine: Sendable {
     }
 
     /// `KVM_IRQFD`: signalling `eventfd` raises (edge) interrupt `gsi` without a VM exit.
-    public func registerIRQFD(_ eventfd: EventFD, gsi: UInt32) throws(SystemError) {
+    package func registerIRQFD(_ eventfd: EventFD, gsi: UInt32) throws(SystemError) {
         var irqfd = kvm_irqfd()
         irqfd.fd = UInt32(bitPattern: eventfd.fd.rawValue)
         irqfd.gsi = gsi
@@ -72,11 +72,11 @@ public final class VirtualMachine: Sendable {
     }
 
     /// The address space an ioeventfd watches.
-    public enum IOEventSpace: Sendable { case pio, mmio }
+    package enum IOEventSpace: Sendable { case pio, mmio }
 
     /// `KVM_IOEVENTFD`: a guest write of `length` bytes to `address` signals `eventfd` inside
     /// the kernel instead of exiting to userspace. With `matching`, only that value triggers it.
-    public func registerIOEventFD(
+    package func registerIOEventFD(
         _ eventfd: EventFD, space: IOEventSpace, address: UInt64, length: UInt32, matching value: UInt64? = nil
     ) throws(SystemError) {
         var request = kvm_ioeventfd()
@@ -96,7 +96,7 @@ public final class VirtualMachine: Sendable {
     }
 
     /// `KVM_CREATE_VCPU` plus the mmap of its `kvm_run` page.
-    public func createVCPU(id: UInt32) throws(SystemError) -> VCPU {
+    package func createVCPU(id: UInt32) throws(SystemError) -> VCPU {
         let cpufd = try retryingOnInterrupt("KVM_CREATE_VCPU \(id)") {
             swl_ioctl_value(fd.rawValue, SWL_KVM_CREATE_VCPU, UInt(id))
         }

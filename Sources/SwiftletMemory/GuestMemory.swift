@@ -22,6 +22,7 @@ public struct GuestMemoryRegion: Sendable {
     /// The host address of `start`. Stored as a bit pattern so the region is Sendable.
     let hostBase: UInt
 
+    /// The host address of `start`, as a pointer.
     package var host: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: hostBase)! }
     /// One past the last byte (fits: regions are validated at creation).
     package var end: UInt64 { start.rawValue + size }

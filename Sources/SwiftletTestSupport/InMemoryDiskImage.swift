@@ -5,7 +5,7 @@ import SwiftletMemory
 import Synchronization
 
 /// An image held in host memory, for tests and fuzzing.
-public final class InMemoryDiskImage: BlockBackend {
+package final class InMemoryDiskImage: BlockBackend {
     private struct State {
         var bytes: [UInt8]
         var flushCount = 0
@@ -14,27 +14,27 @@ public final class InMemoryDiskImage: BlockBackend {
 
     private let state: Mutex<State>
     /// The image's length in bytes, fixed at creation.
-    public let size: UInt64
+    package let size: UInt64
 
     /// An image holding `bytes`; it never grows, so requests past its end fail.
-    public init(bytes: [UInt8]) {
+    package init(bytes: [UInt8]) {
         size = UInt64(bytes.count)
         state = Mutex(State(bytes: bytes))
     }
 
     /// The image's contents.
-    public var bytes: [UInt8] { state.withLock { $0.bytes } }
+    package var bytes: [UInt8] { state.withLock { $0.bytes } }
     /// How often `flush()` was called.
-    public var flushCount: Int { state.withLock { $0.flushCount } }
+    package var flushCount: Int { state.withLock { $0.flushCount } }
     /// When set, every read and write fails with this errno.
-    public var failure: Int32? {
+    package var failure: Int32? {
         get { state.withLock { $0.failure } }
         set { state.withLock { $0.failure = newValue } }
     }
 
     /// Copies the bytes from `offset` on into `vectors`. Throws `failure` when set, or EIO when the
     /// request runs past the end of the image.
-    public func read(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
+    package func read(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
         let range = try checkedRange(vectors, offset, "read")
         var cursor = VectorCursor(vectors)
         state.withLock { state in
@@ -44,7 +44,7 @@ public final class InMemoryDiskImage: BlockBackend {
 
     /// Copies `vectors` into the image at `offset`. Throws `failure` when set, or EIO when the request
     /// runs past the end of the image.
-    public func write(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
+    package func write(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
         let range = try checkedRange(vectors, offset, "write")
         var cursor = VectorCursor(vectors)
         state.withLock { state in
@@ -53,7 +53,7 @@ public final class InMemoryDiskImage: BlockBackend {
     }
 
     /// Counts the call in `flushCount`; never fails, even with `failure` set.
-    public func flush() throws(SystemError) { state.withLock { $0.flushCount += 1 } }
+    package func flush() throws(SystemError) { state.withLock { $0.flushCount += 1 } }
 
     private func checkedRange(_ vectors: UnsafeMutableBufferPointer<iovec>, _ offset: UInt64, _ operation: String) throws(SystemError) -> Range<Int> {
         if let failure = self.failure { throw SystemError("\(operation) memory image", errno: failure) }

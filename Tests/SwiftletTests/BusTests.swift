@@ -292,4 +292,33 @@ struct BusTests {
         #expect(errors[2].description.contains("0x3f8"))
         #expect(errors[2].description.contains("kbd"))
     }
+    @Test("a bus keeps its devices alive as long as any copy of it lives, and releases them after")
+    func deviceLifetime() throws {
+        weak var watched: RecordingDevice?
+        var copy: Bus
+        do {
+            var bus = Bus()
+            let device = RecordingDevice(tag: 0x11)
+            watched = device
+            try bus.register(device, base: 0x60, length: 4, name: "kept")
+            copy = bus
+        }
+        // Only the copy holds the device now; accesses reach it through the unretained route.
+        #expect(watched != nil)
+        #expect(busWrite(copy, 0x62, [0xAB]))
+        #expect(busRead(copy, 0x63) == (true, [0x11]))
+        #expect(watched?.accesses == [
+            RecordingDevice.Access(isWrite: true, offset: 2, bytes: [0xAB]),
+            RecordingDevice.Access(isWrite: false, offset: 3, bytes: [0x11]),
+        ])
+        // A registration on a copy leaves the original's routes as they were.
+        var grown = copy
+        try grown.register(RecordingDevice(tag: 0x22), base: 0x10, length: 4, name: "new")
+        #expect(busRead(grown, 0x10) == (true, [0x22]))
+        #expect(busRead(grown, 0x60) == (true, [0x11]))
+        #expect(busRead(copy, 0x10) == (false, [0xFF]))
+        copy = Bus()
+        grown = Bus()
+        #expect(watched == nil, "the device outlived every bus that held it")
+    }
 }

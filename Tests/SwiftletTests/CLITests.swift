@@ -177,7 +177,7 @@ struct CLITests {
     /// Every option of `swiftlet boot`, as its help lists them.
     static let bootOptions = [
         "--kernel <file>", "--format <format>", "--memory <size>", "--cpus <n>", "--initrd <file>", "--cmdline <text>",
-        "--cpuid-mask <list>", "--boot-timer", "--report-boot-time", "--report-memory", "--timeout <seconds>", "--disk <disk>", "--net <net>",
+        "--cpuid-mask <list>", "--boot-timer", "--report-boot-time", "--report-memory", "--report-exits", "--timeout <seconds>", "--disk <disk>", "--net <net>",
         "--rng",
     ]
 
@@ -275,6 +275,30 @@ struct CLITests {
         #expect(result.status == 0)
         #expect(result.stdout == "Hello from 64-bit long mode\n")
         #expect(result.stderr.hasPrefix("swiftlet: guest resident "))
+    }
+
+    @Test("--report-exits prints one line per vCPU with its exits by reason",
+          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+    func reportExits() throws {
+        let result = try Self.swiftlet(
+            "boot", "--kernel", try TestSupport.guest("longmode-hello.elf"), "--cpus", "2", "--timeout", "20", "--report-exits")
+        #expect(result.status == 0)
+        #expect(result.stdout == "Hello from 64-bit long mode\n")
+        let lines = result.stderr.split(separator: "\n", omittingEmptySubsequences: false)
+        #expect(lines.count == 3 && lines.last == "", "expected two lines, got \(result.stderr)")
+        guard lines.count == 3 else { return }
+        // vCPU 0: per console byte a line-status read and a data write, then the reset write;
+        // after the reset its next KVM_RUN returns EINTR once.
+        let bytes = "Hello from 64-bit long mode\n".utf8.count
+        #expect(lines[0] == "swiftlet: vcpu 0 exits: pio-in \(bytes), pio-out \(bytes + 1), mmio-read 0, mmio-write 0, hlt 0, "
+            + "shutdown 0, interrupted 1, internal-error 0, other 0")
+        // vCPU 1 is never started: it only leaves KVM_RUN when the machine's end kicks it.
+        #expect(lines[1].hasPrefix("swiftlet: vcpu 1 exits: pio-in 0, pio-out 0, mmio-read 0, mmio-write 0, hlt 0, shutdown 0, interrupted "))
+        #expect(lines[1].hasSuffix(", internal-error 0, other 0"))
+        // Without the flag, nothing is printed.
+        let quiet = try Self.swiftlet("boot", "--kernel", try TestSupport.guest("longmode-hello.elf"), "--timeout", "20")
+        #expect(quiet.status == 0)
+        #expect(quiet.stderr == "")
     }
 
     @Test("dump-dtb writes a device tree blob, to a file or to stdout")

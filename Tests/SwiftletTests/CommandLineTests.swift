@@ -1,6 +1,13 @@
 import Testing
 
 @testable import Swiftlet
+@testable import SwiftletBackends
+@testable import SwiftletDeviceTree
+@testable import SwiftletDevices
+@testable import SwiftletHost
+@testable import SwiftletKVM
+@testable import SwiftletMemory
+@testable import SwiftletTestSupport
 @testable import SwiftletCommandLine
 
 /// A grammar with a byte-size key and no bare value, standing in for later device options.

@@ -18,6 +18,8 @@ struct TinyGuestKVMTests {
     struct Run {
         let exit: GuestExit
         let output: String
+        /// `Machine.exitCounts` once the machine has ended.
+        let exitCounts: [ExitCounts]
     }
 
     static func boot(
@@ -34,7 +36,7 @@ struct TinyGuestKVMTests {
         try machine.start()
         try running(machine)
         let exit = machine.wait()
-        return Run(exit: exit, output: console.text)
+        return Run(exit: exit, output: console.text, exitCounts: machine.exitCounts)
     }
 
     @Test("a real-mode flat binary prints over serial and resets")
@@ -147,6 +149,80 @@ struct TinyGuestKVMTests {
         #expect(b.wait() == .reset)
         #expect(first.text == "Hello from 64-bit long mode\n")
         #expect(second.text == "Hello from real mode\n")
+    }
+
+    // MARK: Exit counters
+
+    @Test("the exit counters match the port and MMIO accesses the mmio-test guest makes")
+    func exitCountsOfMMIOTest() throws {
+        let run = try Self.boot("mmio-test.elf", mmioTestDevice: true)
+        #expect(run.exit == .reset)
+        #expect(run.exitCounts.count == 1)
+        let counts = try #require(run.exitCounts.first)
+        // Four loads (ID, scratch twice, write count) and two stores to the test device.
+        #expect(counts.mmioRead == 4)
+        #expect(counts.mmioWrite == 2)
+        // Per console byte one line-status read (THRE is always set) and one data write; then
+        // the i8042 reset write that ends the VM.
+        let bytes = UInt64(run.output.utf8.count)
+        #expect(bytes == 68)
+        #expect(counts.portIn == bytes)
+        #expect(counts.portOut == bytes + 1)
+        // The reset stops the machine from inside that write; the next KVM_RUN returns EINTR at
+        // once (immediate_exit) and the vCPU ends.
+        #expect(counts.interrupted == 1)
+        #expect(counts.halt == 0 && counts.shutdown == 0 && counts.internalError == 0 && counts.other == 0)
+        #expect(counts.total == 2 * bytes + 1 + 6 + 1)
+    }
+
+    @Test("a triple fault is counted as one shutdown exit")
+    func exitCountsOfTripleFault() throws {
+        let run = try Self.boot("triple-fault.elf")
+        #expect(run.exit.exitCode == 3)
+        let counts = try #require(run.exitCounts.first)
+        let bytes = UInt64(run.output.utf8.count)
+        #expect(counts.shutdown == 1)
+        #expect(counts.portIn == bytes && counts.portOut == bytes)
+        #expect(counts.mmioRead == 0 && counts.mmioWrite == 0)
+        // The vCPU stops at the shutdown exit itself: no further KVM_RUN.
+        #expect(counts.interrupted == 0)
+        #expect(counts.total == 2 * bytes + 1)
+    }
+
+    @Test("each vCPU has its own counters: an application processor nobody starts only waits")
+    func exitCountsPerVCPU() throws {
+        let run = try Self.boot("longmode-hello.elf", cpus: 2)
+        #expect(run.exit == .reset)
+        #expect(run.exitCounts.count == 2)
+        let bytes = UInt64(run.output.utf8.count)
+        #expect(run.exitCounts[0].portIn == bytes)
+        #expect(run.exitCounts[0].portOut == bytes + 1)
+        // vCPU 1 sits in wait-for-SIPI inside KVM_RUN until the machine's end kicks it out.
+        var idle = ExitCounts()
+        idle.interrupted = run.exitCounts[1].interrupted
+        #expect(run.exitCounts[1] == idle)
+        #expect(idle.interrupted >= 1)
+    }
+
+    @Test("the exit counters can be read while the guest runs, and only grow")
+    func exitCountsDuringRun() throws {
+        let run = try Self.boot("serial-flood.elf") { machine in
+            var seen: [UInt64] = []
+            let deadline = monotonicNanoseconds() + 10_000_000_000
+            while seen.count < 5 && monotonicNanoseconds() < deadline {
+                let written = machine.exitCounts[0].portOut
+                if written > (seen.last ?? 0) { seen.append(written) }
+                usleep(1000)
+            }
+            machine.stop()
+            #expect(seen.count == 5, "the port-write count did not keep growing: \(seen)")
+            #expect(seen == seen.sorted())
+        }
+        #expect(run.exit == .stopped(.requested))
+        // Every 4 KiB block is one exit; the output the console took is at most what was written.
+        let counts = try #require(run.exitCounts.first)
+        #expect(UInt64(run.output.utf8.count) <= counts.portOut * 4096)
+        #expect(counts.interrupted >= 1)
     }
 
     @Test("building fails with the step and the reason for a missing kernel")

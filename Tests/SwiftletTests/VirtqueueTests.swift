@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import Swiftlet
@@ -407,5 +408,97 @@ struct VirtqueueTests {
         _ = try queue.popAvailable(from: memory, into: &chain)
         #expect(try queue.enableNotifications(memory) == false)
         #expect(try ring.availableEvent() == 2)
+    }
+    // MARK: Ring fields in guest memory
+
+    /// `queue` as saved and restored with its ring addresses replaced: decoding does not run
+    /// the checks `init` does, so a restored queue can name any address.
+    private static func restored(_ queue: Virtqueue, availableRing: UInt64, usedRing: UInt64) throws -> Virtqueue {
+        var fields = try JSONSerialization.jsonObject(with: JSONEncoder().encode(queue)) as! [String: Any]
+        fields["availableRing"] = availableRing
+        fields["usedRing"] = usedRing
+        return try JSONDecoder().decode(Virtqueue.self, from: JSONSerialization.data(withJSONObject: fields))
+    }
+
+    @Test("the device's ring indices and event fields are little-endian 16-bit values at the specified offsets")
+    func ringFieldOffsets() throws {
+        let memory = try virtioTestMemory()
+        var ring = RingDriver(memory: memory, size: 8)
+        var queue = try ring.queue(features: eventIndex)
+        var chain = DescriptorChain()
+        // Neighbours of every 16-bit field the device stores must stay as they are.
+        try memory.fill(GuestAddress(ring.usedRing), count: Int(Virtqueue.usedRingLength(size: 8)) + 2, with: 0xEE)
+        try ring.setDescriptor(2, address: 0x10000, length: 4, flags: Flag.write)
+        for _ in 0..<3 { try ring.publish(2) }
+        for _ in 0..<3 {
+            #expect(try queue.popAvailable(from: memory, into: &chain))
+            try queue.addUsed(head: 2, length: 0x0102_0304, memory: memory)
+        }
+        #expect(try ring.usedIndex() == 3)
+        #expect(try memory.readBytes(at: GuestAddress(ring.usedRing), count: 4) == [0xEE, 0xEE, 3, 0])
+        #expect(try ring.usedElement(2) == (id: 2, length: 0x0102_0304))
+        #expect(try queue.enableNotifications(memory) == false)
+        let availableEvent = ring.usedRing + 4 + 8 * 8
+        #expect(try memory.readBytes(at: GuestAddress(availableEvent), count: 4) == [3, 0, 0xEE, 0xEE])
+        // used_event = 0x0102 (above the used index): no interrupt; 2 (just passed): one.
+        try ring.setUsedEvent(0x0102)
+        #expect(try queue.needsInterrupt(memory) == false)
+        try ring.publish(2)
+        _ = try queue.popAvailable(from: memory, into: &chain)
+        try queue.addUsed(head: 2, length: 1, memory: memory)
+        try ring.setUsedEvent(3)
+        #expect(try queue.needsInterrupt(memory))
+    }
+
+    @Test("a restored queue whose ring fields are misaligned reports a ring error instead of an atomic access")
+    func misalignedRingFields() throws {
+        let memory = try virtioTestMemory()
+        var chain = DescriptorChain()
+        for features in [VirtioFeature.version1, eventIndex] {
+            var queue = try Self.restored(
+                try RingDriver(memory: memory, size: 8).queue(features: features), availableRing: 0x5001, usedRing: 0x6001)
+            #expect(throws: VirtqueueError.misaligned(.availableRing, address: 0x5003, alignment: 2)) {
+                try queue.popAvailable(from: memory, into: &chain)
+            }
+            #expect(throws: VirtqueueError.misaligned(.usedRing, address: 0x6003, alignment: 2)) {
+                try queue.addUsed(head: 0, length: 0, memory: memory)
+            }
+            let suppression: UInt64 = features == eventIndex ? 0x5001 + 4 + 2 * 8 : 0x5001
+            #expect(throws: VirtqueueError.misaligned(.availableRing, address: suppression, alignment: 2)) {
+                try queue.needsInterrupt(memory)
+            }
+            let expected: VirtqueueError =
+                features == eventIndex
+                ? .misaligned(.usedRing, address: 0x6001 + 4 + 8 * 8, alignment: 2)
+                : .misaligned(.availableRing, address: 0x5003, alignment: 2)
+            #expect(throws: expected) { try queue.enableNotifications(memory) }
+            #expect(expected.requiresReset)
+        }
+    }
+
+    @Test("a restored queue whose ring fields lie outside guest RAM reports a ring error")
+    func ringFieldsOutsideMemory() throws {
+        let memory = try virtioTestMemory()  // 2 MiB
+        var chain = DescriptorChain()
+        let end: UInt64 = 0x20_0000
+        // The available ring's flags are the last two bytes of RAM; its index is past the end.
+        // The used ring's elements are past the end, and its avail_event far beyond it.
+        var queue = try Self.restored(
+            try RingDriver(memory: memory, size: 8).queue(features: eventIndex), availableRing: end - 2, usedRing: end + 0x1000)
+        #expect(throws: VirtqueueError.ringOutsideGuestMemory(address: end)) { try queue.popAvailable(from: memory, into: &chain) }
+        #expect(throws: VirtqueueError.ringOutsideGuestMemory(address: end + 0x1004)) {
+            try queue.addUsed(head: 0, length: 0, memory: memory)
+        }
+        #expect(throws: VirtqueueError.ringOutsideGuestMemory(address: end - 2 + 4 + 2 * 8)) { try queue.needsInterrupt(memory) }
+        #expect(throws: VirtqueueError.ringOutsideGuestMemory(address: end + 0x1000 + 4 + 8 * 8)) {
+            try queue.enableNotifications(memory)
+        }
+        // A ring whose last field ends exactly at the end of RAM is usable.
+        queue = try Self.restored(
+            try RingDriver(memory: memory, size: 8).queue(features: eventIndex), availableRing: 0x5000,
+            usedRing: end - Virtqueue.usedRingLength(size: 8))
+        try memory.write(UInt16(0xFFFF), at: GuestAddress(end - 2))
+        #expect(try queue.enableNotifications(memory) == false)
+        #expect(try memory.read(UInt16.self, at: GuestAddress(end - 2)) == 0)
     }
 }

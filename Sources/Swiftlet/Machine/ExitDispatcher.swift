@@ -10,20 +10,20 @@ import SwiftletMemory
 ///
 /// A plain function from (buses, exit) to an action so it can be tested with made-up exits.
 /// Hot path: no allocation, no logging, no locks (the buses are immutable values).
-public struct ExitDispatcher: Sendable {
+package struct ExitDispatcher: Sendable {
     /// The port I/O bus (x86 `in`/`out`, ports 0-0xFFFF).
-    public let portIO: Bus
+    package let portIO: Bus
     /// The MMIO bus: guest physical addresses with no RAM behind them (virtio-mmio windows, test device).
-    public let mmio: Bus
+    package let mmio: Bus
 
     /// A dispatcher over these buses.
-    public init(portIO: Bus, mmio: Bus) {
+    package init(portIO: Bus, mmio: Bus) {
         self.portIO = portIO
         self.mmio = mmio
     }
 
     /// What the vCPU loop does after an exit.
-    public enum Action: Equatable, Sendable {
+    package enum Action: Equatable, Sendable {
         /// Re-enter the guest.
         case resume
         /// `KVM_RUN` was interrupted: check whether the machine is stopping, then re-enter.
@@ -33,7 +33,7 @@ public struct ExitDispatcher: Sendable {
     }
 
     /// Why a vCPU stops, before its RIP is read.
-    public enum StopCause: Equatable, Sendable {
+    package enum StopCause: Equatable, Sendable {
         /// `halt`: `hlt` with no in-kernel irqchip (`KVM_EXIT_HLT`); `shutdown`: a triple fault
         /// (`KVM_EXIT_SHUTDOWN`).
         case halt, shutdown
@@ -51,7 +51,7 @@ public struct ExitDispatcher: Sendable {
     /// access `count` times over consecutive data) and resume the guest; an interrupted `KVM_RUN` gives
     /// `.interrupted`; every other exit stops the vCPU with its cause. Runs on the vCPU thread.
     @inline(__always)
-    public func handle(_ exit: VCPUExit) -> Action {
+    package func handle(_ exit: VCPUExit) -> Action {
         switch exit {
         case .portIO(let io):
             var data = io.data
@@ -83,7 +83,7 @@ public struct ExitDispatcher: Sendable {
     }
 
     /// How the guest ended, given why vCPU `vcpu` stopped at `rip`.
-    public static func guestExit(for cause: StopCause, vcpu: UInt32, rip: UInt64) -> GuestExit {
+    package static func guestExit(for cause: StopCause, vcpu: UInt32, rip: UInt64) -> GuestExit {
         switch cause {
         case .halt: .halted(vcpu: vcpu, rip: rip)
         case .shutdown: .tripleFault(vcpu: vcpu, rip: rip)

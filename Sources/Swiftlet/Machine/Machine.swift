@@ -177,6 +177,10 @@ public final class Machine: @unchecked Sendable {
         return 0
     }
 
+    /// Each vCPU's exits by reason so far, indexed by vCPU id: readable during a run (each vCPU's
+    /// figures may be a moment old) and final once `wait()` has returned.
+    public var exitCounts: [ExitCounts] { control.exitCounters.all }
+
     /// The error that ended writing the `.terminal` console's output (EPIPE, EIO, ...), if one did;
     /// nil while output was only stalled.
     public var consoleOutputError: SystemError? { consoleWriter?.writeError }

@@ -25,11 +25,14 @@ final class RunControl: Sendable {
     /// Where paused vCPU threads wait; counts them so `pause()` can wait until all are parked.
     private let gate = ParkingGate()
     let vcpus: [VCPU]
+    /// Each vCPU's exits by reason, indexed by vCPU id (ids are 0..<vcpus.count).
+    let exitCounters: ExitCounters
     /// Called once, on the thread that ends the machine, after `exit` is recorded.
     let onFinish: @Sendable (GuestExit) -> Void
 
     init(vcpus: [VCPU], onFinish: @escaping @Sendable (GuestExit) -> Void) {
         self.vcpus = vcpus
+        self.exitCounters = ExitCounters(count: vcpus.count)
         self.onFinish = onFinish
     }
 
@@ -108,16 +111,21 @@ final class RunControl: Sendable {
     }
 }
 
-/// The loop each vCPU thread runs: enter the guest, dispatch the exit, repeat.
+/// The loop each vCPU thread runs: enter the guest, count the exit, dispatch it, repeat.
 ///
-/// Per exit it allocates nothing, logs nothing and takes no lock: the dispatcher's buses are
-/// immutable values and devices guard only their own state.
+/// Per exit it allocates nothing, logs nothing, takes no lock and does no reference counting:
+/// the dispatcher's buses are immutable values whose lookup copies only trivial values, devices
+/// guard only their own state, and the exit counters are this vCPU's own cache line, reached
+/// through a plain pointer.
 enum VCPULoop {
     static func run(_ vcpu: VCPU, dispatcher: ExitDispatcher, control: RunControl) {
+        let counters = control.exitCounters.slot(Int(vcpu.id))
         while true {
             let action: ExitDispatcher.Action
             do {
-                action = dispatcher.handle(try vcpu.run())
+                let exit = try vcpu.run()
+                counters.record(exit)
+                action = dispatcher.handle(exit)
             } catch {
                 control.finish(.vcpuFailed(vcpu: vcpu.id, error: error))
                 return

@@ -18,7 +18,7 @@ import SwiftletMemory
 ///       timer                the architected timer's four PPIs
 ///       serial@9000000       the ns16550a UART
 ///       virtio-mmio@a000000  one per virtio device, in slot order
-public enum AArch64DeviceTree {
+package enum AArch64DeviceTree {
     // Interrupt specifiers for "arm,gic-v3" (#interrupt-cells = 3): type, number, flags
     // (Linux: Documentation/devicetree/bindings/interrupt-controller/arm,gic-v3.yaml).
     static let spiType: UInt32 = 0
@@ -28,16 +28,16 @@ public enum AArch64DeviceTree {
 
     /// The MPIDR_EL1 affinity KVM gives vCPU `index` by default (its `reset_mpidr`): 16 vCPUs
     /// per Aff0 cluster, then Aff1, then Aff2. A cpu node's `reg` must equal it.
-    public static func mpidr(vcpu index: Int) -> UInt64 {
+    package static func mpidr(vcpu index: Int) -> UInt64 {
         let id = UInt64(index)
         return (id & 0xF) | ((id >> 4) & 0xFF) << 8 | ((id >> 12) & 0xFF) << 16
     }
 
     /// The path of the UART node, which `/chosen/stdout-path` names.
-    public static let uartPath = "/serial@" + unitAddress(AArch64Layout.uartAddress)
+    package static let uartPath = "/serial@" + unitAddress(AArch64Layout.uartAddress)
 
     /// The device tree for `machine`, checked by libfdt and at most `deviceTreeMaxSize` bytes.
-    public static func build(_ machine: AArch64MachineDescription) throws(FDTError) -> DeviceTreeBlob {
+    package static func build(_ machine: AArch64MachineDescription) throws(FDTError) -> DeviceTreeBlob {
         var tree = try DeviceTreeBuilder()
         try tree.setProperties(
             [

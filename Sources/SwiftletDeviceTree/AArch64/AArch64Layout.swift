@@ -23,92 +23,92 @@ import SwiftletMemory
 /// x86_64 machine already has (Firecracker's aarch64 machine does the same); Linux drives it
 /// with `8250_of` as `ttyS0`. Interrupt numbers are SPI numbers (GIC INTID = 32 + SPI), as the
 /// device tree and KVM's irqfd routing use them.
-public enum AArch64Layout {
+package enum AArch64Layout {
     // MARK: Interrupt controller
 
     /// GICv3 distributor (GICD): one 64 KiB frame (`KVM_VGIC_V3_ADDR_TYPE_DIST`).
-    public static let gicDistributorAddress = GuestAddress(0x0800_0000)
+    package static let gicDistributorAddress = GuestAddress(0x0800_0000)
     /// Size of the distributor frame: 64 KiB.
-    public static let gicDistributorSize: UInt64 = 0x1_0000
+    package static let gicDistributorSize: UInt64 = 0x1_0000
     /// GICv3 redistributors (`KVM_VGIC_V3_ADDR_TYPE_REDIST`): vCPU i's at base + i * 128 KiB.
-    public static let gicRedistributorAddress = GuestAddress(0x1000_0000)
+    package static let gicRedistributorAddress = GuestAddress(0x1000_0000)
     /// Redistributor space per vCPU: 128 KiB, its 64 KiB RD_base and SGI_base frames.
-    public static let gicRedistributorSizePerVCPU: UInt64 = 0x2_0000
+    package static let gicRedistributorSizePerVCPU: UInt64 = 0x2_0000
     /// The most vCPUs the redistributor region has room for (also KVM's arm64 limit).
-    public static let maximumVCPUs = 512
+    package static let maximumVCPUs = 512
 
     /// The redistributor region for `vcpuCount` vCPUs, in bytes.
-    public static func gicRedistributorSize(vcpuCount: Int) -> UInt64 {
+    package static func gicRedistributorSize(vcpuCount: Int) -> UInt64 {
         UInt64(vcpuCount) * gicRedistributorSizePerVCPU
     }
 
     // MARK: Devices
 
     /// The UART (ns16550a-compatible, byte-wide registers at offsets 0-7 of the window).
-    public static let uartAddress = GuestAddress(0x0900_0000)
+    package static let uartAddress = GuestAddress(0x0900_0000)
     /// Size of the UART's MMIO window: 4 KiB (only the first 8 bytes hold registers).
-    public static let uartSize: UInt64 = 0x1000
+    package static let uartSize: UInt64 = 0x1000
     /// The UART's interrupt: SPI 1 (GIC INTID 33).
-    public static let uartSPI: UInt32 = 1
+    package static let uartSPI: UInt32 = 1
     /// The UART's input clock: the classic 1.8432 MHz crystal, so divisor 1 is 115200 baud.
-    public static let uartClockFrequency: UInt32 = 1_843_200
+    package static let uartClockFrequency: UInt32 = 1_843_200
 
     /// Virtio-mmio devices: slot `i` at `virtioMMIOBase + i * virtioMMIOStride`, on SPI
     /// `virtioMMIOFirstSPI + i`.
-    public static let virtioMMIOBase = GuestAddress(0x0A00_0000)
+    package static let virtioMMIOBase = GuestAddress(0x0A00_0000)
     /// Distance between consecutive virtio-mmio slots: 4 KiB.
-    public static let virtioMMIOStride: UInt64 = 0x1000
+    package static let virtioMMIOStride: UInt64 = 0x1000
     /// Size of each slot's register window (the device tree `reg` size): 4 KiB.
-    public static let virtioMMIOSize: UInt64 = 0x1000
+    package static let virtioMMIOSize: UInt64 = 0x1000
     /// Number of virtio-mmio slots: 32, 0x0A00_0000-0x0A01_FFFF.
-    public static let virtioMMIOSlotCount = 32
+    package static let virtioMMIOSlotCount = 32
     /// Slot 0's interrupt: SPI 16 (GIC INTID 48); slot `i` uses SPI 16 + i.
-    public static let virtioMMIOFirstSPI: UInt32 = 16
+    package static let virtioMMIOFirstSPI: UInt32 = 16
 
     /// Address and SPI of virtio-mmio slot `slot` (0 ..< `virtioMMIOSlotCount`).
-    public static func virtioMMIOSlot(_ slot: Int) -> (address: GuestAddress, spi: UInt32) {
+    package static func virtioMMIOSlot(_ slot: Int) -> (address: GuestAddress, spi: UInt32) {
         precondition((0..<virtioMMIOSlotCount).contains(slot), "virtio-mmio slot \(slot) out of range")
         return (GuestAddress(virtioMMIOBase.rawValue + UInt64(slot) * virtioMMIOStride), virtioMMIOFirstSPI + UInt32(slot))
     }
 
     /// SPIs the in-kernel GIC must provide for every device above (SPIs 0 ..< this).
-    public static let requiredSPICount = Int(virtioMMIOFirstSPI) + virtioMMIOSlotCount
+    package static let requiredSPICount = Int(virtioMMIOFirstSPI) + virtioMMIOSlotCount
 
     // MARK: Architected interrupts (PPIs, fixed by the architecture and KVM)
 
     /// Generic timer PPIs in the order the `arm,armv8-timer` binding lists them: secure
     /// physical (INTID 29), non-secure physical (30), virtual (27), hypervisor (26).
-    public static let timerPPIs: [UInt32] = [13, 14, 11, 10]
+    package static let timerPPIs: [UInt32] = [13, 14, 11, 10]
 
     // MARK: RAM and boot images
 
     /// Guest RAM starts at 2 GiB, as on Firecracker's and crosvm's aarch64 machines; all
     /// devices sit below it.
-    public static let ramStart = GuestAddress(0x8000_0000)
+    package static let ramStart = GuestAddress(0x8000_0000)
     /// RAM below KVM's default 40-bit IPA limit (1 TiB) minus the 2 GiB under `ramStart`.
-    public static let maximumMemorySize: UInt64 = (1 << 40) - 0x8000_0000
+    package static let maximumMemorySize: UInt64 = (1 << 40) - 0x8000_0000
     /// 2 MiB for the kernel's 2 MiB-aligned load base, 2 MiB for the device tree.
-    public static let minimumMemorySize: UInt64 = 4 << 20
+    package static let minimumMemorySize: UInt64 = 4 << 20
 
     /// Where the kernel Image's 2 MiB-aligned base goes.
-    public static let kernelBase = ramStart
+    package static let kernelBase = ramStart
 
     /// The device tree gets the last 2 MiB of RAM (the arm64 boot protocol's size limit).
-    public static let deviceTreeMaxSize: UInt64 = 2 << 20
+    package static let deviceTreeMaxSize: UInt64 = 2 << 20
 
     /// Where the device tree blob goes for a guest with `memorySize` bytes of RAM (at least
     /// `deviceTreeMaxSize`; `AArch64MachineDescription` checks it is at least `minimumMemorySize`).
-    public static func deviceTreeAddress(memorySize: UInt64) -> GuestAddress {
+    package static func deviceTreeAddress(memorySize: UInt64) -> GuestAddress {
         GuestAddress(ramStart.rawValue + memorySize - deviceTreeMaxSize)
     }
 
     /// The initrd's alignment (a page).
-    public static let initrdAlignment: UInt64 = 0x1000
+    package static let initrdAlignment: UInt64 = 0x1000
 
     /// Where an initrd of `size` bytes goes: page-aligned, right below the device tree; nil if
     /// it does not fit above `kernelBase` plus `kernelSize`. Where the kernel is known, its
     /// loaded size goes in `kernelSize` so the two cannot overlap.
-    public static func initrdAddress(size: UInt64, memorySize: UInt64, kernelSize: UInt64 = 0) -> GuestAddress? {
+    package static func initrdAddress(size: UInt64, memorySize: UInt64, kernelSize: UInt64 = 0) -> GuestAddress? {
         guard memorySize >= deviceTreeMaxSize else { return nil }
         let top = deviceTreeAddress(memorySize: memorySize).rawValue
         let room = top - kernelBase.rawValue

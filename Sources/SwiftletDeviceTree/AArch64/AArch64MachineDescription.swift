@@ -7,23 +7,23 @@ import SwiftletMemory
 /// What the aarch64 device tree describes: the machine's size and its devices, checked against
 /// `AArch64Layout`. Build one from a `MachineConfiguration` (the initrd's size is read from its
 /// file) or from the values directly; `deviceTree()` gives the blob.
-public struct AArch64MachineDescription: Equatable, Sendable {
+package struct AArch64MachineDescription: Equatable, Sendable {
     /// Guest RAM in bytes, from `AArch64Layout.ramStart`.
-    public let memorySize: UInt64
+    package let memorySize: UInt64
     /// Number of vCPUs, with the MPIDRs `AArch64DeviceTree.mpidr(vcpu:)` gives.
-    public let vcpuCount: Int
+    package let vcpuCount: Int
     /// The kernel command line (`/chosen/bootargs`).
-    public let commandLine: String
+    package let commandLine: String
     /// The initrd's size in bytes, or nil for none. It goes at `initrdAddress`.
-    public let initrdSize: UInt64?
+    package let initrdSize: UInt64?
     /// Virtio-mmio devices, in slots 0 ..< this (`AArch64Layout.virtioMMIOSlot`).
-    public let virtioDeviceCount: Int
+    package let virtioDeviceCount: Int
 
     /// The command line when none is given: the x86 default without its i8042 and keyboard-
     /// reset options (`reboot=k`: an aarch64 guest resets through PSCI). The 16550 is `ttyS0`.
-    public static let defaultCommandLine = "console=ttyS0 panic=1"
+    package static let defaultCommandLine = "console=ttyS0 panic=1"
     /// arm64's COMMAND_LINE_SIZE is 2048 including the terminating NUL.
-    public static let commandLineLimit = 2047
+    package static let commandLineLimit = 2047
 
     /// Checks the values against `AArch64Layout` and the arm64 boot protocol (a nil `commandLine`
     /// means `defaultCommandLine`). Throws `AArch64MachineError` if the memory size is below
@@ -31,7 +31,7 @@ public struct AArch64MachineDescription: Equatable, Sendable {
     /// outside 1...`maximumVCPUs` or `virtioDeviceCount` above `virtioMMIOSlotCount`; if the
     /// command line has a NUL or is longer than `commandLineLimit`; or if the initrd does not fit
     /// below the device tree.
-    public init(
+    package init(
         memorySize: UInt64 = MachineConfiguration.defaultMemorySize, vcpuCount: Int = 1, commandLine: String? = nil,
         initrdSize: UInt64? = nil, virtioDeviceCount: Int = 0
     ) throws(AArch64MachineError) {
@@ -59,7 +59,7 @@ public struct AArch64MachineDescription: Equatable, Sendable {
     /// The description of `configuration` with `virtioDeviceCount` virtio-mmio devices. The
     /// initrd file (if any) is opened for its size; the kernel path, format, console and CPUID
     /// mask play no part in the device tree (the CPUID mask is x86-only).
-    public init(_ configuration: MachineConfiguration, virtioDeviceCount: Int = 0) throws(AArch64MachineError) {
+    package init(_ configuration: MachineConfiguration, virtioDeviceCount: Int = 0) throws(AArch64MachineError) {
         var initrdSize: UInt64?
         if let path = configuration.initrdPath {
             do { initrdSize = try ImageFile(path: path).size } catch {
@@ -75,19 +75,19 @@ public struct AArch64MachineDescription: Equatable, Sendable {
     }
 
     /// Where the device tree blob goes (the last 2 MiB of RAM).
-    public var deviceTreeAddress: GuestAddress { AArch64Layout.deviceTreeAddress(memorySize: memorySize) }
+    package var deviceTreeAddress: GuestAddress { AArch64Layout.deviceTreeAddress(memorySize: memorySize) }
 
     /// Where the initrd goes, or nil without one.
-    public var initrdAddress: GuestAddress? {
+    package var initrdAddress: GuestAddress? {
         initrdSize.flatMap { AArch64Layout.initrdAddress(size: $0, memorySize: memorySize) }
     }
 
     /// The machine's device tree.
-    public func deviceTree() throws(FDTError) -> DeviceTreeBlob { try AArch64DeviceTree.build(self) }
+    package func deviceTree() throws(FDTError) -> DeviceTreeBlob { try AArch64DeviceTree.build(self) }
 }
 
 /// A configuration the aarch64 machine cannot describe.
-public enum AArch64MachineError: Error, Equatable, CustomStringConvertible, Sendable {
+package enum AArch64MachineError: Error, Equatable, CustomStringConvertible, Sendable {
     /// The memory size (bytes) is below `AArch64Layout.minimumMemorySize`.
     case memoryTooSmall(UInt64)
     /// The memory size (bytes) is above `AArch64Layout.maximumMemorySize`.
@@ -111,7 +111,7 @@ public enum AArch64MachineError: Error, Equatable, CustomStringConvertible, Send
     case initrdDoesNotFit(size: UInt64, memorySize: UInt64)
 
     /// A one-line explanation for the user, with the accepted range where there is one.
-    public var description: String {
+    package var description: String {
         switch self {
         case .memoryTooSmall(let size):
             "guest memory of \(size) bytes is too small for aarch64 (at least \(AArch64Layout.minimumMemorySize >> 20) MiB)"

@@ -7,29 +7,29 @@ import SwiftletMemory
 
 /// A finished flattened device tree (a DTB), checked with libfdt's `fdt_check_full`, with
 /// read-back through libfdt (`fdt_path_offset`, `fdt_getprop`) for inspection and tests.
-public struct DeviceTreeBlob: Equatable, Sendable {
+package struct DeviceTreeBlob: Equatable, Sendable {
     /// The blob, exactly `totalsize` bytes: what a guest finds in memory.
-    public let bytes: [UInt8]
+    package let bytes: [UInt8]
 
     /// Takes `bytes` as a blob if `fdt_check_full` accepts them.
-    public init(bytes: [UInt8]) throws(FDTError) {
+    package init(bytes: [UInt8]) throws(FDTError) {
         self.bytes = bytes
         try check()
     }
 
     /// libfdt's full structural check (`fdt_check_full`): header, block layout, tag sequence,
     /// node and property names, strings.
-    public func check() throws(FDTError) {
+    package func check() throws(FDTError) {
         // Shorter than a version 17 header: refused before libfdt reads one.
         guard bytes.count >= 40 else { throw FDTError("check the blob", code: FDT_ERR_TRUNCATED) }
         try FDTError.check(bytes.withUnsafeBytes { fdt_check_full($0.baseAddress, $0.count) }, "check the blob")
     }
 
     /// Whether the tree has a node at `path`.
-    public func hasNode(_ path: String) -> Bool { (try? offset(of: path)) != nil }
+    package func hasNode(_ path: String) -> Bool { (try? offset(of: path)) != nil }
 
     /// The names of the children of the node at `path`, in blob order.
-    public func childNames(of path: String) throws(FDTError) -> [String] {
+    package func childNames(of path: String) throws(FDTError) -> [String] {
         let parent = try offset(of: path)
         return try withBlob { fdt throws(FDTError) in
             var names: [String] = []
@@ -44,7 +44,7 @@ public struct DeviceTreeBlob: Equatable, Sendable {
     }
 
     /// The names of the properties of the node at `path`, in blob order.
-    public func propertyNames(of path: String) throws(FDTError) -> [String] {
+    package func propertyNames(of path: String) throws(FDTError) -> [String] {
         let node = try offset(of: path)
         return try withBlob { fdt throws(FDTError) in
             var names: [String] = []
@@ -61,7 +61,7 @@ public struct DeviceTreeBlob: Equatable, Sendable {
 
     /// The raw value of property `name` of the node at `path` (`fdt_getprop`); fails with
     /// `FDT_ERR_NOTFOUND` if the node or the property is missing.
-    public func property(_ name: String, of path: String) throws(FDTError) -> [UInt8] {
+    package func property(_ name: String, of path: String) throws(FDTError) -> [UInt8] {
         let node = try offset(of: path)
         return try withBlob { fdt throws(FDTError) in
             var length: Int32 = 0
@@ -73,24 +73,24 @@ public struct DeviceTreeBlob: Equatable, Sendable {
     }
 
     /// Whether the node at `path` has property `name`.
-    public func hasProperty(_ name: String, of path: String) -> Bool { (try? property(name, of: path)) != nil }
+    package func hasProperty(_ name: String, of path: String) -> Bool { (try? property(name, of: path)) != nil }
 
     /// A property that holds one 32-bit cell.
-    public func u32(_ name: String, of path: String) throws(FDTError) -> UInt32 {
+    package func u32(_ name: String, of path: String) throws(FDTError) -> UInt32 {
         let values = try cells(name, of: path)
         guard values.count == 1 else { throw FDTError("read property \"\(name)\" of \(path) as one cell", code: FDT_ERR_BADVALUE) }
         return values[0]
     }
 
     /// A property that holds one 64-bit number (two cells).
-    public func u64(_ name: String, of path: String) throws(FDTError) -> UInt64 {
+    package func u64(_ name: String, of path: String) throws(FDTError) -> UInt64 {
         let values = try cells(name, of: path)
         guard values.count == 2 else { throw FDTError("read property \"\(name)\" of \(path) as a 64-bit number", code: FDT_ERR_BADVALUE) }
         return UInt64(values[0]) << 32 | UInt64(values[1])
     }
 
     /// A property read as an array of 32-bit cells.
-    public func cells(_ name: String, of path: String) throws(FDTError) -> [UInt32] {
+    package func cells(_ name: String, of path: String) throws(FDTError) -> [UInt32] {
         let bytes = try property(name, of: path)
         guard bytes.count % 4 == 0 else { throw FDTError("read property \"\(name)\" of \(path) as cells", code: FDT_ERR_BADVALUE) }
         return stride(from: 0, to: bytes.count, by: 4).map { i in
@@ -99,28 +99,28 @@ public struct DeviceTreeBlob: Equatable, Sendable {
     }
 
     /// A property read as a string list (every string NUL-terminated).
-    public func strings(_ name: String, of path: String) throws(FDTError) -> [String] {
+    package func strings(_ name: String, of path: String) throws(FDTError) -> [String] {
         let bytes = try property(name, of: path)
         guard bytes.last == 0 else { throw FDTError("read property \"\(name)\" of \(path) as strings", code: FDT_ERR_BADVALUE) }
         return bytes.dropLast().split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// A property read as one string.
-    public func string(_ name: String, of path: String) throws(FDTError) -> String {
+    package func string(_ name: String, of path: String) throws(FDTError) -> String {
         let values = try strings(name, of: path)
         guard values.count == 1 else { throw FDTError("read property \"\(name)\" of \(path) as one string", code: FDT_ERR_BADVALUE) }
         return values[0]
     }
 
     /// The phandle of the node at `path`, or nil if it has none.
-    public func phandle(of path: String) throws(FDTError) -> FDTPhandle? {
+    package func phandle(of path: String) throws(FDTError) -> FDTPhandle? {
         let node = try offset(of: path)
         let value = withBlob { fdt_get_phandle($0, node) }
         return value == 0 ? nil : FDTPhandle(rawValue: value)
     }
 
     /// The path of the node whose phandle is `phandle`.
-    public func path(of phandle: FDTPhandle) throws(FDTError) -> String {
+    package func path(of phandle: FDTPhandle) throws(FDTError) -> String {
         try withBlob { fdt throws(FDTError) in
             let node = fdt_node_offset_by_phandle(fdt, phandle.rawValue)
             guard node >= 0 else { throw FDTError("find the node with phandle \(phandle.rawValue)", code: node) }
@@ -131,7 +131,7 @@ public struct DeviceTreeBlob: Equatable, Sendable {
     }
 
     /// Writes the blob to the file at `path` (created or truncated, mode 0644); `-` is stdout.
-    public func write(toFile path: String) throws(SystemError) {
+    package func write(toFile path: String) throws(SystemError) {
         let owned: OwnedFileDescriptor?
         if path == "-" {
             owned = nil

@@ -8,12 +8,12 @@ import SwiftletMemory
 ///
 /// libfdt identifies nodes by their offset in the blob, and every insertion moves the nodes
 /// after it; a path stays valid, so it is what the builder hands out.
-public struct DeviceTreeNode: Hashable, Sendable, CustomStringConvertible {
+package struct DeviceTreeNode: Hashable, Sendable, CustomStringConvertible {
     /// The node's absolute path, e.g. `/cpus/cpu@0`.
-    public let path: String
+    package let path: String
 
     /// The root node, `/`.
-    public static let root = DeviceTreeNode(path: "/")
+    package static let root = DeviceTreeNode(path: "/")
 
     init(path: String) { self.path = path }
 
@@ -23,7 +23,7 @@ public struct DeviceTreeNode: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// The node's path.
-    public var description: String { path }
+    package var description: String { path }
 }
 
 /// Builds a flattened device tree with libfdt's read-write functions (`fdt_add_subnode`,
@@ -37,16 +37,16 @@ public struct DeviceTreeNode: Hashable, Sendable, CustomStringConvertible {
 ///
 /// The blob lives in a byte array that doubles whenever libfdt runs out of room
 /// (`FDT_ERR_NOSPACE`), so callers never size it. Errors are libfdt's, in `FDTError`.
-public struct DeviceTreeBuilder: Sendable {
+package struct DeviceTreeBuilder: Sendable {
     private var buffer: [UInt8]
 
     /// The buffer size a new tree starts with; it grows as needed.
-    public static let initialCapacity = 4096
+    package static let initialCapacity = 4096
     /// The largest blob libfdt can address (its offsets are `int`).
-    public static let maximumSize = Int(Int32.max)
+    package static let maximumSize = Int(Int32.max)
 
     /// Starts an empty tree: a root node with no properties.
-    public init(capacity: Int = initialCapacity) throws(FDTError) {
+    package init(capacity: Int = initialCapacity) throws(FDTError) {
         let size = min(max(capacity, 256), Self.maximumSize)
         buffer = [UInt8](repeating: 0, count: size)
         try FDTError.check(buffer.withUnsafeMutableBytes { fdt_create_empty_tree($0.baseAddress, Int32(size)) }, "create an empty tree")
@@ -58,7 +58,7 @@ public struct DeviceTreeBuilder: Sendable {
     /// a node name: 1 to 31 letters, digits or `,._+-` starting with a letter, then optionally
     /// `@` and a unit address of the same characters.
     @discardableResult
-    public mutating func addNode(_ name: String, under parent: DeviceTreeNode = .root) throws(FDTError) -> DeviceTreeNode {
+    package mutating func addNode(_ name: String, under parent: DeviceTreeNode = .root) throws(FDTError) -> DeviceTreeNode {
         let operation = "add node \"\(name)\" under \(parent)"
         guard Self.isValidNodeName(name) else { throw FDTError(operation, code: FDT_ERR_BADPATH) }
         try modify(operation) { fdt in
@@ -72,7 +72,7 @@ public struct DeviceTreeBuilder: Sendable {
     /// Fails with `FDT_ERR_NOTFOUND` if `node` is not in the tree, and `FDT_ERR_BADVALUE` if
     /// `name` is not a property name (1 to 31 letters, digits or `,._+?#-`) or a string in
     /// `value` contains a NUL.
-    public mutating func setProperty(_ name: String, _ value: FDTValue, on node: DeviceTreeNode) throws(FDTError) {
+    package mutating func setProperty(_ name: String, _ value: FDTValue, on node: DeviceTreeNode) throws(FDTError) {
         let operation = "set property \"\(name)\" of \(node)"
         guard Self.isValidPropertyName(name), !value.hasEmbeddedNUL else { throw FDTError(operation, code: FDT_ERR_BADVALUE) }
         let bytes = value.encoded
@@ -85,7 +85,7 @@ public struct DeviceTreeBuilder: Sendable {
     }
 
     /// Sets several properties of `node`, in order.
-    public mutating func setProperties(_ properties: KeyValuePairs<String, FDTValue>, on node: DeviceTreeNode) throws(FDTError) {
+    package mutating func setProperties(_ properties: KeyValuePairs<String, FDTValue>, on node: DeviceTreeNode) throws(FDTError) {
         for (name, value) in properties { try setProperty(name, value, on: node) }
     }
 
@@ -93,7 +93,7 @@ public struct DeviceTreeBuilder: Sendable {
     /// returns it; a node that has one keeps it. Fails with `FDT_ERR_NOTFOUND` if `node` is not
     /// in the tree and `FDT_ERR_NOPHANDLES` when the phandle space is used up.
     @discardableResult
-    public mutating func addPhandle(to node: DeviceTreeNode) throws(FDTError) -> FDTPhandle {
+    package mutating func addPhandle(to node: DeviceTreeNode) throws(FDTError) -> FDTPhandle {
         let operation = "give \(node) a phandle"
         var phandle: UInt32 = 0
         try FDTError.check(
@@ -114,7 +114,7 @@ public struct DeviceTreeBuilder: Sendable {
     /// so the working tree holds them in reverse. The blob is written afresh with libfdt's
     /// sequential-write functions (`fdt_create`, `fdt_begin_node`, `fdt_property`), visiting
     /// siblings last to first: insertion order again, and packed (no free space).
-    public func finish() throws(FDTError) -> DeviceTreeBlob {
+    package func finish() throws(FDTError) -> DeviceTreeBlob {
         var capacity = buffer.count
         while true {
             var output = [UInt8](repeating: 0, count: capacity)

@@ -11,23 +11,23 @@ import SwiftletMemory
 /// builder refuses before calling libfdt (a node name with a `/`, a string with a NUL) carry
 /// the libfdt code that fits best: `FDT_ERR_BADPATH` for node names, `FDT_ERR_BADVALUE` for
 /// property names and values.
-public struct FDTError: Error, Equatable, CustomStringConvertible, Sendable {
+package struct FDTError: Error, Equatable, CustomStringConvertible, Sendable {
     /// What was attempted, e.g. `add node "cpu@0" under /cpus`.
-    public let operation: String
+    package let operation: String
     /// The libfdt error number, positive (`FDT_ERR_*`).
-    public let code: Int32
+    package let code: Int32
 
     /// An error for `operation` with libfdt error `code`, negative or positive (stored positive).
-    public init(_ operation: String, code: Int32) {
+    package init(_ operation: String, code: Int32) {
         self.operation = operation
         self.code = code < 0 ? -code : code
     }
 
     /// libfdt's text for `code` (`fdt_strerror`), e.g. `FDT_ERR_EXISTS`.
-    public var message: String { String(cString: fdt_strerror(-code)) }
+    package var message: String { String(cString: fdt_strerror(-code)) }
 
     /// `operation: message`, e.g. `add node "cpu@0" under /cpus: FDT_ERR_EXISTS`.
-    public var description: String { "\(operation): \(message)" }
+    package var description: String { "\(operation): \(message)" }
 
     /// Throws for a negative libfdt return value; returns non-negative ones.
     @discardableResult

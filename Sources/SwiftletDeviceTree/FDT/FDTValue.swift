@@ -6,18 +6,18 @@ import SwiftletMemory
 
 /// A phandle: the 32-bit number by which one node refers to another (`interrupt-parent`,
 /// `clocks`...). Zero and 0xFFFF_FFFF are not valid phandles.
-public struct FDTPhandle: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+package struct FDTPhandle: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
     /// The phandle number, stored as one big-endian cell in `phandle` properties and references.
-    public let rawValue: UInt32
+    package let rawValue: UInt32
     /// Wraps `rawValue` as is; it is not checked against the invalid values 0 and 0xFFFF_FFFF.
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    package init(rawValue: UInt32) { self.rawValue = rawValue }
     /// The phandle as a cell in device-tree source, e.g. `<1>`.
-    public var description: String { "<\(rawValue)>" }
+    package var description: String { "<\(rawValue)>" }
 }
 
 /// The value of a device-tree property, in the encodings of the Devicetree Specification
 /// (section 2.2.4): every number big-endian, strings NUL-terminated.
-public enum FDTValue: Equatable, Sendable {
+package enum FDTValue: Equatable, Sendable {
     /// No value: a boolean property that is true by being present (`interrupt-controller`).
     case empty
     /// One 32-bit cell.
@@ -37,12 +37,12 @@ public enum FDTValue: Equatable, Sendable {
 
     /// A cell array of 64-bit numbers, each split into two cells (high, low): addresses and
     /// sizes when `#address-cells` and `#size-cells` are 2.
-    public static func cells(splitting values: [UInt64]) -> FDTValue {
+    package static func cells(splitting values: [UInt64]) -> FDTValue {
         .cells(values.flatMap { [UInt32(truncatingIfNeeded: $0 >> 32), UInt32(truncatingIfNeeded: $0)] })
     }
 
     /// The property's bytes as they appear in the blob.
-    public var encoded: [UInt8] {
+    package var encoded: [UInt8] {
         switch self {
         case .empty: []
         case .u32(let value): bigEndianBytes(value)

@@ -27,6 +27,7 @@ package struct VectorCursor {
     var index = 0
     var offset = 0
 
+    /// A cursor at the start of `vectors`.
     package init(_ vectors: UnsafeMutableBufferPointer<iovec>) { self.vectors = vectors }
 
     /// Copies the next `count` bytes of the stream into `destination`.

@@ -1,6 +1,7 @@
 import CHost
 import SwiftletHost
 import SwiftletMemory
+import CGuestAtomics
 import Synchronization
 
 /// A split virtqueue (virtio 1.2, 2.7) as the device sees it: the descriptor table, the
@@ -100,10 +101,10 @@ public struct Virtqueue: Equatable, Codable, Sendable {
 
     /// The driver's available index (`avail->idx`).
     func availableIndex(_ memory: GuestMemory) throws(VirtqueueError) -> UInt16 {
-        let index = try ringRead(UInt16.self, at: availableRing + 2, memory)
-        // Ring entries and descriptors are read after the index that published them.
-        atomicMemoryFence(ordering: .acquiring)
-        return index
+        // Acquire: the ring entries and descriptors the index publishes are read after it. Pairs
+        // with the driver's write barrier between filling them and storing the index (2.7.13;
+        // virtio_wmb before the avail->idx store in Linux's virtqueue_add_split).
+        try ringLoadAcquire(at: availableRing + 2, memory)
     }
 
     /// Whether the driver has made chains available that the device has not taken.
@@ -195,26 +196,37 @@ public struct Virtqueue: Equatable, Codable, Sendable {
         let element = usedRing + 4 + 8 * slot
         try ringWrite(UInt32(head).littleEndian, at: element, memory)
         try ringWrite(length.littleEndian, at: element + 4, memory)
-        // The element must be visible before the index that publishes it.
-        atomicMemoryFence(ordering: .releasing)
+        // Release: the element (and the bytes written into the chain's buffers before this call)
+        // is visible before the index that publishes it. Pairs with the driver's read barrier
+        // between loading used->idx and reading the element (virtio_rmb in Linux's
+        // virtqueue_get_buf_ctx_split).
+        try ringStoreRelease(nextUsed &+ 1, at: usedRing + 2, memory)
         nextUsed &+= 1
-        try ringWrite(nextUsed.littleEndian, at: usedRing + 2, memory)
     }
 
     /// Whether the driver wants an interrupt for the used entries added since the last check:
     /// with EVENT_IDX, when `used_event` lies among them (2.7.10); otherwise unless the
     /// driver set VIRTQ_AVAIL_F_NO_INTERRUPT.
     public mutating func needsInterrupt(_ memory: GuestMemory) throws(VirtqueueError) -> Bool {
-        // The used index store must be ordered before reading the driver's suppression fields.
+        // A full fence, not only acquire/release: the used->idx store (a release store in
+        // addUsed) must be globally visible before the suppression field below is read, a
+        // store-then-load order that acquire and release do not give. The driver does the mirror
+        // image when it re-enables interrupts: it stores used_event (or clears NO_INTERRUPT), full
+        // barrier, then re-reads used->idx (virtio_mb in Linux's virtqueue_enable_cb_delayed).
+        // With both fences, at least one side sees the other's store; without this one the device
+        // could read a stale used_event and skip the interrupt while the driver reads a stale
+        // used->idx and waits for it: a lost wake-up (2.7.7.2, 2.7.10; vhost_notify's smp_mb).
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         let old = usedAtLastInterruptCheck
         let new = nextUsed
         usedAtLastInterruptCheck = new
         guard eventIndex else {
-            let flags = try ringRead(UInt16.self, at: availableRing, memory)
+            // Acquire (as used_event below): the driver writes the field concurrently; the load
+            // is one atomic 16-bit access, and nothing after it is hoisted above it.
+            let flags = try ringLoadAcquire(at: availableRing, memory)
             return new != old && flags & Self.availableFlagNoInterrupt == 0
         }
-        let usedEvent = try ringRead(UInt16.self, at: availableRing + 4 + 2 * UInt64(size), memory)
+        let usedEvent = try ringLoadAcquire(at: availableRing + 4 + 2 * UInt64(size), memory)
         return new &- usedEvent &- 1 < new &- old
     }
 
@@ -224,7 +236,16 @@ public struct Virtqueue: Equatable, Codable, Sendable {
     /// their notification may have been suppressed.
     public func enableNotifications(_ memory: GuestMemory) throws(VirtqueueError) -> Bool {
         if eventIndex {
-            try ringWrite(nextAvailable.littleEndian, at: usedRing + 4 + 8 * UInt64(size), memory)
+            // Release: the device's earlier ring accesses (the entries it took) are ordered before
+            // the store that tells the driver how far it has got.
+            try ringStoreRelease(nextAvailable, at: usedRing + 4 + 8 * UInt64(size), memory)
+            // A full fence between that store and the avail->idx load in hasAvailable (a
+            // store-then-load order, which acquire and release do not give). The driver, after
+            // storing avail->idx, does a full barrier and then reads avail_event to decide whether
+            // to notify (virtio_mb in Linux's virtqueue_kick_prepare_split). Without this fence the
+            // device could read a stale avail->idx while the driver reads a stale avail_event and
+            // skips the notification: a chain left in the ring with nobody to process it
+            // (2.7.10; vhost_enable_notify's smp_mb).
             atomicMemoryFence(ordering: .sequentiallyConsistent)
         }
         return try hasAvailable(memory)
@@ -240,6 +261,38 @@ public struct Virtqueue: Equatable, Codable, Sendable {
 
     private func ringWrite<T: BitwiseCopyable>(_ value: T, at address: UInt64, _ memory: GuestMemory) throws(VirtqueueError) {
         do { try memory.write(value, at: GuestAddress(address)) } catch { throw .ringOutsideGuestMemory(address: address) }
+    }
+
+    /// The 16-bit field at `address` in the available ring (idx, flags or used_event: the driver
+    /// writes them concurrently), loaded atomically with acquire ordering.
+    private func ringLoadAcquire(at address: UInt64, _ memory: GuestMemory) throws(VirtqueueError) -> UInt16 {
+        UInt16(littleEndian: swl_guest_load_acquire_u16(try ringField(.availableRing, at: address, memory)))
+    }
+
+    /// Stores `value` in the 16-bit field at `address` in the used ring (idx or avail_event: the
+    /// driver reads them concurrently) atomically with release ordering.
+    private func ringStoreRelease(_ value: UInt16, at address: UInt64, _ memory: GuestMemory) throws(VirtqueueError) {
+        swl_guest_store_release_u16(try ringField(.usedRing, at: address, memory), value.littleEndian)
+    }
+
+    /// The host address of the 16-bit field at `address` in ring `area`, checked to lie in guest
+    /// RAM and to be 2-byte aligned (an atomic access must be). The areas' alignment is checked
+    /// when the queue is created, but a queue decoded from a saved state was not: a misaligned
+    /// field is reported as `.misaligned` (a ring error) and never reaches the atomic access.
+    private func ringField(
+        _ area: VirtqueueError.Area, at address: UInt64, _ memory: GuestMemory
+    ) throws(VirtqueueError) -> UnsafeMutablePointer<UInt16> {
+        let pointer: UnsafeMutableRawPointer
+        do { pointer = try memory.hostPointer(GuestAddress(address), count: 2) } catch {
+            throw .ringOutsideGuestMemory(address: address)
+        }
+        // Guest RAM regions are page-aligned mappings of page-aligned guest ranges, so this is
+        // also the guest address's alignment.
+        let alignment = UInt64(MemoryLayout<UInt16>.alignment)
+        guard UInt64(UInt(bitPattern: pointer)) % alignment == 0 else {
+            throw .misaligned(area, address: address, alignment: alignment)
+        }
+        return pointer.assumingMemoryBound(to: UInt16.self)
     }
 }
 

@@ -7,30 +7,30 @@ import SwiftletKVM
 import SwiftletMemory
 
 /// Control-register and EFER bits Swiftlet sets for the guest's first instruction.
-public enum X86ControlBits {
+package enum X86ControlBits {
     /// CR0.PE (bit 0): protected mode.
-    public static let cr0ProtectionEnable: UInt64 = 1 << 0
+    package static let cr0ProtectionEnable: UInt64 = 1 << 0
     /// CR0.MP (bit 1): WAIT/FWAIT honour CR0.TS.
-    public static let cr0MonitorCoprocessor: UInt64 = 1 << 1
+    package static let cr0MonitorCoprocessor: UInt64 = 1 << 1
     /// CR0.ET (bit 4): 387-compatible FPU (hard-wired to 1 on modern CPUs).
-    public static let cr0ExtensionType: UInt64 = 1 << 4
+    package static let cr0ExtensionType: UInt64 = 1 << 4
     /// CR0.NE (bit 5): report x87 errors as #MF exceptions rather than through the PIC.
-    public static let cr0NumericError: UInt64 = 1 << 5
+    package static let cr0NumericError: UInt64 = 1 << 5
     /// CR0.WP (bit 16): supervisor writes honour read-only pages.
-    public static let cr0WriteProtect: UInt64 = 1 << 16
+    package static let cr0WriteProtect: UInt64 = 1 << 16
     /// CR0.AM (bit 18): allow alignment checking (with RFLAGS.AC at CPL 3).
-    public static let cr0AlignmentMask: UInt64 = 1 << 18
+    package static let cr0AlignmentMask: UInt64 = 1 << 18
     /// CR0.PG (bit 31): paging; with EFER.LME it activates long mode.
-    public static let cr0Paging: UInt64 = 1 << 31
+    package static let cr0Paging: UInt64 = 1 << 31
     /// CR4.PAE (bit 5): physical address extension, required for long mode's 4-level tables.
-    public static let cr4PAE: UInt64 = 1 << 5
+    package static let cr4PAE: UInt64 = 1 << 5
     /// EFER.LME (bit 8 of MSR 0xC000_0080): long mode enable.
-    public static let eferLME: UInt64 = 1 << 8
+    package static let eferLME: UInt64 = 1 << 8
     /// EFER.LMA (bit 10): long mode active. The CPU sets it when paging turns on with LME; a vCPU
     /// started directly in long mode needs it set by the VMM.
-    public static let eferLMA: UInt64 = 1 << 10
+    package static let eferLMA: UInt64 = 1 << 10
     /// CR0 = 0x80050033: PE, MP, ET, NE, WP, AM, PG (what Linux runs with).
-    public static let longModeCR0 = cr0ProtectionEnable | cr0MonitorCoprocessor | cr0ExtensionType
+    package static let longModeCR0 = cr0ProtectionEnable | cr0MonitorCoprocessor | cr0ExtensionType
         | cr0NumericError | cr0WriteProtect | cr0AlignmentMask | cr0Paging
 }
 
@@ -44,9 +44,9 @@ public enum X86EntryMode: Equatable, Sendable {
 }
 
 /// Puts a vCPU into the entry state: special registers, general registers, FPU.
-public enum X86VCPUSetup {
+package enum X86VCPUSetup {
     /// The special registers for `mode`, starting from what KVM reports for the vCPU.
-    public static func specialRegisters(for mode: X86EntryMode, from initial: kvm_sregs) -> kvm_sregs {
+    package static func specialRegisters(for mode: X86EntryMode, from initial: kvm_sregs) -> kvm_sregs {
         var sregs = initial
         switch mode {
         case .realMode(let segment, _, _):
@@ -81,7 +81,7 @@ public enum X86VCPUSetup {
     }
 
     /// The general registers for `mode`: entry point, stack, RSI, RFLAGS with only bit 1 set.
-    public static func registers(for mode: X86EntryMode) -> kvm_regs {
+    package static func registers(for mode: X86EntryMode) -> kvm_regs {
         var regs = kvm_regs()
         regs.rflags = 0x2
         switch mode {
@@ -98,7 +98,7 @@ public enum X86VCPUSetup {
     }
 
     /// The x87/SSE reset state: FCW 0x37F, MXCSR 0x1F80.
-    public static func floatingPointState() -> kvm_fpu {
+    package static func floatingPointState() -> kvm_fpu {
         var fpu = kvm_fpu()
         fpu.fcw = 0x37F
         fpu.mxcsr = 0x1F80
@@ -106,7 +106,7 @@ public enum X86VCPUSetup {
     }
 
     /// Applies `mode` to `vcpu`.
-    public static func configure(_ vcpu: VCPU, for mode: X86EntryMode) throws(SystemError) {
+    package static func configure(_ vcpu: VCPU, for mode: X86EntryMode) throws(SystemError) {
         let sregs = specialRegisters(for: mode, from: try vcpu.specialRegisters())
         try vcpu.setSpecialRegisters(sregs)
         try vcpu.setRegisters(registers(for: mode))

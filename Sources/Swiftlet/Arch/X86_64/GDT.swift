@@ -10,23 +10,23 @@ import SwiftletMemory
 ///
 /// The boot GDT follows the Linux 64-bit boot protocol: selector 0x10 is a flat 64-bit code
 /// segment (`__BOOT_CS`) and 0x18 a flat data segment (`__BOOT_DS`); 0x00 and 0x08 are null.
-public struct SegmentDescriptor: Equatable, Sendable {
+package struct SegmentDescriptor: Equatable, Sendable {
     /// Segment base address (32 bits; ignored for code and data segments in 64-bit mode).
-    public var base: UInt32
+    package var base: UInt32
     /// Segment limit, the last valid offset (20 bits).
-    public var limit: UInt32  // 20-bit limit; with granularity set it counts 4 KiB pages
+    package var limit: UInt32  // 20-bit limit; with granularity set it counts 4 KiB pages
     /// Access byte: present, DPL, S, type.
-    public var access: UInt8
+    package var access: UInt8
     /// Flags nibble: G (granularity), D/B, L (64-bit), AVL.
-    public var flags: UInt8
+    package var flags: UInt8
 
     /// Flat 64-bit ring-0 code: access 0x9B (present, execute/read, accessed), flags 0xA (G, L).
-    public static let code64 = SegmentDescriptor(base: 0, limit: 0xFFFFF, access: 0x9B, flags: 0xA)
+    package static let code64 = SegmentDescriptor(base: 0, limit: 0xFFFFF, access: 0x9B, flags: 0xA)
     /// Flat ring-0 data segment: access 0x93 (present, read/write, accessed), flags 0xC (G, D/B).
-    public static let data = SegmentDescriptor(base: 0, limit: 0xFFFFF, access: 0x93, flags: 0xC)
+    package static let data = SegmentDescriptor(base: 0, limit: 0xFFFFF, access: 0x93, flags: 0xC)
 
     /// The 8-byte descriptor as it sits in the GDT.
-    public var encoded: UInt64 {
+    package var encoded: UInt64 {
         var value = UInt64(limit & 0xFFFF)
         value |= UInt64(base & 0xFF_FFFF) << 16
         value |= UInt64(access) << 40
@@ -37,7 +37,7 @@ public struct SegmentDescriptor: Equatable, Sendable {
     }
 
     /// The descriptor as KVM's segment register cache wants it, for `selector`.
-    public func kvmSegment(selector: UInt16) -> kvm_segment {
+    package func kvmSegment(selector: UInt16) -> kvm_segment {
         var segment = kvm_segment()
         segment.base = UInt64(base)
         let granular = flags & 0x8 != 0
@@ -59,16 +59,16 @@ public struct SegmentDescriptor: Equatable, Sendable {
 }
 
 /// The boot GDT Swiftlet writes at `X86Layout.gdtAddress`.
-public enum BootGDT {
+package enum BootGDT {
     /// Selector of the 64-bit code segment, GDT entry 2 (Linux's `__BOOT_CS`).
-    public static let codeSelector: UInt16 = 0x10
+    package static let codeSelector: UInt16 = 0x10
     /// Selector of the data segment, GDT entry 3 (Linux's `__BOOT_DS`).
-    public static let dataSelector: UInt16 = 0x18
+    package static let dataSelector: UInt16 = 0x18
     /// The encoded descriptors in GDT order: null, null (0x08 unused), code (0x10), data (0x18).
-    public static let entries: [UInt64] = [0, 0, SegmentDescriptor.code64.encoded, SegmentDescriptor.data.encoded]
+    package static let entries: [UInt64] = [0, 0, SegmentDescriptor.code64.encoded, SegmentDescriptor.data.encoded]
 
     /// Writes the GDT (and an empty IDT) into guest memory.
-    public static func write(to memory: GuestMemory) throws(GuestMemoryError) {
+    package static func write(to memory: GuestMemory) throws(GuestMemoryError) {
         for (i, entry) in entries.enumerated() {
             try memory.write(entry, at: GuestAddress(X86Layout.gdtAddress.rawValue + UInt64(i * 8)))
         }

@@ -11,17 +11,17 @@ import SwiftletMemory
 ///
 /// The floating pointer structure sits at the start of the EBDA (0x9FC00), where Linux looks
 /// first; the configuration table follows it, inside the e820 hole reserved below 1 MiB.
-public enum MPTable {
+package enum MPTable {
     /// Where the 16-byte MP floating pointer structure ("_MP_") goes: the start of the EBDA.
-    public static let floatingPointerAddress = X86Layout.ebdaStart
+    package static let floatingPointerAddress = X86Layout.ebdaStart
     /// Where the MP configuration table ("PCMP") goes: right after the floating pointer.
-    public static let configurationTableAddress = GuestAddress(X86Layout.ebdaStart.rawValue + 16)
+    package static let configurationTableAddress = GuestAddress(X86Layout.ebdaStart.rawValue + 16)
     /// Specification revision written in both structures: 4 means MP spec 1.4.
-    public static let specRevision: UInt8 = 4
+    package static let specRevision: UInt8 = 4
     /// Version reported in each processor entry: 0x14, an integrated (xAPIC) local APIC.
-    public static let localAPICVersion: UInt8 = 0x14
+    package static let localAPICVersion: UInt8 = 0x14
     /// Version reported in the IOAPIC entry: 0x11, as KVM's IOAPIC reports it.
-    public static let ioAPICVersion: UInt8 = 0x11
+    package static let ioAPICVersion: UInt8 = 0x11
     static let headerSize = 44
     static let processorEntrySize = 20
     static let entrySize = 8
@@ -31,25 +31,25 @@ public enum MPTable {
 
     /// The first byte of each base configuration table entry (MP spec 4.3): processor (20 bytes),
     /// bus, I/O APIC, I/O interrupt assignment and local interrupt assignment (8 bytes each).
-    public enum EntryType: UInt8 {
+    package enum EntryType: UInt8 {
         /// The entry type codes 0-4, in the order entries must appear in the table.
         case processor = 0, bus = 1, ioAPIC = 2, ioInterrupt = 3, localInterrupt = 4
     }
 
     /// The interrupt type of an interrupt assignment entry (MP spec 4.3): a vectored
     /// interrupt from the APIC, NMI, SMI, or ExtINT (vector supplied by the 8259).
-    public enum InterruptType: UInt8 {
+    package enum InterruptType: UInt8 {
         /// The interrupt type codes 0-3 (INT, NMI, SMI, ExtINT).
         case vectored = 0, nmi = 1, smi = 2, extINT = 3
     }
 
     /// The APIC ID of the IOAPIC: the first ID after the processors'.
-    public static func ioAPICID(vcpuCount: Int) -> UInt8 { UInt8(vcpuCount) }
+    package static func ioAPICID(vcpuCount: Int) -> UInt8 { UInt8(vcpuCount) }
 
     /// The floating pointer and configuration table for `vcpuCount` processors (vCPU i has
     /// APIC ID i; vCPU 0 is the bootstrap processor), as bytes to write at
     /// `floatingPointerAddress`.
-    public static func bytes(vcpuCount: Int) throws(BootSetupError) -> [UInt8] {
+    package static func bytes(vcpuCount: Int) throws(BootSetupError) -> [UInt8] {
         guard vcpuCount >= 1, vcpuCount <= 254 else { throw .tooManyVCPUsForMPTable(vcpuCount) }
         var table: [UInt8] = []
         var entryCount = 0
@@ -109,7 +109,7 @@ public enum MPTable {
     }
 
     /// The byte that makes `bytes` sum to zero (mod 256), computed with that byte as zero.
-    public static func checksum(_ bytes: [UInt8]) -> UInt8 {
+    package static func checksum(_ bytes: [UInt8]) -> UInt8 {
         0 &- bytes.reduce(0, &+)
     }
 

@@ -11,17 +11,17 @@ import SwiftletMemory
 /// One PML4 entry points at one PDPT whose first four entries point at four page directories,
 /// each mapping 1 GiB with 512 large (2 MiB) pages. 1 GiB pages would be shorter but some
 /// KVM implementations (the development host's) do not support them in guest page tables.
-public enum IdentityPageTables {
+package enum IdentityPageTables {
     /// Page-table entry bit 0 (P): the entry is valid.
-    public static let present: UInt64 = 1 << 0
+    package static let present: UInt64 = 1 << 0
     /// Page-table entry bit 1 (R/W): writes allowed.
-    public static let writable: UInt64 = 1 << 1
+    package static let writable: UInt64 = 1 << 1
     /// Page-directory entry bit 7 (PS): the entry maps a 2 MiB page, not a page table.
-    public static let largePage: UInt64 = 1 << 7
+    package static let largePage: UInt64 = 1 << 7
     static let twoMiB: UInt64 = 2 << 20
 
     /// The page-table entries as (guest address, value) pairs, in writing order.
-    public static func entries() -> [(GuestAddress, UInt64)] {
+    package static func entries() -> [(GuestAddress, UInt64)] {
         let directories = Int(X86Layout.identityMappedBytes >> 30)
         var result: [(GuestAddress, UInt64)] = []
         result.reserveCapacity(1 + directories + directories * 512)
@@ -38,13 +38,13 @@ public enum IdentityPageTables {
     }
 
     /// Writes the tables into guest memory (the pages are assumed zeroed, as fresh RAM is).
-    public static func write(to memory: GuestMemory) throws(GuestMemoryError) {
+    package static func write(to memory: GuestMemory) throws(GuestMemoryError) {
         for (address, value) in entries() { try memory.write(value, at: address) }
     }
 
     /// The guest physical address `virtual` translates to through tables in `memory`, walking
     /// them as the CPU would (for tests and diagnostics). Nil when not mapped.
-    public static func translate(_ virtual: UInt64, in memory: GuestMemory) -> UInt64? {
+    package static func translate(_ virtual: UInt64, in memory: GuestMemory) -> UInt64? {
         guard let pml4e = try? memory.read(UInt64.self, at: GuestAddress(X86Layout.pml4Address.rawValue + ((virtual >> 39) & 511) * 8)),
             pml4e & present != 0,
             let pdpte = try? memory.read(UInt64.self, at: GuestAddress((pml4e & ~0xFFF) + ((virtual >> 30) & 511) * 8)),

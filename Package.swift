@@ -40,7 +40,9 @@ let package = Package(
         .target(name: "SwiftletBackends", dependencies: ["CHost", "SwiftletHost", "SwiftletMemory", "SwiftletDevices"]),
         .target(
             name: "Swiftlet",
-            dependencies: ["CKVM", "CHost", "SwiftletHost", "SwiftletMemory", "SwiftletKVM", "SwiftletDevices", "SwiftletBackends"],
+            dependencies: [
+                "CKVM", "CHost", "SwiftletHost", "SwiftletMemory", "SwiftletKVM", "SwiftletDevices", "SwiftletBackends",
+            ],
             exclude: ["Arch/README.md"]
         ),
         .target(name: "SwiftletDeviceTree", dependencies: ["CLibFDT", "Swiftlet"]),

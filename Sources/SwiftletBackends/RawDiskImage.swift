@@ -76,7 +76,9 @@ public final class RawDiskImage: BlockBackend, @unchecked Sendable {
     /// Fills `vectors` from byte `offset` on with preadv (through the bounce buffer with direct I/O),
     /// retrying on EINTR and after short reads. Throws EIO if the image ends first, or the read's error.
     public func read(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
-        if let bounce { try transferDirect(vectors, at: offset, writing: false, bounce: bounce) } else {
+        if let bounce {
+            try transferDirect(vectors, at: offset, writing: false, bounce: bounce)
+        } else {
             try transfer(vectors, at: offset, writing: false)
         }
     }
@@ -86,7 +88,9 @@ public final class RawDiskImage: BlockBackend, @unchecked Sendable {
     /// first, or the write's error.
     public func write(_ vectors: UnsafeMutableBufferPointer<iovec>, at offset: UInt64) throws(SystemError) {
         guard !isReadOnly else { throw SystemError("write \(path) (read-only disk)", errno: EROFS) }
-        if let bounce { try transferDirect(vectors, at: offset, writing: true, bounce: bounce) } else {
+        if let bounce {
+            try transferDirect(vectors, at: offset, writing: true, bounce: bounce)
+        } else {
             try transfer(vectors, at: offset, writing: true)
         }
     }
@@ -108,7 +112,8 @@ public final class RawDiskImage: BlockBackend, @unchecked Sendable {
                 continue
             }
             let batch = Int32(min(vectors.count - index, Self.vectorsPerCall))
-            let done = writing
+            let done =
+                writing
                 ? pwritev(fd.rawValue, base + index, batch, off_t(truncatingIfNeeded: position))
                 : preadv(fd.rawValue, base + index, batch, off_t(truncatingIfNeeded: position))
             if done < 0 {
@@ -165,7 +170,8 @@ public final class RawDiskImage: BlockBackend, @unchecked Sendable {
         var done = 0
         while done < count {
             let position = off_t(truncatingIfNeeded: offset + UInt64(done))
-            let n = writing
+            let n =
+                writing
                 ? pwrite(fd.rawValue, buffer + done, count - done, position)
                 : pread(fd.rawValue, buffer + done, count - done, position)
             if n < 0 {

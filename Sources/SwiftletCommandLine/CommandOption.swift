@@ -104,11 +104,13 @@ struct CommandSyntax<Settings>: Sendable {
     /// The help entries of the positional arguments.
     var argumentHelp: [HelpEntry] { arguments.map(\.helpEntry) }
 
-    private static func apply(_ option: CommandOption<Settings>, _ value: String, to settings: inout Settings) throws(UsageError) {
+    private static func apply(_ option: CommandOption<Settings>, _ value: String, to settings: inout Settings) throws(UsageError)
+    {
         do {
             try option.apply(&settings, value)
         } catch {
-            throw UsageError(option.value == nil ? "\(option.name): \(error.message)" : "\(option.name) '\(value)': \(error.message)")
+            throw UsageError(
+                option.value == nil ? "\(option.name): \(error.message)" : "\(option.name) '\(value)': \(error.message)")
         }
     }
 }
@@ -165,7 +167,9 @@ enum ValueSyntax {
 
     /// `text` as a positive, finite number of seconds, or a usage error.
     static func seconds(reading text: String) throws(UsageError) -> Double {
-        guard let seconds = Double(text), seconds > 0, seconds.isFinite else { throw UsageError("not a positive number of seconds") }
+        guard let seconds = Double(text), seconds > 0, seconds.isFinite else {
+            throw UsageError("not a positive number of seconds")
+        }
         return seconds
     }
 }

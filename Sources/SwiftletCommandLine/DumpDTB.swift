@@ -35,14 +35,15 @@ struct DumpDTB: MachineCommand {
             },
         ],
         arguments: [
-            CommandArgument(name: "<OUT>", help: "Where to write the blob ('-' for stdout).") { dump, text in dump.output = text },
+            CommandArgument(name: "<OUT>", help: "Where to write the blob ('-' for stdout).") { dump, text in dump.output = text }
         ])
 
     static let help = CommandHelp(
         abstract: "Write the flattened device tree (DTB) that describes a machine.",
         arguments: syntax.argumentHelp,
         options: syntax.optionHelp,
-        discussion: wrap("""
+        discussion: wrap(
+            """
             Builds the device tree an aarch64 guest boots with (memory, vCPUs with PSCI, GICv3, \
             timer, the ns16550a UART, virtio-mmio devices, /chosen) and writes it to OUT \
             ('-' for stdout). Read it with: dtc -I dtb -O dts OUT. Docs/DEVICETREE.md describes \

@@ -48,7 +48,9 @@ extension CommandOption where Settings: MachineCommand {
         CommandOption(
             "--net", value: "net", help: "A virtio-net interface over a host tap: \(DeviceOptions.network.synopsis) (repeatable)."
         ) { settings, text throws(UsageError) in
-            do throws(KeyValueError) { settings.configuration.networks.append(try DeviceOptions.networkConfiguration(text)) } catch {
+            do throws(KeyValueError) {
+                settings.configuration.networks.append(try DeviceOptions.networkConfiguration(text))
+            } catch {
                 throw UsageError(error.problem.description)
             }
         }
@@ -66,19 +68,23 @@ extension CommandOption where Settings: MachineCommand {
 /// checked by `MachineConfiguration.validate()` with everything else.
 enum DeviceOptions {
     /// `--disk path=FILE[,readonly=on][,id=NAME][,direct=on]`; a bare value is the path.
-    static let disk = KeyValueGrammar(option: "--disk", bareKey: "path", keys: [
-        OptionKey("path", aliases: ["file"], .text, placeholder: "FILE", required: true),
-        OptionKey("readonly", aliases: ["ro"], .toggle, placeholder: "on"),
-        OptionKey("id", aliases: ["serial"], .text, placeholder: "NAME"),
-        OptionKey("direct", .toggle, placeholder: "on"),
-    ])
+    static let disk = KeyValueGrammar(
+        option: "--disk", bareKey: "path",
+        keys: [
+            OptionKey("path", aliases: ["file"], .text, placeholder: "FILE", required: true),
+            OptionKey("readonly", aliases: ["ro"], .toggle, placeholder: "on"),
+            OptionKey("id", aliases: ["serial"], .text, placeholder: "NAME"),
+            OptionKey("direct", .toggle, placeholder: "on"),
+        ])
 
     /// `--net tap=NAME[,mac=MAC][,offload=off]`; a bare value is the tap name.
-    static let network = KeyValueGrammar(option: "--net", bareKey: "tap", keys: [
-        OptionKey("tap", aliases: ["ifname"], .text, placeholder: "NAME", required: true),
-        OptionKey("mac", .text, placeholder: "MAC"),
-        OptionKey("offload", aliases: ["offloads"], .toggle, placeholder: "off"),
-    ])
+    static let network = KeyValueGrammar(
+        option: "--net", bareKey: "tap",
+        keys: [
+            OptionKey("tap", aliases: ["ifname"], .text, placeholder: "NAME", required: true),
+            OptionKey("mac", .text, placeholder: "MAC"),
+            OptionKey("offload", aliases: ["offloads"], .toggle, placeholder: "off"),
+        ])
 
     /// A `--disk` value as the disk it describes (by default writable, id `diskN`, page cache).
     static func diskConfiguration(_ text: String) throws(KeyValueError) -> DiskConfiguration {
@@ -94,7 +100,8 @@ enum DeviceOptions {
         var mac: MACAddress?
         if let macText = values.text("mac") {
             guard let parsed = MACAddress(parsing: macText) else {
-                throw network.error(.badValue(key: "mac", value: macText, expected: "use six hex octets, e.g. 02:00:00:00:00:01"), in: text)
+                throw network.error(
+                    .badValue(key: "mac", value: macText, expected: "use six hex octets, e.g. 02:00:00:00:00:01"), in: text)
             }
             mac = parsed
         }

@@ -17,7 +17,8 @@ public enum SwiftletCommand {
             // No command: only --help and --version are understood.
             if ArgumentReader.contains("-h", "--help", in: arguments) { return Command.root.printHelp() }
             if ArgumentReader.contains("--version", in: arguments) { return printVersion() }
-            Command.root.fail(first.hasPrefix("-") ? ArgumentReader.unknownOption(first) : UsageError("unknown command '\(first)'"))
+            Command.root.fail(
+                first.hasPrefix("-") ? ArgumentReader.unknownOption(first) : UsageError("unknown command '\(first)'"))
         }
         let rest = arguments.dropFirst()
         // Help and version win over anything else on the line, as in most tools.
@@ -41,7 +42,9 @@ public enum SwiftletCommand {
     private static func help(_ arguments: ArraySlice<String>) {
         guard let topic = arguments.first, topic != "-h", topic != "--help" else { return Command.root.printHelp() }
         guard let command = Command(named: topic) else { Command.root.fail(UsageError("unknown command '\(topic)'")) }
-        guard arguments.count == 1 else { Command.root.fail(ArgumentReader.unexpectedArgument(arguments[arguments.startIndex + 1])) }
+        guard arguments.count == 1 else {
+            Command.root.fail(ArgumentReader.unexpectedArgument(arguments[arguments.startIndex + 1]))
+        }
         command.printHelp()
     }
 
@@ -84,12 +87,15 @@ struct Boot: MachineCommand {
             boot.configuration.bootTimer = true
         },
         CommandOption(
-            flag: "--report-boot-time", help: "Print the guest's boot time (boot-timer port write) on stderr at the end; implies --boot-timer."
+            flag: "--report-boot-time",
+            help: "Print the guest's boot time (boot-timer port write) on stderr at the end; implies --boot-timer."
         ) { boot in
             boot.reportBootTime = true
             boot.configuration.bootTimer = true
         },
-        CommandOption(flag: "--report-memory", help: "Print the guest's resident memory and the process's peak RSS on stderr at the end.") {
+        CommandOption(
+            flag: "--report-memory", help: "Print the guest's resident memory and the process's peak RSS on stderr at the end."
+        ) {
             boot in boot.reportMemory = true
         },
         CommandOption(flag: "--report-exits", help: "Print each vCPU's exits by reason on stderr at the end.") {
@@ -230,7 +236,8 @@ struct Boot: MachineCommand {
         if reportBootTime {
             if let nanoseconds = machine.bootTime {
                 let micros = nanoseconds / 1000
-                printError("swiftlet: boot time \(micros / 1000).\(String(micros % 1000 + 1000).dropFirst()) ms (boot-timer write)")
+                printError(
+                    "swiftlet: boot time \(micros / 1000).\(String(micros % 1000 + 1000).dropFirst()) ms (boot-timer write)")
             } else {
                 printError("swiftlet: the guest never wrote the boot timer")
             }

@@ -1,6 +1,7 @@
 import SwiftletHost
 import SwiftletMemory
 import Synchronization
+
 /// A device whose state can be saved as a plain value and rebuilt from it: the contract a
 /// snapshot (saving every device of a paused machine, and a machine built again from them)
 /// relies on.

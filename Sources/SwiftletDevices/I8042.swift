@@ -28,7 +28,8 @@ public struct I8042: Equatable, Codable, Sendable {
     /// The controller command byte (configuration): interrupt enables, system flag, port
     /// disables, scan-code translation. Starts as a BIOS leaves it: keyboard interrupt on,
     /// system flag set, aux port disabled, translation on.
-    package var commandByte: UInt8 = CommandByte.keyboardInterrupt | CommandByte.systemFlag
+    package var commandByte: UInt8 =
+        CommandByte.keyboardInterrupt | CommandByte.systemFlag
         | CommandByte.auxDisabled | CommandByte.translate
     /// The byte waiting to be read from the data port, if any (status bit 0).
     var outputBuffer: UInt8?

@@ -49,7 +49,8 @@ enum VirtioFuzz {
 
         let disk = InMemoryDiskImage(bytes: [UInt8](repeating: 0x5A, count: 8192))
         let transport = VirtioMMIOTransport(
-            device: VirtioBlock(backend: disk, readOnly: script.first.map { $0 & 1 == 1 } ?? false, identifier: "fuzz", queueSizeMaximum: 64),
+            device: VirtioBlock(
+                backend: disk, readOnly: script.first.map { $0 & 1 == 1 } ?? false, identifier: "fuzz", queueSizeMaximum: 64),
             memory: memory, notifiers: [NoSignal()], interrupt: NoSignal())
 
         var position = 0
@@ -75,7 +76,9 @@ enum VirtioFuzz {
         case 1:
             // A read of any width at any offset.
             var bytes: UInt64 = 0
-            withUnsafeMutableBytes(of: &bytes) { transport.read(offset: offset & 0xFFF, data: UnsafeMutableRawBufferPointer(rebasing: $0[0..<width(small)])) }
+            withUnsafeMutableBytes(of: &bytes) {
+                transport.read(offset: offset & 0xFFF, data: UnsafeMutableRawBufferPointer(rebasing: $0[0..<width(small)]))
+            }
         case 2:
             // A write of any width.
             write(transport, offset: offset & 0xFFF, value: UInt64(value), width: width(small))
@@ -131,13 +134,16 @@ enum VirtioFuzz {
         let dataFlags: UInt16 = type == 1 ? 0 : Virtqueue.DescriptorFlag.write
         try? memory.write(type.littleEndian, at: GuestAddress(0x8000))
         try? memory.write(sector.littleEndian, at: GuestAddress(0x8008))
-        let chain: [(UInt64, UInt32, UInt16)] = [(0x8000, 16, 0), (0x9000, length, dataFlags), (0x8100, 1, Virtqueue.DescriptorFlag.write)]
+        let chain: [(UInt64, UInt32, UInt16)] = [
+            (0x8000, 16, 0), (0x9000, length, dataFlags), (0x8100, 1, Virtqueue.DescriptorFlag.write),
+        ]
         for (i, (address, bufferLength, flags)) in chain.enumerated() {
             let index = (head + UInt16(i)) & 7
             let descriptor = ring + 16 * UInt64(index)
             try? memory.write(address.littleEndian, at: GuestAddress(descriptor))
             try? memory.write(bufferLength.littleEndian, at: GuestAddress(descriptor + 8))
-            try? memory.write((flags | (i < 2 ? Virtqueue.DescriptorFlag.next : 0)).littleEndian, at: GuestAddress(descriptor + 12))
+            try? memory.write(
+                (flags | (i < 2 ? Virtqueue.DescriptorFlag.next : 0)).littleEndian, at: GuestAddress(descriptor + 12))
             try? memory.write(((head + UInt16(i) + 1) & 7).littleEndian, at: GuestAddress(descriptor + 14))
         }
         let available = ring + 0x1000
@@ -149,9 +155,10 @@ enum VirtioFuzz {
     /// The walker on its own, over rings at `ring`: takes every chain, checks its buffers and
     /// returns it.
     static func walk(size: UInt16, ring: UInt64, features: UInt64) {
-        guard var queue = try? Virtqueue(
-            size: size, descriptorTable: ring, availableRing: ring + 0x1000, usedRing: ring + 0x2000,
-            features: features, memory: memory)
+        guard
+            var queue = try? Virtqueue(
+                size: size, descriptorTable: ring, availableRing: ring + 0x1000, usedRing: ring + 0x2000,
+                features: features, memory: memory)
         else { return }
         var chain = DescriptorChain()
         var taken = 0
@@ -216,7 +223,9 @@ enum VirtioFuzz {
     @main
     enum VirtioFuzzStub {
         static func main() {
-            print("SwiftletFuzz: built without the fuzzer; run `make fuzz` (swift build -Xswiftc -sanitize=fuzzer -Xswiftc -DSWIFTLET_FUZZ).")
+            print(
+                "SwiftletFuzz: built without the fuzzer; run `make fuzz` (swift build -Xswiftc -sanitize=fuzzer -Xswiftc -DSWIFTLET_FUZZ)."
+            )
         }
     }
 #endif

@@ -21,11 +21,13 @@ package final class NativeThread: @unchecked Sendable {
             if set != 0 { throw SystemError("pthread_attr_setstacksize \(name)", errno: set) }
         }
         let box = Unmanaged.passRetained(ThreadBody(name: name, body: body))
-        let result = pthread_create(&handle, &attributes, { raw in
-            let box = Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue()
-            box.body()
-            return nil
-        }, box.toOpaque())
+        let result = pthread_create(
+            &handle, &attributes,
+            { raw in
+                let box = Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue()
+                box.body()
+                return nil
+            }, box.toOpaque())
         if result != 0 {
             box.release()
             throw SystemError("pthread_create \(name)", errno: result)

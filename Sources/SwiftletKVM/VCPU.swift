@@ -62,7 +62,9 @@ package final class VCPU: @unchecked Sendable {
     package func specialRegisters() throws(SystemError) -> kvm_sregs { try get(SWL_KVM_GET_SREGS, "KVM_GET_SREGS") }
     /// `KVM_SET_SREGS`: sets the segment, descriptor-table and control registers, EFER and the APIC
     /// base. Throws if the ioctl fails.
-    package func setSpecialRegisters(_ value: kvm_sregs) throws(SystemError) { try set(SWL_KVM_SET_SREGS, "KVM_SET_SREGS", value) }
+    package func setSpecialRegisters(_ value: kvm_sregs) throws(SystemError) {
+        try set(SWL_KVM_SET_SREGS, "KVM_SET_SREGS", value)
+    }
     /// `KVM_GET_FPU`: the x87 and SSE state (FPU stack, control/status words, MXCSR, XMM0-15).
     /// Throws if the ioctl fails.
     package func fpu() throws(SystemError) -> kvm_fpu { try get(SWL_KVM_GET_FPU, "KVM_GET_FPU") }
@@ -76,7 +78,9 @@ package final class VCPU: @unchecked Sendable {
     package func mpState() throws(SystemError) -> kvm_mp_state { try get(SWL_KVM_GET_MP_STATE, "KVM_GET_MP_STATE") }
     /// `KVM_SET_MP_STATE`: sets the vCPU's multiprocessing state (e.g. `KVM_MP_STATE_RUNNABLE`).
     /// Throws if the ioctl fails.
-    package func setMPState(_ value: kvm_mp_state) throws(SystemError) { try set(SWL_KVM_SET_MP_STATE, "KVM_SET_MP_STATE", value) }
+    package func setMPState(_ value: kvm_mp_state) throws(SystemError) {
+        try set(SWL_KVM_SET_MP_STATE, "KVM_SET_MP_STATE", value)
+    }
 
     /// `KVM_SET_MSRS` with (index, value) pairs; fails unless every MSR was accepted.
     package func setMSRs(_ msrs: [(index: UInt32, value: UInt64)]) throws(SystemError) {

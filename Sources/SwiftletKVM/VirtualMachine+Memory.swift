@@ -3,7 +3,7 @@ import CKVM
 import SwiftletHost
 import SwiftletMemory
 
-package extension VirtualMachine {
+extension VirtualMachine {
     /// Registers every region of `memory` as a KVM memory slot (slot numbers from `firstSlot`).
     package func register(_ memory: GuestMemory, firstSlot: UInt32 = 0) throws(SystemError) {
         for (i, region) in memory.regions.enumerated() {

@@ -54,8 +54,10 @@ public final class GuestMemory: @unchecked Sendable {
             if let last = mapped.last, last.end > start.rawValue {
                 throw GuestMemoryLayoutError.overlapping(start: start)
             }
-            guard let host = mmap(nil, Int(size), PROT_READ | PROT_WRITE,
-                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
+            guard
+                let host = mmap(
+                    nil, Int(size), PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
                 host != MAP_FAILED
             else { throw SystemError.current("mmap \(size) bytes of guest memory") }
             mapped.append(GuestMemoryRegion(start: start, size: size, hostBase: UInt(bitPattern: host)))

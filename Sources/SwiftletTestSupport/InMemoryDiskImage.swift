@@ -55,11 +55,14 @@ package final class InMemoryDiskImage: BlockBackend {
     /// Counts the call in `flushCount`; never fails, even with `failure` set.
     package func flush() throws(SystemError) { state.withLock { $0.flushCount += 1 } }
 
-    private func checkedRange(_ vectors: UnsafeMutableBufferPointer<iovec>, _ offset: UInt64, _ operation: String) throws(SystemError) -> Range<Int> {
+    private func checkedRange(_ vectors: UnsafeMutableBufferPointer<iovec>, _ offset: UInt64, _ operation: String)
+        throws(SystemError) -> Range<Int>
+    {
         if let failure = self.failure { throw SystemError("\(operation) memory image", errno: failure) }
         let total = vectors.reduce(0) { $0 + UInt64($1.iov_len) }
-        guard offset <= size, total <= size - offset else { throw SystemError("\(operation) memory image past its end", errno: EIO) }
+        guard offset <= size, total <= size - offset else {
+            throw SystemError("\(operation) memory image past its end", errno: EIO)
+        }
         return Int(offset)..<Int(offset + total)
     }
 }
-

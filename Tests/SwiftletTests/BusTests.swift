@@ -307,10 +307,11 @@ struct BusTests {
         #expect(watched != nil)
         #expect(busWrite(copy, 0x62, [0xAB]))
         #expect(busRead(copy, 0x63) == (true, [0x11]))
-        #expect(watched?.accesses == [
-            RecordingDevice.Access(isWrite: true, offset: 2, bytes: [0xAB]),
-            RecordingDevice.Access(isWrite: false, offset: 3, bytes: [0x11]),
-        ])
+        #expect(
+            watched?.accesses == [
+                RecordingDevice.Access(isWrite: true, offset: 2, bytes: [0xAB]),
+                RecordingDevice.Access(isWrite: false, offset: 3, bytes: [0x11]),
+            ])
         // A registration on a copy leaves the original's routes as they were.
         var grown = copy
         try grown.register(RecordingDevice(tag: 0x22), base: 0x10, length: 4, name: "new")

@@ -25,7 +25,10 @@ struct CLITests {
     func missingKernel() throws {
         let result = try Self.swiftlet("boot", "--kernel", "/nonexistent")
         #expect(result.status == 1)
-        #expect(result.stderr == "swiftlet: cannot load the kernel: cannot read kernel: open /nonexistent failed: No such file or directory (errno 2)\n")
+        #expect(
+            result.stderr
+                == "swiftlet: cannot load the kernel: cannot read kernel: open /nonexistent failed: No such file or directory (errno 2)\n"
+        )
     }
 
     @Test("a file that is not a kernel is refused", arguments: ["/etc/hostname", "/dev/null", "/tmp"])
@@ -35,7 +38,8 @@ struct CLITests {
         #expect(result.stderr.hasPrefix("swiftlet: cannot load the kernel: "))
         #expect(result.stderr.filter { $0 == "\n" }.count == 1)
         if path == "/dev/null" {
-            #expect(result.stderr == "swiftlet: cannot load the kernel: kernel /dev/null is a character device, not a regular file\n")
+            #expect(
+                result.stderr == "swiftlet: cannot load the kernel: kernel /dev/null is a character device, not a regular file\n")
         }
     }
 
@@ -45,8 +49,9 @@ struct CLITests {
         var testDescription: String { rawValue }
     }
 
-    @Test("a FIFO nobody writes, a socket, a directory, /dev/null or /dev/zero as --kernel, --initrd or --disk is a one-line error at once",
-          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .timeLimit(.minutes(2)), arguments: HostFileRole.allCases)
+    @Test(
+        "a FIFO nobody writes, a socket, a directory, /dev/null or /dev/zero as --kernel, --initrd or --disk is a one-line error at once",
+        .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .timeLimit(.minutes(2)), arguments: HostFileRole.allCases)
     func unusableHostFile(role: HostFileRole) throws {
         guard access(Self.binary, X_OK) == 0 else { throw TestFailure("\(Self.binary) is missing: run `swift build` first") }
         let files = try SpecialFiles()
@@ -67,7 +72,8 @@ struct CLITests {
                 expected = "swiftlet: cannot write the boot structures: initrd \(path) is \(kind), not a regular file\n"
             case .disk:
                 arguments = ["boot", "--kernel", kernel, "--disk", "path=\(path)", "--timeout", "20"]
-                expected = "swiftlet: cannot create the devices: disk 0: disk image \(path) is \(kind), not a regular file or a block device\n"
+                expected =
+                    "swiftlet: cannot create the devices: disk 0: disk image \(path) is \(kind), not a regular file or a block device\n"
             }
             // A blocking open of the FIFO would hang here until the deadline kills swiftlet (the run throws).
             let start = Subprocess.monotonicNow()
@@ -79,10 +85,13 @@ struct CLITests {
         }
     }
 
-    @Test("bad flags are usage errors", arguments: [
-        ["--memory", "12Q"], ["--format", "pe"], ["--timeout", "-1"], ["--cpuid-mask", "sse9"], ["--disk", "path=x,colour=red"],
-        ["--net", "tap=a/b"], ["--net", "tap=t,mac=01:00:00:00:00:01"], ["--net", "t0", "--net", "t0"],
-    ])
+    @Test(
+        "bad flags are usage errors",
+        arguments: [
+            ["--memory", "12Q"], ["--format", "pe"], ["--timeout", "-1"], ["--cpuid-mask", "sse9"],
+            ["--disk", "path=x,colour=red"],
+            ["--net", "tap=a/b"], ["--net", "tap=t,mac=01:00:00:00:00:01"], ["--net", "t0", "--net", "t0"],
+        ])
     func badFlags(flags: [String]) throws {
         let result = try Subprocess.run(Self.binary, ["boot", "--kernel", "/nonexistent"] + flags)
         #expect(result.status == 64)
@@ -97,60 +106,92 @@ struct CLITests {
         (["boot", "--cpus", "255"], "swiftlet: --cpus: 255 vCPUs requested; between 1 and 254 are supported"),
         (["boot", "--memory", "0"], "swiftlet: --memory: guest memory of 0 bytes is too small (at least 2 MiB)"),
         (["boot", "--memory", "4K"], "swiftlet: --memory: guest memory of 4096 bytes is too small (at least 2 MiB)"),
-        (["boot", "--memory", "1025G"], "swiftlet: --memory: guest memory of 1100585369600 bytes is too large (at most 1024 GiB)"),
-        (["boot", "--disk", "path=KERNEL,colour=red"], "swiftlet: --disk 'path=KERNEL,colour=red': unknown key 'colour'; use path, readonly, id or direct"),
-        (["boot", "--disk", "path=KERNEL,readonly=yes"], "swiftlet: --disk 'path=KERNEL,readonly=yes': key 'readonly' is 'yes'; use on or off"),
-        (["boot", "--disk", "KERNEL,id=123456789012345678901"], "swiftlet: --disk: disk id '123456789012345678901' is longer than 20 bytes"),
+        (
+            ["boot", "--memory", "1025G"],
+            "swiftlet: --memory: guest memory of 1100585369600 bytes is too large (at most 1024 GiB)"
+        ),
+        (
+            ["boot", "--disk", "path=KERNEL,colour=red"],
+            "swiftlet: --disk 'path=KERNEL,colour=red': unknown key 'colour'; use path, readonly, id or direct"
+        ),
+        (
+            ["boot", "--disk", "path=KERNEL,readonly=yes"],
+            "swiftlet: --disk 'path=KERNEL,readonly=yes': key 'readonly' is 'yes'; use on or off"
+        ),
+        (
+            ["boot", "--disk", "KERNEL,id=123456789012345678901"],
+            "swiftlet: --disk: disk id '123456789012345678901' is longer than 20 bytes"
+        ),
         (["dump-dtb", "--cpus", "zz"], "swiftlet: --cpus 'zz': not a whole number"),
         (["dump-dtb", "--cpus", "0"], "swiftlet: --cpus: 0 vCPUs requested; between 1 and 512 are supported on aarch64"),
         (["dump-dtb", "--memory", "0"], "swiftlet: --memory: guest memory of 0 bytes is too small for aarch64 (at least 4 MiB)"),
-        (["dump-dtb", "--disk", "path=/x,direct=maybe"], "swiftlet: --disk 'path=/x,direct=maybe': key 'direct' is 'maybe'; use on or off"),
-        (["dump-dtb", "--arch", "mips"], "swiftlet: --arch 'mips': unsupported architecture; device trees are built for aarch64 only"),
+        (
+            ["dump-dtb", "--disk", "path=/x,direct=maybe"],
+            "swiftlet: --disk 'path=/x,direct=maybe': key 'direct' is 'maybe'; use on or off"
+        ),
+        (
+            ["dump-dtb", "--arch", "mips"],
+            "swiftlet: --arch 'mips': unsupported architecture; device trees are built for aarch64 only"
+        ),
     ]
 
-    @Test("every bad value, of boot and of dump-dtb, exits 64 with one 'swiftlet: ' error naming the option, the usage line and the help pointer",
-          arguments: badValues)
+    @Test(
+        "every bad value, of boot and of dump-dtb, exits 64 with one 'swiftlet: ' error naming the option, the usage line and the help pointer",
+        arguments: badValues)
     func badValueExitStatus(arguments: [String], firstLine: String) throws {
         // A real guest: had validation let the value through, it would boot and exit 0.
         let kernel = try TestSupport.guest("longmode-hello.elf")
         let output = try TemporaryFile(contents: [])
         let command = arguments[0]
-        let full = command == "boot"
+        let full =
+            command == "boot"
             ? ["boot", "--kernel", kernel] + arguments.dropFirst().map { $0.replacingKernel(with: kernel) }
             : ["dump-dtb", "--arch", "aarch64"] + arguments.dropFirst() + [output.path]
         let result = try Subprocess.run(Self.binary, full)
-        let usage = command == "boot" ? "swiftlet boot --kernel <file> [options]" : "swiftlet dump-dtb --arch <arch> [options] <OUT>"
+        let usage =
+            command == "boot" ? "swiftlet boot --kernel <file> [options]" : "swiftlet dump-dtb --arch <arch> [options] <OUT>"
         #expect(result.status == 64, "\(full)")
         #expect(result.stdout == "")
-        #expect(result.stderr == "\(firstLine.replacingKernel(with: kernel))\nUsage: \(usage)\nSee 'swiftlet \(command) --help'.\n")
+        #expect(
+            result.stderr == "\(firstLine.replacingKernel(with: kernel))\nUsage: \(usage)\nSee 'swiftlet \(command) --help'.\n")
     }
 
     @Test("what cannot be built exits 1 with one 'swiftlet: ' line, in dump-dtb as in boot")
     func dumpDTBBuildFailures() throws {
         let missing = try Self.swiftlet("dump-dtb", "--arch", "aarch64", "--initrd", "/nonexistent", "/tmp/unused.dtb")
         #expect(missing.status == 1)
-        #expect(missing.stderr == "swiftlet: cannot read the initrd: open /nonexistent failed: No such file or directory (errno 2)\n")
+        #expect(
+            missing.stderr == "swiftlet: cannot read the initrd: open /nonexistent failed: No such file or directory (errno 2)\n")
         let unwritable = try Self.swiftlet("dump-dtb", "--arch", "aarch64", "/nonexistent/dir/x.dtb")
         #expect(unwritable.status == 1)
         #expect(unwritable.stderr.hasPrefix("swiftlet: "))
         #expect(unwritable.stderr.filter { $0 == "\n" }.count == 1)
     }
 
-    @Test("a tap that cannot be opened is a one-line error and exit status 1 (run inside a namespace of the test's own)",
-          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .enabled(if: NetworkTestSupport.isRoot, NetworkTestSupport.notRootReason))
+    @Test(
+        "a tap that cannot be opened is a one-line error and exit status 1 (run inside a namespace of the test's own)",
+        .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason),
+        .enabled(if: NetworkTestSupport.isRoot, NetworkTestSupport.notRootReason))
     func unopenableTap() throws {
         guard access(Self.binary, X_OK) == 0 else { throw TestFailure("\(Self.binary) is missing: run `swift build` first") }
         let namespace = try TestNetworkNamespace()
         defer { namespace.delete() }
         let result = try Subprocess.run(
             NetworkTestSupport.ip,
-            ["netns", "exec", namespace.name, Self.binary, "boot", "--kernel", try TestSupport.guest("longmode-hello.elf"), "--net", "tap=lo"])
+            [
+                "netns", "exec", namespace.name, Self.binary, "boot", "--kernel", try TestSupport.guest("longmode-hello.elf"),
+                "--net", "tap=lo",
+            ])
         #expect(result.status == 1)
-        #expect(result.stderr == "swiftlet: cannot create the devices: network interface 0: cannot open tap 'lo': TUNSETIFF lo failed: Invalid argument (errno 22)\n")
+        #expect(
+            result.stderr
+                == "swiftlet: cannot create the devices: network interface 0: cannot open tap 'lo': TUNSETIFF lo failed: Invalid argument (errno 22)\n"
+        )
     }
 
-    @Test("a tiny guest's output reaches stdout and its reset exits 0",
-          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+    @Test(
+        "a tiny guest's output reaches stdout and its reset exits 0",
+        .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
     func bootTinyGuest() throws {
         let result = try Self.swiftlet("boot", "--kernel", try TestSupport.guest("longmode-hello.elf"), "--timeout", "20")
         #expect(result.status == 0)
@@ -165,8 +206,9 @@ struct CLITests {
         #expect(result.stderr.hasPrefix("swiftlet: triple fault (KVM_EXIT_SHUTDOWN) on vCPU 0 at RIP 0x"))
     }
 
-    @Test("--timeout stops a spinning guest with exit status 124",
-          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+    @Test(
+        "--timeout stops a spinning guest with exit status 124",
+        .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
     func timeout() throws {
         let result = try Self.swiftlet(
             "boot", "--kernel", try TestSupport.guest("realmode-spin.bin"), "--format", "flat-real-mode", "--timeout", "0.3")
@@ -177,7 +219,8 @@ struct CLITests {
     /// Every option of `swiftlet boot`, as its help lists them.
     static let bootOptions = [
         "--kernel <file>", "--format <format>", "--memory <size>", "--cpus <n>", "--initrd <file>", "--cmdline <text>",
-        "--cpuid-mask <list>", "--boot-timer", "--report-boot-time", "--report-memory", "--report-exits", "--timeout <seconds>", "--disk <disk>", "--net <net>",
+        "--cpuid-mask <list>", "--boot-timer", "--report-boot-time", "--report-memory", "--report-exits", "--timeout <seconds>",
+        "--disk <disk>", "--net <net>",
         "--rng",
     ]
 
@@ -191,7 +234,9 @@ struct CLITests {
         }
     }
 
-    @Test("boot's help lists every option, with defaults, and the discussion", arguments: [["boot", "--help"], ["boot", "-h"], ["help", "boot"]])
+    @Test(
+        "boot's help lists every option, with defaults, and the discussion",
+        arguments: [["boot", "--help"], ["boot", "-h"], ["help", "boot"]])
     func bootHelp(arguments: [String]) throws {
         let result = try Subprocess.run(Self.binary, arguments)
         #expect(result.status == 0)
@@ -204,9 +249,15 @@ struct CLITests {
         // Lines generated from the declarations: --cpus (shared with dump-dtb) and --disk, whose
         // help is its key grammar's synopsis.
         #expect(result.stdout.contains("\n  --cpus <n>              Number of vCPUs. (default: 1)\n"))
-        #expect(result.stdout.contains("\n  --disk <disk>           A virtio-blk disk:\n                          path=FILE[,readonly=on][,id=NAME][,direct=on]\n"))
-        for paragraph in ["Image formats (--format):", "Disks (--disk, repeatable)", "Network (--net, repeatable)", "Entropy (--rng)",
-                          "Boot timer (--boot-timer", "Ctrl-A x stops the VM", "bytes of guest output dropped (output stalled)", "Exit status of a guest command", "Exit status: the guest command's status"] {
+        #expect(
+            result.stdout.contains(
+                "\n  --disk <disk>           A virtio-blk disk:\n                          path=FILE[,readonly=on][,id=NAME][,direct=on]\n"
+            ))
+        for paragraph in [
+            "Image formats (--format):", "Disks (--disk, repeatable)", "Network (--net, repeatable)", "Entropy (--rng)",
+            "Boot timer (--boot-timer", "Ctrl-A x stops the VM", "bytes of guest output dropped (output stalled)",
+            "Exit status of a guest command", "Exit status: the guest command's status",
+        ] {
             #expect(result.stdout.contains(paragraph), "boot's help lacks \(paragraph)")
         }
         // The generated part (usage and options, before the preformatted discussion) fits 80 columns.
@@ -228,12 +279,14 @@ struct CLITests {
         }
     }
 
-    @Test("usage errors exit 64 with the error, the usage line and a pointer to the help, and start nothing", arguments: [
-        ["boot", "--bogus"], ["boot", "--kernel"], ["boot"], ["boot", "--kernel", "/nonexistent", "stray"],
-        ["boot", "--kernel", "/nonexistent", "--cpus", "two"], ["boot", "--kernel", "/nonexistent", "--timeout", "soon"],
-        ["boot", "--kernel", "/nonexistent", "--rng=on"], ["boot", "--kernel", "/nonexistent", "--memory="],
-        ["boot", "--kernel", "/nonexistent", "--", "--rng"],
-    ])
+    @Test(
+        "usage errors exit 64 with the error, the usage line and a pointer to the help, and start nothing",
+        arguments: [
+            ["boot", "--bogus"], ["boot", "--kernel"], ["boot"], ["boot", "--kernel", "/nonexistent", "stray"],
+            ["boot", "--kernel", "/nonexistent", "--cpus", "two"], ["boot", "--kernel", "/nonexistent", "--timeout", "soon"],
+            ["boot", "--kernel", "/nonexistent", "--rng=on"], ["boot", "--kernel", "/nonexistent", "--memory="],
+            ["boot", "--kernel", "/nonexistent", "--", "--rng"],
+        ])
     func bootUsageErrors(arguments: [String]) throws {
         // A real guest: had a VM started, its output would be on stdout.
         let kernel = try TestSupport.guest("longmode-hello.elf")
@@ -245,10 +298,12 @@ struct CLITests {
         #expect(result.stderr.filter { $0 == "\n" }.count == 3)
     }
 
-    @Test("usage errors of swiftlet itself and of dump-dtb exit 64", arguments: [
-        ["bogus"], ["--bogus"], ["help", "bogus"], ["dump-dtb", "/tmp/x.dtb"], ["dump-dtb", "--arch", "aarch64"],
-        ["dump-dtb", "--arch", "aarch64", "a.dtb", "b.dtb"], ["dump-dtb", "--arch", "aarch64", "--kernel", "x", "a.dtb"],
-    ])
+    @Test(
+        "usage errors of swiftlet itself and of dump-dtb exit 64",
+        arguments: [
+            ["bogus"], ["--bogus"], ["help", "bogus"], ["dump-dtb", "/tmp/x.dtb"], ["dump-dtb", "--arch", "aarch64"],
+            ["dump-dtb", "--arch", "aarch64", "a.dtb", "b.dtb"], ["dump-dtb", "--arch", "aarch64", "--kernel", "x", "a.dtb"],
+        ])
     func otherUsageErrors(arguments: [String]) throws {
         let result = try Subprocess.run(Self.binary, arguments)
         #expect(result.status == 64)
@@ -266,19 +321,22 @@ struct CLITests {
         #expect(version.stdout == SwiftletVersion.string + "\n")
     }
 
-    @Test("--name=value works as --name value; the last of a repeated option wins",
-          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+    @Test(
+        "--name=value works as --name value; the last of a repeated option wins",
+        .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
     func equalsForm() throws {
         let result = try Self.swiftlet(
-            "boot", "--kernel=/nonexistent", "--kernel=" + (try TestSupport.guest("longmode-hello.elf")), "--memory=256M", "--cpus=1",
+            "boot", "--kernel=/nonexistent", "--kernel=" + (try TestSupport.guest("longmode-hello.elf")), "--memory=256M",
+            "--cpus=1",
             "--format=elf", "--timeout=20", "--report-memory")
         #expect(result.status == 0)
         #expect(result.stdout == "Hello from 64-bit long mode\n")
         #expect(result.stderr.hasPrefix("swiftlet: guest resident "))
     }
 
-    @Test("--report-exits prints one line per vCPU with its exits by reason",
-          .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
+    @Test(
+        "--report-exits prints one line per vCPU with its exits by reason",
+        .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason))
     func reportExits() throws {
         let result = try Self.swiftlet(
             "boot", "--kernel", try TestSupport.guest("longmode-hello.elf"), "--cpus", "2", "--timeout", "20", "--report-exits")
@@ -290,10 +348,13 @@ struct CLITests {
         // vCPU 0: per console byte a line-status read and a data write, then the reset write;
         // after the reset its next KVM_RUN returns EINTR once.
         let bytes = "Hello from 64-bit long mode\n".utf8.count
-        #expect(lines[0] == "swiftlet: vcpu 0 exits: pio-in \(bytes), pio-out \(bytes + 1), mmio-read 0, mmio-write 0, hlt 0, "
-            + "shutdown 0, interrupted 1, internal-error 0, other 0")
+        #expect(
+            lines[0] == "swiftlet: vcpu 0 exits: pio-in \(bytes), pio-out \(bytes + 1), mmio-read 0, mmio-write 0, hlt 0, "
+                + "shutdown 0, interrupted 1, internal-error 0, other 0")
         // vCPU 1 is never started: it only leaves KVM_RUN when the machine's end kicks it.
-        #expect(lines[1].hasPrefix("swiftlet: vcpu 1 exits: pio-in 0, pio-out 0, mmio-read 0, mmio-write 0, hlt 0, shutdown 0, interrupted "))
+        #expect(
+            lines[1].hasPrefix(
+                "swiftlet: vcpu 1 exits: pio-in 0, pio-out 0, mmio-read 0, mmio-write 0, hlt 0, shutdown 0, interrupted "))
         #expect(lines[1].hasSuffix(", internal-error 0, other 0"))
         // Without the flag, nothing is printed.
         let quiet = try Self.swiftlet("boot", "--kernel", try TestSupport.guest("longmode-hello.elf"), "--timeout", "20")

@@ -56,7 +56,8 @@ struct CPUIDKVMTests {
                 if pair.count == 2 { fields[String(pair[0])] = String(pair[1]) }
             }
             guard let leaf = fields["leaf"], let sub = fields["sub"], let eax = fields["eax"].flatMap({ UInt32($0, radix: 16) }),
-                let ebx = fields["ebx"].flatMap({ UInt32($0, radix: 16) }), let ecx = fields["ecx"].flatMap({ UInt32($0, radix: 16) }),
+                let ebx = fields["ebx"].flatMap({ UInt32($0, radix: 16) }),
+                let ecx = fields["ecx"].flatMap({ UInt32($0, radix: 16) }),
                 let edx = fields["edx"].flatMap({ UInt32($0, radix: 16) })
             else { continue }
             leaves[leaf + "." + sub] = Leaf(eax: eax, ebx: ebx, ecx: ecx, edx: edx)

@@ -2,20 +2,22 @@ import Testing
 
 @testable import Swiftlet
 @testable import SwiftletBackends
+@testable import SwiftletCommandLine
 @testable import SwiftletDeviceTree
 @testable import SwiftletDevices
 @testable import SwiftletHost
 @testable import SwiftletKVM
 @testable import SwiftletMemory
 @testable import SwiftletTestSupport
-@testable import SwiftletCommandLine
 
 /// A grammar with a byte-size key and no bare value, standing in for later device options.
-private let sizedGrammar = KeyValueGrammar(option: "--test", keys: [
-    OptionKey("size", .byteSize, placeholder: "SIZE", required: true),
-    OptionKey("name", .text, placeholder: "NAME"),
-    OptionKey("shared", .toggle, placeholder: "on"),
-])
+private let sizedGrammar = KeyValueGrammar(
+    option: "--test",
+    keys: [
+        OptionKey("size", .byteSize, placeholder: "SIZE", required: true),
+        OptionKey("name", .text, placeholder: "NAME"),
+        OptionKey("shared", .toggle, placeholder: "on"),
+    ])
 
 /// Values that follow their grammar, and what each reads as.
 private let goodDisks: [(String, DiskConfiguration)] = [
@@ -34,7 +36,10 @@ private let goodNetworks: [(String, NetworkConfiguration)] = [
     ("tap=tap0", NetworkConfiguration(tap: "tap0")),
     ("tap0", NetworkConfiguration(tap: "tap0")),
     ("tap=vm-net.1,mac=02:00:00:00:00:01", NetworkConfiguration(tap: "vm-net.1", mac: MACAddress([2, 0, 0, 0, 0, 1]))),
-    ("mac=02-00-00-00-00-02,tap=t,offload=off", NetworkConfiguration(tap: "t", mac: MACAddress([2, 0, 0, 0, 0, 2]), offloads: false)),
+    (
+        "mac=02-00-00-00-00-02,tap=t,offload=off",
+        NetworkConfiguration(tap: "t", mac: MACAddress([2, 0, 0, 0, 0, 2]), offloads: false)
+    ),
     ("ifname=t,offloads=on", NetworkConfiguration(tap: "t")),
     ("tap=a/b", NetworkConfiguration(tap: "a/b")),
 ]
@@ -42,7 +47,10 @@ private let goodNetworks: [(String, NetworkConfiguration)] = [
 /// Values that do not follow their grammar, with the exact error.
 private let badValues: [(KeyValueGrammar, String, String)] = [
     (DeviceOptions.disk, "", "--disk '': an empty item; write key=value items separated by single commas"),
-    (DeviceOptions.disk, "path=/a,,readonly=on", "--disk 'path=/a,,readonly=on': an empty item; write key=value items separated by single commas"),
+    (
+        DeviceOptions.disk, "path=/a,,readonly=on",
+        "--disk 'path=/a,,readonly=on': an empty item; write key=value items separated by single commas"
+    ),
     (DeviceOptions.disk, "path=/a,", "--disk 'path=/a,': an empty item; write key=value items separated by single commas"),
     (DeviceOptions.disk, "readonly=on", "--disk 'readonly=on': missing key 'path' (path=FILE)"),
     (DeviceOptions.disk, "path=", "--disk 'path=': key 'path' has no value"),
@@ -51,7 +59,10 @@ private let badValues: [(KeyValueGrammar, String, String)] = [
     (DeviceOptions.disk, "path=/a,file=/b", "--disk 'path=/a,file=/b': key 'file' given twice"),
     (DeviceOptions.disk, "/a,path=/b", "--disk '/a,path=/b': key 'path' given twice"),
     (DeviceOptions.disk, "/a,/b", "--disk '/a,/b': '/b' is not key=value"),
-    (DeviceOptions.disk, "path=/a,cache=none", "--disk 'path=/a,cache=none': unknown key 'cache'; use path, readonly, id or direct"),
+    (
+        DeviceOptions.disk, "path=/a,cache=none",
+        "--disk 'path=/a,cache=none': unknown key 'cache'; use path, readonly, id or direct"
+    ),
     (DeviceOptions.disk, "path=/a,readonly=maybe", "--disk 'path=/a,readonly=maybe': key 'readonly' is 'maybe'; use on or off"),
     (DeviceOptions.disk, "path=/a,ro=yes", "--disk 'path=/a,ro=yes': key 'ro' is 'yes'; use on or off"),
     (DeviceOptions.disk, "path=/a,direct=1", "--disk 'path=/a,direct=1': key 'direct' is '1'; use on or off"),
@@ -60,14 +71,21 @@ private let badValues: [(KeyValueGrammar, String, String)] = [
     (DeviceOptions.network, "tap=a,tap=b", "--net 'tap=a,tap=b': key 'tap' given twice"),
     (DeviceOptions.network, "a,b", "--net 'a,b': 'b' is not key=value"),
     (DeviceOptions.network, "tap=a,speed=10G", "--net 'tap=a,speed=10G': unknown key 'speed'; use tap, mac or offload"),
-    (DeviceOptions.network, "tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02",
-     "--net 'tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02': key 'mac' given twice"),
+    (
+        DeviceOptions.network, "tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02",
+        "--net 'tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02': key 'mac' given twice"
+    ),
     (DeviceOptions.network, "tap=a,offload=false", "--net 'tap=a,offload=false': key 'offload' is 'false'; use on or off"),
-    (DeviceOptions.network, "tap=a,mac=02:00:00:00:00",
-     "--net 'tap=a,mac=02:00:00:00:00': key 'mac' is '02:00:00:00:00'; use six hex octets, e.g. 02:00:00:00:00:01"),
+    (
+        DeviceOptions.network, "tap=a,mac=02:00:00:00:00",
+        "--net 'tap=a,mac=02:00:00:00:00': key 'mac' is '02:00:00:00:00'; use six hex octets, e.g. 02:00:00:00:00:01"
+    ),
     (sizedGrammar, "size=12Q", "--test 'size=12Q': key 'size' is '12Q'; use a size such as 512K, 128M or 1G"),
     (sizedGrammar, "size=1.5G", "--test 'size=1.5G': key 'size' is '1.5G'; use a size such as 512K, 128M or 1G"),
-    (sizedGrammar, "size=17179869184G", "--test 'size=17179869184G': key 'size' is '17179869184G'; use a size such as 512K, 128M or 1G"),
+    (
+        sizedGrammar, "size=17179869184G",
+        "--test 'size=17179869184G': key 'size' is '17179869184G'; use a size such as 512K, 128M or 1G"
+    ),
     (sizedGrammar, "4096", "--test '4096': '4096' is not key=value"),
     (sizedGrammar, "name=x", "--test 'name=x': missing key 'size' (size=SIZE)"),
     (sizedGrammar, "size=1M,shared=of", "--test 'size=1M,shared=of': key 'shared' is 'of'; use on or off"),
@@ -91,9 +109,14 @@ private let badBootLines: [([String], String)] = [
     (["--disk", "/d,id=123456789012345678901"], "--disk: disk id '123456789012345678901' is longer than 20 bytes"),
     (["--net", "tap=a/b"], "--net: 'a/b' is not an interface name (1-15 bytes, no '/', ':' or spaces)"),
     (["--net", "tap=t,mac=01:00:00:00:00:01"], "--net: MAC address 01:00:00:00:00:01 is a multicast or zero address"),
-    (["--net", "t0", "--net", "tap=t0"], "--net: two network interfaces have the MAC address \(MACAddress.generated(from: "t0"))"),
-    (Array(repeating: ["--disk", "/d"], count: 19).flatMap { $0 } + ["--rng"],
-     "--disk, --net and --rng: 20 virtio devices (disks, network interfaces, rng) requested; at most 19 are supported"),
+    (
+        ["--net", "t0", "--net", "tap=t0"],
+        "--net: two network interfaces have the MAC address \(MACAddress.generated(from: "t0"))"
+    ),
+    (
+        Array(repeating: ["--disk", "/d"], count: 19).flatMap { $0 } + ["--rng"],
+        "--disk, --net and --rng: 20 virtio devices (disks, network interfaces, rng) requested; at most 19 are supported"
+    ),
     (["--rng=on"], "'--rng' takes no value"),
     (["--boot-timer=off"], "'--boot-timer' takes no value"),
     (["--bogus"], "unknown option '--bogus'"),
@@ -154,9 +177,11 @@ struct CommandLineTests {
         #expect(sizedGrammar.synopsis == "size=SIZE[,name=NAME][,shared=on]")
     }
 
-    @Test("byte sizes print as they are read, in the largest exact unit", arguments: [
-        (128 << 20, "128M"), (1 << 30, "1G"), (3 << 29, "1536M"), (4096, "4K"), (4097, "4097"), (0, "0"), (1 << 40, "1024G"),
-    ] as [(UInt64, String)])
+    @Test(
+        "byte sizes print as they are read, in the largest exact unit",
+        arguments: [
+            (128 << 20, "128M"), (1 << 30, "1G"), (3 << 29, "1536M"), (4096, "4K"), (4097, "4097"), (0, "0"), (1 << 40, "1024G"),
+        ] as [(UInt64, String)])
     func byteSizeText(size: UInt64, text: String) {
         #expect(ValueSyntax.byteSizeText(size) == text)
         #expect(ValueSyntax.byteSize(text) == size)
@@ -166,7 +191,9 @@ struct CommandLineTests {
     func toggles() {
         #expect(ValueSyntax.toggle("on") == true)
         #expect(ValueSyntax.toggle("off") == false)
-        for text in ["", "On", "ON", "yes", "no", "true", "false", "1", "0", "on "] { #expect(ValueSyntax.toggle(text) == nil, "\(text)") }
+        for text in ["", "On", "ON", "yes", "no", "true", "false", "1", "0", "on "] {
+            #expect(ValueSyntax.toggle(text) == nil, "\(text)")
+        }
     }
 
     // MARK: boot
@@ -195,10 +222,15 @@ struct CommandLineTests {
         #expect(configuration.commandLine == "console=ttyS0" && configuration.initrdPath == "/i")
         #expect(configuration.cpuidMask.map(\.name) == ["popcnt"])
         #expect(full.timeout == 2.5 && full.reportMemory)
-        #expect(configuration.disks == [DiskConfiguration(path: "/a", readOnly: true, id: "x", directIO: true), DiskConfiguration(path: "/b")])
-        #expect(configuration.networks == [
-            NetworkConfiguration(tap: "t0", mac: MACAddress([2, 0, 0, 0, 0, 1]), offloads: false), NetworkConfiguration(tap: "t1"),
-        ])
+        #expect(
+            configuration.disks == [
+                DiskConfiguration(path: "/a", readOnly: true, id: "x", directIO: true), DiskConfiguration(path: "/b"),
+            ])
+        #expect(
+            configuration.networks == [
+                NetworkConfiguration(tap: "t0", mac: MACAddress([2, 0, 0, 0, 0, 1]), offloads: false),
+                NetworkConfiguration(tap: "t1"),
+            ])
         #expect(configuration.rng)
     }
 
@@ -226,7 +258,9 @@ struct CommandLineTests {
 
     @Test("dump-dtb takes boot's device options: each is a virtio-mmio slot")
     func dumpDTBParse() throws {
-        let dump = try DumpDTB.parse(["--arch", "aarch64", "--disk", "/a", "--net", "t0", "--rng", "--virtio-devices", "2", "out.dtb"])
+        let dump = try DumpDTB.parse([
+            "--arch", "aarch64", "--disk", "/a", "--net", "t0", "--rng", "--virtio-devices", "2", "out.dtb",
+        ])
         #expect(dump.arch == "aarch64" && dump.output == "out.dtb")
         #expect(dump.configuration.disks == [DiskConfiguration(path: "/a")])
         #expect(dump.virtioDeviceCount == 5)
@@ -235,19 +269,27 @@ struct CommandLineTests {
         #expect(plain.configuration.memorySize == MachineConfiguration.defaultMemorySize)
     }
 
-    @Test("dump-dtb's bad values are usage errors, checked by the library", arguments: [
-        (["--cpus", "zz"], "--cpus 'zz': not a whole number"),
-        (["--cpus", "513"], "--cpus: 513 vCPUs requested; between 1 and 512 are supported on aarch64"),
-        (["--memory", "2M"], "--memory: guest memory of 2097152 bytes is too small for aarch64 (at least 4 MiB)"),
-        (["--virtio-devices", "33"], "--virtio-devices, --disk, --net and --rng: 33 virtio devices requested; between 0 and 32 are supported"),
-        (["--virtio-devices", "32", "--rng"], "--virtio-devices, --disk, --net and --rng: 33 virtio devices requested; between 0 and 32 are supported"),
-        (["--disk", "path=/a,readonly"], "--disk 'path=/a,readonly': 'readonly' is not key=value"),
-        (["--net", "tap=a:b"], "--net: 'a:b' is not an interface name (1-15 bytes, no '/', ':' or spaces)"),
-        (["--cmdline", "a\u{0}b"], "--cmdline: the kernel command line contains a NUL character"),
-        (["--arch", "x86_64"], "--arch 'x86_64': unsupported architecture; device trees are built for aarch64 only"),
-        (["--kernel", "k"], "unknown option '--kernel'"),
-        (["second.dtb"], "unexpected argument 'second.dtb'"),
-    ] as [([String], String)])
+    @Test(
+        "dump-dtb's bad values are usage errors, checked by the library",
+        arguments: [
+            (["--cpus", "zz"], "--cpus 'zz': not a whole number"),
+            (["--cpus", "513"], "--cpus: 513 vCPUs requested; between 1 and 512 are supported on aarch64"),
+            (["--memory", "2M"], "--memory: guest memory of 2097152 bytes is too small for aarch64 (at least 4 MiB)"),
+            (
+                ["--virtio-devices", "33"],
+                "--virtio-devices, --disk, --net and --rng: 33 virtio devices requested; between 0 and 32 are supported"
+            ),
+            (
+                ["--virtio-devices", "32", "--rng"],
+                "--virtio-devices, --disk, --net and --rng: 33 virtio devices requested; between 0 and 32 are supported"
+            ),
+            (["--disk", "path=/a,readonly"], "--disk 'path=/a,readonly': 'readonly' is not key=value"),
+            (["--net", "tap=a:b"], "--net: 'a:b' is not an interface name (1-15 bytes, no '/', ':' or spaces)"),
+            (["--cmdline", "a\u{0}b"], "--cmdline: the kernel command line contains a NUL character"),
+            (["--arch", "x86_64"], "--arch 'x86_64': unsupported architecture; device trees are built for aarch64 only"),
+            (["--kernel", "k"], "unknown option '--kernel'"),
+            (["second.dtb"], "unexpected argument 'second.dtb'"),
+        ] as [([String], String)])
     func dumpDTBErrors(arguments: [String], message: String) {
         #expect(throws: UsageError(message)) { try DumpDTB.parse(["--arch", "aarch64", "first.dtb"] + arguments) }
     }
@@ -266,7 +308,8 @@ struct CommandLineTests {
         let dump = DumpDTB.help.rendered(usage: Command.dumpDTB.usage)
         // The --cpus line, as its one declaration describes it.
         let cpus = CommandOption<Boot>.cpus
-        let line = "  " + cpus.synopsis + String(repeating: " ", count: CommandHelp.helpColumn - 2 - cpus.synopsis.count)
+        let line =
+            "  " + cpus.synopsis + String(repeating: " ", count: CommandHelp.helpColumn - 2 - cpus.synopsis.count)
             + cpus.help + " (default: \(try #require(cpus.defaultValue)))\n"
         #expect(line == "  --cpus <n>              Number of vCPUs. (default: 1)\n")
         #expect(boot.contains("\n" + line))
@@ -275,7 +318,9 @@ struct CommandLineTests {
             #expect(Set(syntax).count == syntax.count, "an option declared twice")
             for synopsis in syntax { #expect(text.contains("\n  \(synopsis) "), "help lacks \(synopsis)") }
         }
-        #expect(boot.contains("  --disk <disk>           A virtio-blk disk:\n                          \(DeviceOptions.disk.synopsis)\n"))
+        #expect(
+            boot.contains(
+                "  --disk <disk>           A virtio-blk disk:\n                          \(DeviceOptions.disk.synopsis)\n"))
         #expect(boot.contains("  --boot-timer            Attach the boot-timer device (port 0x440).\n"))
         // The discussion's forms come from the grammars too.
         #expect(boot.contains("\n  --disk path=FILE[,readonly=on][,id=NAME][,direct=on]\n"))

@@ -2,13 +2,13 @@ import Testing
 
 @testable import Swiftlet
 @testable import SwiftletBackends
+@testable import SwiftletCommandLine
 @testable import SwiftletDeviceTree
 @testable import SwiftletDevices
 @testable import SwiftletHost
 @testable import SwiftletKVM
 @testable import SwiftletMemory
 @testable import SwiftletTestSupport
-@testable import SwiftletCommandLine
 
 private let validSizeCases: [(String, UInt64)] = [
     ("128M", 128 << 20),
@@ -56,7 +56,9 @@ struct ConfigurationTests {
 
     // MARK: validate
 
-    private func configuration(memory: UInt64 = 128 << 20, vcpus: Int = 1, kernel: String = "/boot/vmlinux") -> MachineConfiguration {
+    private func configuration(memory: UInt64 = 128 << 20, vcpus: Int = 1, kernel: String = "/boot/vmlinux")
+        -> MachineConfiguration
+    {
         MachineConfiguration(kernelPath: kernel, memorySize: memory, vcpuCount: vcpus, console: .none)
     }
 
@@ -79,7 +81,9 @@ struct ConfigurationTests {
         #expect(throws: ConfigurationError.memoryTooSmall(memory)) { try configuration(memory: memory).validate() }
     }
 
-    @Test("memory that is not a whole number of pages is refused", arguments: [(128 << 20) + 1, (3 << 20) + 512, (64 << 20) - 2048] as [UInt64])
+    @Test(
+        "memory that is not a whole number of pages is refused",
+        arguments: [(128 << 20) + 1, (3 << 20) + 512, (64 << 20) - 2048] as [UInt64])
     func notPageAligned(memory: UInt64) {
         #expect(throws: ConfigurationError.memoryNotPageAligned(memory)) { try configuration(memory: memory).validate() }
     }

@@ -200,7 +200,9 @@ struct ConsoleOutputCLITests {
 
     /// swiftlet with stdin /dev/null and stdout the pipe's write end (closed here once spawned).
     static func boot(_ arguments: [String], into pipe: TestPipe) throws -> SpawnedProgram {
-        guard access(CLITests.binary, X_OK) == 0 else { throw TestFailure("\(CLITests.binary) is missing: run `swift build` first") }
+        guard access(CLITests.binary, X_OK) == 0 else {
+            throw TestFailure("\(CLITests.binary) is missing: run `swift build` first")
+        }
         let program = try SpawnedProgram(
             CLITests.binary, ["boot"] + arguments, stdinPath: "/dev/null", stdoutDescriptor: pipe.writeEnd, newSession: false)
         pipe.closeWrite()
@@ -230,7 +232,9 @@ struct ConsoleOutputCLITests {
         #expect(inOrder, "the pipe does not hold the start of the output")
     }
 
-    @Test("a signal ends a guest flooding a pipe nobody reads within a second or two and the drop is reported", arguments: [SIGTERM, SIGINT])
+    @Test(
+        "a signal ends a guest flooding a pipe nobody reads within a second or two and the drop is reported",
+        arguments: [SIGTERM, SIGINT])
     func signalWithStalledPipe(signal: Int32) throws {
         let pipe = try TestPipe()
         let program = try Self.boot(try Self.flood(["--timeout", "20"]), into: pipe)

@@ -60,7 +60,9 @@ struct ConsoleTests {
         #expect(run([ctrlA, ctrlA, UInt8(ascii: "x")]) == ([ctrlA, UInt8(ascii: "x")], false))
     }
 
-    @Test("Ctrl-A then another byte forwards both", arguments: [UInt8(ascii: "a"), UInt8(ascii: "c"), 0x00, 0x03, 0x1B, 0xFF, UInt8(ascii: "y")])
+    @Test(
+        "Ctrl-A then another byte forwards both",
+        arguments: [UInt8(ascii: "a"), UInt8(ascii: "c"), 0x00, 0x03, 0x1B, 0xFF, UInt8(ascii: "y")])
     func prefixThenOther(byte: UInt8) {
         var escape = ConsoleEscape()
         #expect(escape.feed(ctrlA) == .forward([]))

@@ -234,7 +234,8 @@ struct DeviceStateTests {
         #expect(port.enqueueInput([UInt8](repeating: 0x33, count: 70)) == 64)
         let saved = port.saveState()
         #expect(saved.lineStatusErrors == 0x02 && saved.transmitterEmptyInterruptPending)
-        let restored = try SerialPort.restore(from: try throughJSON(saved), with: .init(output: BufferSerialOutput(), interruptLine: LevelRecorder()))
+        let restored = try SerialPort.restore(
+            from: try throughJSON(saved), with: .init(output: BufferSerialOutput(), interruptLine: LevelRecorder()))
         let script: [UInt64] = [2, 5, 2, 6, 6] + [UInt64](repeating: 0, count: 65) + [2, 2]
         let answers = script.map { read(restored, $0) }
         #expect(answers == script.map { read(port, $0) })
@@ -258,8 +259,11 @@ struct DeviceStateTests {
         // A FIFO longer than the UART's, in the encoded state.
         let long = try corrupted(good) { $0["receivedBytes"] = .array([JSONValue](repeating: .unsigned(7), count: 65)) }
         let error = attempt(long)
-        #expect(error == DeviceRestoreError(device: "8250 UART", field: "receivedBytes", problem: .tooLong(count: 65, capacity: 64)))
-        #expect(error?.description == "cannot restore the 8250 UART state: receivedBytes holds 65 entries, more than its capacity of 64")
+        #expect(
+            error == DeviceRestoreError(device: "8250 UART", field: "receivedBytes", problem: .tooLong(count: 65, capacity: 64)))
+        #expect(
+            error?.description
+                == "cannot restore the 8250 UART state: receivedBytes holds 65 entries, more than its capacity of 64")
 
         var state = good
         state.interruptEnable = 0x11
@@ -269,7 +273,9 @@ struct DeviceStateTests {
         #expect(attempt(state)?.field == "modemControl")
         state = good
         state.lineStatusErrors = 0x04
-        #expect(attempt(state) == DeviceRestoreError(device: "8250 UART", field: "lineStatusErrors", problem: .undefinedBits(4, allowed: 2)))
+        #expect(
+            attempt(state)
+                == DeviceRestoreError(device: "8250 UART", field: "lineStatusErrors", problem: .undefinedBits(4, allowed: 2)))
         state = good
         state.fifoControl = 0xC0
         let fifo = attempt(state)
@@ -316,10 +322,13 @@ struct DeviceStateTests {
         let good = controller.saveState()
         let resources = I8042Device.Resources(resetHandler: {})
         let wrongCommand = try corrupted(good) { $0["commandAwaitingParameter"] = .unsigned(0x20) }
-        let error = restoreError { () throws(DeviceRestoreError) in _ = try I8042Device.restore(from: wrongCommand, with: resources) }
+        let error = restoreError { () throws(DeviceRestoreError) in
+            _ = try I8042Device.restore(from: wrongCommand, with: resources)
+        }
         #expect(error?.device == "i8042" && error?.field == "commandAwaitingParameter" && isInconsistent(error?.problem))
         let dataWrite = try corrupted(good) { $0["lastWriteWasCommand"] = .bool(false) }
-        let second = restoreError { () throws(DeviceRestoreError) in _ = try I8042Device.restore(from: dataWrite, with: resources) }
+        let second = restoreError { () throws(DeviceRestoreError) in _ = try I8042Device.restore(from: dataWrite, with: resources)
+        }
         #expect(second?.field == "lastWriteWasCommand")
     }
 
@@ -333,7 +342,8 @@ struct DeviceStateTests {
         write(restored, 0, BootTimer.magic)
         #expect(restored.bootNanoseconds == booted, "the first mark counts, also across a restore")
         // A timer saved before the mark records it after the restore, from the new reference.
-        let waiting = try BootTimer.restore(from: try throughJSON(BootTimer(startNanoseconds: 0).saveState()), with: .init(startNanoseconds: 0))
+        let waiting = try BootTimer.restore(
+            from: try throughJSON(BootTimer(startNanoseconds: 0).saveState()), with: .init(startNanoseconds: 0))
         #expect(waiting.bootNanoseconds == nil)
         write(waiting, 0, BootTimer.magic)
         #expect((waiting.bootNanoseconds ?? 0) >= booted)
@@ -396,9 +406,18 @@ extension DeviceStateTests {
         let written = VirtioBlockTests.pattern(512, seed: 9)
         try memory.write(written, at: GuestAddress(Self.blockData))
         let ok = VirtioBlock.Status.ok
-        #expect(try Self.blockRequest(transport, &ring, head: 0, type: VirtioBlock.RequestType.write, sector: 4, data: Self.blockData, length: 512) == ok)
-        #expect(try Self.blockRequest(transport, &ring, head: 3, type: VirtioBlock.RequestType.read, sector: 5, data: Self.blockData + 0x1000, length: 512) == ok)
-        #expect(try Self.blockRequest(transport, &ring, head: 6, type: VirtioBlock.RequestType.getID, sector: 0, data: Self.blockData + 0x2000, length: 20) == ok)
+        #expect(
+            try Self.blockRequest(
+                transport, &ring, head: 0, type: VirtioBlock.RequestType.write, sector: 4, data: Self.blockData, length: 512)
+                == ok)
+        #expect(
+            try Self.blockRequest(
+                transport, &ring, head: 3, type: VirtioBlock.RequestType.read, sector: 5, data: Self.blockData + 0x1000,
+                length: 512) == ok)
+        #expect(
+            try Self.blockRequest(
+                transport, &ring, head: 6, type: VirtioBlock.RequestType.getID, sector: 0, data: Self.blockData + 0x2000,
+                length: 20) == ok)
         #expect(interrupt.count == 1 && driver.interruptStatus == VirtioInterruptBit.usedBuffer)
         // The next interrupt is wanted past used index 4; the driver reads the high feature word.
         try ring.setUsedEvent(4)
@@ -407,7 +426,8 @@ extension DeviceStateTests {
         let saved = transport.saveState()
         #expect(saved.transport.queues == [VirtqueuePosition(nextAvailable: 3, nextUsed: 3, usedAtLastInterruptCheck: 3)])
         #expect(saved.transport.isActive && saved.transport.requests == 3)
-        #expect(saved.device.statistics.writes == 1 && saved.device.statistics.reads == 1 && saved.device.statistics.identifies == 1)
+        #expect(
+            saved.device.statistics.writes == 1 && saved.device.statistics.reads == 1 && saved.device.statistics.identifies == 1)
         let decoded = try throughJSON(saved)
         #expect(decoded == saved)
 
@@ -430,12 +450,14 @@ extension DeviceStateTests {
             var r = ringIndex == 0 ? ring : newRing
             let signal = ringIndex == 0 ? interrupt : newInterrupt
             let before = signal.count
-            let read = try Self.blockRequest(target, &r, head: 9, type: VirtioBlock.RequestType.read, sector: 4, data: Self.blockData + 0x3000, length: 512)
+            let read = try Self.blockRequest(
+                target, &r, head: 9, type: VirtioBlock.RequestType.read, sector: 4, data: Self.blockData + 0x3000, length: 512)
             let afterFirst = signal.count - before
             let element = try r.usedElement(3)
             let data = try r.memory.readBytes(at: GuestAddress(Self.blockData + 0x3000), count: 512)
             #expect(data == written, "the sector written before the save")
-            let write = try Self.blockRequest(target, &r, head: 12, type: VirtioBlock.RequestType.write, sector: 6, data: Self.blockData, length: 512)
+            let write = try Self.blockRequest(
+                target, &r, head: 12, type: VirtioBlock.RequestType.write, sector: 6, data: Self.blockData, length: 512)
             let afterSecond = signal.count - before
             results.append([
                 UInt64(read), UInt64(afterFirst), UInt64(element.id), UInt64(element.length), UInt64(try r.usedIndex()),
@@ -461,7 +483,8 @@ extension DeviceStateTests {
         let driver = MMIODriver(transport: transport)
         var rx = RingDriver(memory: memory, size: 16)
         var tx = RingDriver(memory: memory, size: 16, descriptorTable: 0x8000, availableRing: 0x9000, usedRing: 0xA000)
-        let features = VirtioFeature.version1 | VirtioNet.Feature.mac | VirtioNet.Feature.status | VirtioNet.Feature.checksum
+        let features =
+            VirtioFeature.version1 | VirtioNet.Feature.mac | VirtioNet.Feature.status | VirtioNet.Feature.checksum
             | VirtioNet.Feature.guestChecksum
         #expect(driver.negotiate(features) & VirtioDeviceStatus.featuresOK != 0)
         driver.setUpQueue(0, rx)
@@ -496,7 +519,9 @@ extension DeviceStateTests {
         let newBackend = MemoryNetworkBackend(supportedOffloads: .all)
         let restored = try VirtioMMIOTransport<VirtioNet>.restore(
             from: decoded,
-            with: .init(memory: newMemory, notifiers: [CountingSignal(), CountingSignal()], interrupt: CountingSignal(), device: newBackend))
+            with: .init(
+                memory: newMemory, notifiers: [CountingSignal(), CountingSignal()], interrupt: CountingSignal(),
+                device: newBackend))
         #expect(registerReads(restored) == registerReads(transport))
         let restoredDriver = MMIODriver(transport: restored)
         #expect(restoredDriver.read(VirtioMMIORegisters.configurationOffset + 6, width: 2) == 0, "link down")
@@ -537,7 +562,8 @@ extension DeviceStateTests {
     func networkFewerOffloads() throws {
         let memory = try virtioTestMemory()
         let transport = VirtioMMIOTransport(
-            device: VirtioNet(backend: MemoryNetworkBackend(supportedOffloads: .all), mac: MACAddress(rawValue: 0x0253_574C_5408)),
+            device: VirtioNet(
+                backend: MemoryNetworkBackend(supportedOffloads: .all), mac: MACAddress(rawValue: 0x0253_574C_5408)),
             memory: memory, notifiers: [CountingSignal(), CountingSignal()], interrupt: CountingSignal())
         let saved = transport.saveState()
         let error = restoreError { () throws(DeviceRestoreError) in
@@ -552,14 +578,17 @@ extension DeviceStateTests {
         let macError = restoreError { () throws(DeviceRestoreError) in
             _ = try VirtioMMIOTransport<VirtioNet>.restore(
                 from: wide,
-                with: .init(memory: memory, notifiers: [CountingSignal(), CountingSignal()], interrupt: CountingSignal(), device: MemoryNetworkBackend()))
+                with: .init(
+                    memory: memory, notifiers: [CountingSignal(), CountingSignal()], interrupt: CountingSignal(),
+                    device: MemoryNetworkBackend()))
         }
         #expect(macError?.field == "settings.mac" && macError?.problem == .undefinedBits(1 << 50, allowed: 0xFFFF_FFFF_FFFF))
     }
 
     /// A virtio-rng device that served two requests (heads 0 and 1, 32 bytes each).
     static func servedRNG(memory: GuestMemory) throws -> (VirtioMMIOTransport<VirtioRNG>, RingDriver) {
-        let transport = VirtioMMIOTransport(device: VirtioRNG(), memory: memory, notifiers: [CountingSignal()], interrupt: CountingSignal())
+        let transport = VirtioMMIOTransport(
+            device: VirtioRNG(), memory: memory, notifiers: [CountingSignal()], interrupt: CountingSignal())
         let driver = MMIODriver(transport: transport)
         var ring = RingDriver(memory: memory, size: 16)
         #expect(driver.negotiate(VirtioFeature.version1) & VirtioDeviceStatus.featuresOK != 0)
@@ -599,7 +628,8 @@ extension DeviceStateTests {
     @Test("a device saved halfway through set-up (queue programmed, no DRIVER_OK) finishes it after the restore")
     func restoreBeforeDriverOK() throws {
         let memory = try virtioTestMemory()
-        let transport = VirtioMMIOTransport(device: VirtioRNG(), memory: memory, notifiers: [CountingSignal()], interrupt: CountingSignal())
+        let transport = VirtioMMIOTransport(
+            device: VirtioRNG(), memory: memory, notifiers: [CountingSignal()], interrupt: CountingSignal())
         let driver = MMIODriver(transport: transport)
         var ring = RingDriver(memory: memory, size: 8)
         #expect(driver.negotiate(VirtioFeature.version1) & VirtioDeviceStatus.featuresOK != 0)
@@ -632,27 +662,39 @@ extension DeviceStateTests {
         #expect(attempt(good) == nil)
         let cases: [(String, (inout JSONValue) -> Void, DeviceRestoreError.Problem?)] = [
             ("registers.queues[0].size", { $0["transport"]["registers"]["queues"][0]["size"] = .unsigned(3) }, .notPowerOfTwo(3)),
-            ("registers.queues[0].size", { $0["transport"]["registers"]["queues"][0]["size"] = .unsigned(128) }, .tooLarge(128, maximum: 64)),
             (
-                "registers.queues[0].usedRing", { $0["transport"]["registers"]["queues"][0]["usedRing"] = .unsigned((2 << 20) - 8) },
+                "registers.queues[0].size", { $0["transport"]["registers"]["queues"][0]["size"] = .unsigned(128) },
+                .tooLarge(128, maximum: 64)
+            ),
+            (
+                "registers.queues[0].usedRing",
+                { $0["transport"]["registers"]["queues"][0]["usedRing"] = .unsigned((2 << 20) - 8) },
                 .outsideGuestMemory(address: (2 << 20) - 8, length: 6 + 8 * 16)
             ),
             (
-                "registers.queues[0].descriptorTable", { $0["transport"]["registers"]["queues"][0]["descriptorTable"] = .unsigned(0x1008) },
+                "registers.queues[0].descriptorTable",
+                { $0["transport"]["registers"]["queues"][0]["descriptorTable"] = .unsigned(0x1008) },
                 .misaligned(address: 0x1008, alignment: 16)
             ),
             ("registers.deviceID", { $0["transport"]["registers"]["deviceID"] = .unsigned(2) }, .mismatch(saved: 2, current: 4)),
-            ("registers.queueSizeMaximum", { $0["transport"]["registers"]["queueSizeMaximum"] = .unsigned(256) }, .mismatch(saved: 256, current: 64)),
+            (
+                "registers.queueSizeMaximum", { $0["transport"]["registers"]["queueSizeMaximum"] = .unsigned(256) },
+                .mismatch(saved: 256, current: 64)
+            ),
             (
                 "registers.status", { $0["transport"]["registers"]["status"] = .unsigned(0x10F) },
                 .undefinedBits(0x10F, allowed: 0xCF)
             ),
             ("registers.status", { $0["transport"]["registers"]["status"] = .unsigned(0x07) }, nil),
             (
-                "registers.driverFeatures", { $0["transport"]["registers"]["driverFeatures"] = .unsigned(VirtioFeature.version1 | 1) },
+                "registers.driverFeatures",
+                { $0["transport"]["registers"]["driverFeatures"] = .unsigned(VirtioFeature.version1 | 1) },
                 .undefinedBits(VirtioFeature.version1 | 1, allowed: VirtioRNG().offeredFeatures)
             ),
-            ("registers.interruptStatus", { $0["transport"]["registers"]["interruptStatus"] = .unsigned(4) }, .undefinedBits(4, allowed: 3)),
+            (
+                "registers.interruptStatus", { $0["transport"]["registers"]["interruptStatus"] = .unsigned(4) },
+                .undefinedBits(4, allowed: 3)
+            ),
             ("registers.queues", { $0["transport"]["registers"]["queues"] = .array([]) }, .wrongCount(0, expected: 1)),
             ("queues", { $0["transport"]["queues"] = .array([]) }, .wrongCount(0, expected: 1)),
             ("queues[0]", { $0["transport"]["queues"][0] = .null }, nil),
@@ -672,14 +714,17 @@ extension DeviceStateTests {
             }
         }
         let notifiers = attempt(good, notifiers: 2)
-        #expect(notifiers == DeviceRestoreError(device: "virtio-mmio", field: "resources.notifiers", problem: .wrongCount(2, expected: 1)))
+        #expect(
+            notifiers
+                == DeviceRestoreError(device: "virtio-mmio", field: "resources.notifiers", problem: .wrongCount(2, expected: 1)))
     }
 
     @Test("virtio-blk: a disk of another size, or an id longer than 20 bytes, is refused")
     func blockCorrupt() throws {
         let memory = try virtioTestMemory()
         let transport = VirtioMMIOTransport(
-            device: VirtioBlock(backend: InMemoryDiskImage(bytes: [UInt8](repeating: 0, count: 64 << 10)), readOnly: false, identifier: "d"),
+            device: VirtioBlock(
+                backend: InMemoryDiskImage(bytes: [UInt8](repeating: 0, count: 64 << 10)), readOnly: false, identifier: "d"),
             memory: memory, notifiers: [CountingSignal()], interrupt: CountingSignal())
         let good = transport.saveState()
         func attempt(_ state: VirtioDeviceState<VirtioBlock>, diskSize: Int = 64 << 10) -> DeviceRestoreError? {
@@ -692,11 +737,18 @@ extension DeviceStateTests {
             }
         }
         #expect(attempt(good) == nil)
-        #expect(attempt(good, diskSize: 32 << 10) == DeviceRestoreError(device: "virtio-blk", field: "settings.capacity", problem: .mismatch(saved: 128, current: 64)))
-        let long = try corrupted(good) { $0["device"]["settings"]["identifier"] = .array([JSONValue](repeating: .unsigned(65), count: 21)) }
+        #expect(
+            attempt(good, diskSize: 32 << 10)
+                == DeviceRestoreError(
+                    device: "virtio-blk", field: "settings.capacity", problem: .mismatch(saved: 128, current: 64)))
+        let long = try corrupted(good) {
+            $0["device"]["settings"]["identifier"] = .array([JSONValue](repeating: .unsigned(65), count: 21))
+        }
         #expect(attempt(long)?.problem == .tooLong(count: 21, capacity: 20))
         let block = try corrupted(good) { $0["device"]["settings"]["blockSize"] = .unsigned(256) }
-        #expect(attempt(block) == DeviceRestoreError(device: "virtio-blk", field: "settings.blockSize", problem: .tooSmall(256, minimum: 512)))
+        #expect(
+            attempt(block)
+                == DeviceRestoreError(device: "virtio-blk", field: "settings.blockSize", problem: .tooSmall(256, minimum: 512)))
         // The configuration space must be the one the restored device offers.
         let configuration = try corrupted(good) { $0["transport"]["registers"]["configuration"][0] = .unsigned(0x81) }
         #expect(attempt(configuration)?.field == "registers.configuration[0]")

@@ -110,10 +110,15 @@ struct DeviceTreeAArch64Tests {
             (.vcpuCount(513), { () throws(AArch64MachineError) in try AArch64MachineDescription(vcpuCount: 513) }),
             (.virtioDeviceCount(-1), { () throws(AArch64MachineError) in try AArch64MachineDescription(virtioDeviceCount: -1) }),
             (.virtioDeviceCount(33), { () throws(AArch64MachineError) in try AArch64MachineDescription(virtioDeviceCount: 33) }),
-            (.commandLineContainsNUL, { () throws(AArch64MachineError) in try AArch64MachineDescription(commandLine: "a\u{0}b") }),
+            (
+                .commandLineContainsNUL,
+                { () throws(AArch64MachineError) in try AArch64MachineDescription(commandLine: "a\u{0}b") }
+            ),
             (
                 .commandLineTooLong(length: limit + 1, limit: limit),
-                { () throws(AArch64MachineError) in try AArch64MachineDescription(commandLine: String(repeating: "x", count: limit + 1)) }
+                { () throws(AArch64MachineError) in
+                    try AArch64MachineDescription(commandLine: String(repeating: "x", count: limit + 1))
+                }
             ),
             (
                 .initrdDoesNotFit(size: 127 << 20, memorySize: 128 << 20),
@@ -132,7 +137,8 @@ struct DeviceTreeAArch64Tests {
     func fromConfiguration() throws {
         let initrd = try TemporaryFile(contents: [UInt8](repeating: 7, count: 10_000))
         let configuration = MachineConfiguration(
-            kernelPath: "/unused", memorySize: 256 << 20, vcpuCount: 3, commandLine: "console=ttyS0 quiet", initrdPath: initrd.path)
+            kernelPath: "/unused", memorySize: 256 << 20, vcpuCount: 3, commandLine: "console=ttyS0 quiet",
+            initrdPath: initrd.path)
         let machine = try AArch64MachineDescription(configuration, virtioDeviceCount: 2)
         #expect(machine.memorySize == 256 << 20)
         #expect(machine.vcpuCount == 3)
@@ -191,7 +197,8 @@ struct DeviceTreeAArch64Tests {
         #expect(AArch64Layout.initrdAddress(size: 62 << 20, memorySize: memory) == AArch64Layout.ramStart)
         #expect(AArch64Layout.initrdAddress(size: (62 << 20) + 1, memorySize: memory) == nil)
         #expect(
-            AArch64Layout.initrdAddress(size: 1 << 20, memorySize: memory, kernelSize: 61 << 20) == GuestAddress(0x8000_0000 + (61 << 20)))
+            AArch64Layout.initrdAddress(size: 1 << 20, memorySize: memory, kernelSize: 61 << 20)
+                == GuestAddress(0x8000_0000 + (61 << 20)))
         #expect(AArch64Layout.initrdAddress(size: 1 << 20, memorySize: memory, kernelSize: (61 << 20) + 1) == nil)
         #expect(AArch64Layout.initrdAddress(size: 0, memorySize: memory, kernelSize: .max) == nil)
         #expect(AArch64Layout.initrdAddress(size: .max, memorySize: memory) == nil)
@@ -205,7 +212,8 @@ struct DeviceTreeAArch64Tests {
         let virtioNodes = (0..<machine.virtioDeviceCount).map { "virtio-mmio@" + String(0x0A00_0000 + $0 * 0x1000, radix: 16) }
         #expect(
             try blob.childNames(of: "/")
-                == ["chosen", "aliases", "memory@80000000", "cpus", "psci", "intc@8000000", "timer", "serial@9000000"] + virtioNodes)
+                == ["chosen", "aliases", "memory@80000000", "cpus", "psci", "intc@8000000", "timer", "serial@9000000"]
+                + virtioNodes)
 
         // Root: 64-bit addresses and sizes; every interrupt goes to the GIC.
         #expect(try blob.strings("compatible", of: "/") == ["linux,dummy-virt"])

@@ -26,7 +26,9 @@ enum DTC {
 
     /// `dtc -I dtb -O dts` of `blob`, plus `-W check` for each of `extraChecks`: its exit
     /// status, the source it printed and its warnings (everything on stderr).
-    static func decompile(_ blob: DeviceTreeBlob, extraChecks: [String] = []) throws -> (status: Int32, dts: String, stderr: String) {
+    static func decompile(_ blob: DeviceTreeBlob, extraChecks: [String] = []) throws -> (
+        status: Int32, dts: String, stderr: String
+    ) {
         guard let path else { throw TestFailure("dtc is not installed") }
         let input = try TemporaryFile(contents: blob.bytes)
         let arguments = ["-I", "dtb", "-O", "dts"] + extraChecks.flatMap { ["-W", $0] } + [input.path]

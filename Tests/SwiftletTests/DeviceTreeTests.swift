@@ -77,9 +77,15 @@ struct DeviceTreeTests {
         #expect(try blob.property("flag", of: "/") == [])
         #expect(blob.hasProperty("flag", of: "/"))
         // Reading a value as the wrong shape is FDT_ERR_BADVALUE; a missing one FDT_ERR_NOTFOUND.
-        #expect(throws: FDTError("read property \"list\" of / as one cell", code: FDT_ERR_BADVALUE)) { try blob.u32("list", of: "/") }
-        #expect(throws: FDTError("read property \"one\" of / as strings", code: FDT_ERR_BADVALUE)) { try blob.string("one", of: "/") }
-        #expect(throws: FDTError("read property \"missing\" of /", code: FDT_ERR_NOTFOUND)) { try blob.property("missing", of: "/") }
+        #expect(throws: FDTError("read property \"list\" of / as one cell", code: FDT_ERR_BADVALUE)) {
+            try blob.u32("list", of: "/")
+        }
+        #expect(throws: FDTError("read property \"one\" of / as strings", code: FDT_ERR_BADVALUE)) {
+            try blob.string("one", of: "/")
+        }
+        #expect(throws: FDTError("read property \"missing\" of /", code: FDT_ERR_NOTFOUND)) {
+            try blob.property("missing", of: "/")
+        }
         #expect(throws: FDTError("find node /nowhere", code: FDT_ERR_NOTFOUND)) { try blob.property("one", of: "/nowhere") }
     }
 
@@ -128,7 +134,9 @@ struct DeviceTreeTests {
         #expect(try blob.phandle(of: "/clock") == second)
         #expect(try blob.phandle(of: "/") == nil)
         #expect(try blob.path(of: FDTPhandle(rawValue: try blob.u32("interrupt-parent", of: "/"))) == "/intc@8000000")
-        #expect(throws: FDTError("find the node with phandle 9", code: FDT_ERR_NOTFOUND)) { try blob.path(of: FDTPhandle(rawValue: 9)) }
+        #expect(throws: FDTError("find the node with phandle 9", code: FDT_ERR_NOTFOUND)) {
+            try blob.path(of: FDTPhandle(rawValue: 9))
+        }
     }
 
     @Test("libfdt's errors: a duplicate node is FDT_ERR_EXISTS, a missing node FDT_ERR_NOTFOUND")
@@ -176,7 +184,9 @@ struct DeviceTreeTests {
 
     @Test(
         "node names the spec allows are accepted",
-        arguments: ["cpus", "cpu@0", "virtio_mmio@a000000", "A,b-c.d+e", "intc@8000000", String(repeating: "n", count: 31), "x@1,2"])
+        arguments: [
+            "cpus", "cpu@0", "virtio_mmio@a000000", "A,b-c.d+e", "intc@8000000", String(repeating: "n", count: 31), "x@1,2",
+        ])
     func goodNodeNames(name: String) throws {
         var tree = try DeviceTreeBuilder()
         try tree.addNode(name)

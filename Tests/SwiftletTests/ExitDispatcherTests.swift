@@ -223,7 +223,8 @@ struct ExitDispatcherTests {
     func mmioTestDevice() throws {
         var mmio = Bus()
         let device = MMIOTestDevice()
-        try mmio.register(device, base: X86Layout.mmioTestDeviceAddress.rawValue, length: X86Layout.mmioTestDeviceSize, name: "test")
+        try mmio.register(
+            device, base: X86Layout.mmioTestDeviceAddress.rawValue, length: X86Layout.mmioTestDeviceSize, name: "test")
         let dispatcher = ExitDispatcher(portIO: Bus(), mmio: mmio)
         let base = X86Layout.mmioTestDeviceAddress.rawValue
 
@@ -293,19 +294,26 @@ struct ExitDispatcherTests {
             Row(exit: .powerOff, code: 0, clean: true, mentions: ["powered off"]),
             Row(exit: .halted(vcpu: 1, rip: 0x10_00AB), code: 0, clean: true, mentions: ["vCPU 1", "RIP 0x1000ab"]),
             Row(exit: .stopped(.requested), code: 0, clean: true, mentions: ["host"]),
-            Row(exit: .tripleFault(vcpu: 2, rip: 0xFFFF_FFFF_8100_0000), code: 3, clean: false,
+            Row(
+                exit: .tripleFault(vcpu: 2, rip: 0xFFFF_FFFF_8100_0000), code: 3, clean: false,
                 mentions: ["triple fault", "vCPU 2", "RIP 0xffffffff81000000"]),
-            Row(exit: .internalError(vcpu: 0, suberror: 1, rip: 0xDEAD), code: 4, clean: false,
+            Row(
+                exit: .internalError(vcpu: 0, suberror: 1, rip: 0xDEAD), code: 4, clean: false,
                 mentions: ["internal error 1", "emulation", "RIP 0xdead"]),
-            Row(exit: .internalError(vcpu: 0, suberror: 3, rip: 0xBEEF), code: 4, clean: false,
+            Row(
+                exit: .internalError(vcpu: 0, suberror: 3, rip: 0xBEEF), code: 4, clean: false,
                 mentions: ["internal error 3", "event delivery", "RIP 0xbeef"]),
-            Row(exit: .internalError(vcpu: 0, suberror: 77, rip: 0x1), code: 4, clean: false,
+            Row(
+                exit: .internalError(vcpu: 0, suberror: 77, rip: 0x1), code: 4, clean: false,
                 mentions: ["internal error 77", "unknown", "RIP 0x1"]),
-            Row(exit: .entryFailure(vcpu: 5, reason: 0x8000_0021, rip: 0xFFF0), code: 5, clean: false,
+            Row(
+                exit: .entryFailure(vcpu: 5, reason: 0x8000_0021, rip: 0xFFF0), code: 5, clean: false,
                 mentions: ["entry failed", "0x80000021", "vCPU 5", "RIP 0xfff0"]),
-            Row(exit: .unhandledExit(vcpu: 0, reason: 4, rip: 0x7C00), code: 6, clean: false,
+            Row(
+                exit: .unhandledExit(vcpu: 0, reason: 4, rip: 0x7C00), code: 6, clean: false,
                 mentions: ["unhandled KVM exit 4", "RIP 0x7c00"]),
-            Row(exit: .vcpuFailed(vcpu: 1, error: SystemError("KVM_RUN", errno: 14)), code: 7, clean: false,
+            Row(
+                exit: .vcpuFailed(vcpu: 1, error: SystemError("KVM_RUN", errno: 14)), code: 7, clean: false,
                 mentions: ["vCPU 1", "KVM_RUN", "errno 14"]),
             Row(exit: .guestPanic(vcpu: 0), code: 8, clean: false, mentions: ["panic"]),
             Row(exit: .stopped(.deadline), code: 124, clean: false, mentions: ["deadline"]),

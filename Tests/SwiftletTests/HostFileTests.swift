@@ -34,7 +34,9 @@ final class SpecialFiles {
         guard path.count < MemoryLayout.size(ofValue: address.sun_path) else { throw TestFailure("socket path too long") }
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socketDescriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(socketDescriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard bound == 0 else { throw TestFailure("bind failed: errno \(errno)") }
     }
@@ -97,8 +99,9 @@ struct HostFileTests {
         }
     }
 
-    @Test("a block device is refused where only regular files are accepted, before it is opened",
-          .enabled(if: SpecialFiles.blockDevice != nil, "no /dev/loopN block device on this host"))
+    @Test(
+        "a block device is refused where only regular files are accepted, before it is opened",
+        .enabled(if: SpecialFiles.blockDevice != nil, "no /dev/loopN block device on this host"))
     func blockDeviceAsRegularFile() throws {
         let device = try #require(SpecialFiles.blockDevice)
         #expect(throws: HostFileError.unsupportedKind(path: device, kind: .blockDevice, accepted: [.regularFile])) {
@@ -108,10 +111,12 @@ struct HostFileTests {
 
     @Test("the refusal says what the path is and what was wanted")
     func descriptions() {
-        #expect(HostFileError.unsupportedKind(path: "/x", kind: .fifo, accepted: [.regularFile]).description
-            == "/x is a FIFO, not a regular file")
-        #expect(HostFileError.unsupportedKind(path: "/x", kind: .socket, accepted: [.regularFile, .blockDevice]).description
-            == "/x is a socket, not a regular file or a block device")
+        #expect(
+            HostFileError.unsupportedKind(path: "/x", kind: .fifo, accepted: [.regularFile]).description
+                == "/x is a FIFO, not a regular file")
+        #expect(
+            HostFileError.unsupportedKind(path: "/x", kind: .socket, accepted: [.regularFile, .blockDevice]).description
+                == "/x is a socket, not a regular file or a block device")
         #expect(HostFileKind(mode: S_IFCHR | 0o666) == .characterDevice)
         #expect(HostFileKind(mode: S_IFBLK) == .blockDevice)
     }

@@ -176,7 +176,9 @@ struct KernelLoaderTests {
         #expect(kernel.format == .elf)
         #expect(kernel.entry == .longMode(entry: 0x10_0040, zeroPage: 0x7000))
         #expect(kernel.end == GuestAddress(0x20_1000))
-        #expect(kernel == LoadedKernel(format: .elf, entry: .longMode(entry: 0x10_0040, zeroPage: 0x7000), end: GuestAddress(0x20_1000)))
+        #expect(
+            kernel
+                == LoadedKernel(format: .elf, entry: .longMode(entry: 0x10_0040, zeroPage: 0x7000), end: GuestAddress(0x20_1000)))
         #expect(!path.isEmpty)
 
         #expect(try memory.readBytes(at: GuestAddress(0x10_0000), count: 0x100) == textBytes)
@@ -193,7 +195,9 @@ struct KernelLoaderTests {
     @Test("a segment at the very end of RAM fits")
     func segmentAtEndOfRAM() throws {
         var image = validImage()
-        image.segments = [ProgramHeader(offset: 0x1000, physicalAddress: (32 << 20) - 0x1000, fileSize: 0x100, memorySize: 0x1000)]
+        image.segments = [
+            ProgramHeader(offset: 0x1000, physicalAddress: (32 << 20) - 0x1000, fileSize: 0x100, memorySize: 0x1000)
+        ]
         image.entry = (32 << 20) - 0x1000
         let kernel = try load(image.bytes).result.get()
         #expect(kernel.end == GuestAddress(32 << 20))
@@ -315,7 +319,9 @@ struct KernelLoaderTests {
     @Test("an ELF without PT_LOAD segments is refused")
     func noLoadSegment() throws {
         var image = validImage()
-        image.segments = image.segments.map { var s = $0; s.type = 4; return s }
+        image.segments = image.segments.map {
+            var s = $0; s.type = 4; return s
+        }
         let outcome = try load(image.bytes)
         #expect(notLoadableReason(expectFailure(outcome), path: outcome.path)?.contains("PT_LOAD") == true)
 
@@ -364,7 +370,9 @@ struct KernelLoaderTests {
                 #expect(expectFailure((path, result)) == .notARegularFile(path: path, kind: kind))
             }
         }
-        #expect(KernelLoadError.notARegularFile(path: files.fifo, kind: .fifo).description == "kernel \(files.fifo) is a FIFO, not a regular file")
+        #expect(
+            KernelLoadError.notARegularFile(path: files.fifo, kind: .fifo).description
+                == "kernel \(files.fifo) is a FIFO, not a regular file")
     }
 
     // MARK: Flat real mode
@@ -375,8 +383,11 @@ struct KernelLoaderTests {
         try memory.fill(GuestAddress(0), count: 0x40000, with: 0xAA)
         let code = pattern(512, seed: 5)
         let kernel = try load(code, format: .flatRealMode, into: memory).result.get()
-        #expect(kernel == LoadedKernel(
-            format: .flatRealMode, entry: .realMode(segment: 0x1000, offset: 0, stackPointer: 0xFFF0), end: GuestAddress(0x10200)))
+        #expect(
+            kernel
+                == LoadedKernel(
+                    format: .flatRealMode, entry: .realMode(segment: 0x1000, offset: 0, stackPointer: 0xFFF0),
+                    end: GuestAddress(0x10200)))
         #expect(try memory.readBytes(at: GuestAddress(0x10000), count: 512) == code)
         #expect(try memory.read(UInt8.self, at: GuestAddress(0xFFFF)) == 0xAA)
         #expect(try memory.read(UInt8.self, at: GuestAddress(0x10200)) == 0xAA)

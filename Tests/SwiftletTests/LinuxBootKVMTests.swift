@@ -34,8 +34,9 @@ struct LinuxBootKVMTests {
         return (exit, console.text, machine)
     }
 
-    @Test("the guest finds the zero page at RSI with the configured e820 map, command line and initrd",
-          arguments: [(128 as UInt64) << 20, 256 << 20, 5 << 30])
+    @Test(
+        "the guest finds the zero page at RSI with the configured e820 map, command line and initrd",
+        arguments: [(128 as UInt64) << 20, 256 << 20, 5 << 30])
     func zeroPageFromInside(memorySize: UInt64) throws {
         let initrd = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
         let initrdPath = try TemporaryFile(contents: initrd)
@@ -74,8 +75,9 @@ struct LinuxBootKVMTests {
         #expect(output.contains("text=console=ttyS0 clearcpuid=popcnt,cx16\n"))
     }
 
-    @Test("every vCPU reports its APIC ID after the guest starts the APs with INIT/SIPI",
-          arguments: [1, 2, 4])
+    @Test(
+        "every vCPU reports its APIC ID after the guest starts the APs with INIT/SIPI",
+        arguments: [1, 2, 4])
     func smpAPICIDs(cpus: Int) throws {
         let (exit, output, machine) = try Self.run(
             MachineConfiguration(kernelPath: try TestSupport.guest("smp-report.elf"), vcpuCount: cpus))

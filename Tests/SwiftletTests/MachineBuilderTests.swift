@@ -31,7 +31,10 @@ struct MachineBuilderTests {
         /// The process's virtual size in bytes (/proc/self/statm).
         var virtualSize: UInt64 = 0
 
-        static let kinds = ["/dev/kvm", "anon_inode:kvm-vm", "anon_inode:kvm-vcpu", "anon_inode:[eventfd]", "anon_inode:[eventpoll]", "/dev/net/tun"]
+        static let kinds = [
+            "/dev/kvm", "anon_inode:kvm-vm", "anon_inode:kvm-vcpu", "anon_inode:[eventfd]", "anon_inode:[eventpoll]",
+            "/dev/net/tun",
+        ]
 
         init(paths: [String]) throws {
             guard let directory = opendir("/proc/self/fd") else { throw TestFailure("cannot list /proc/self/fd") }
@@ -73,7 +76,10 @@ struct MachineBuilderTests {
         // Other suites may run machines meanwhile; a leak here grows by `attempts` per kind.
         for kind in Holdings.kinds {
             let grown = (after.descriptors[kind] ?? 0) - (before.descriptors[kind] ?? 0)
-            #expect(grown < attempts, "failing after \(String(describing: step)): \(kind) descriptors grew by \(grown)\nbefore: \(before)\nafter: \(after)")
+            #expect(
+                grown < attempts,
+                "failing after \(String(describing: step)): \(kind) descriptors grew by \(grown)\nbefore: \(before)\nafter: \(after)"
+            )
         }
         #expect(after.onPaths == 0, "failing after \(String(describing: step)): disk images still open\n\(after)")
         let grown = after.virtualSize > before.virtualSize ? after.virtualSize - before.virtualSize : 0
@@ -104,7 +110,9 @@ struct MachineBuilderTests {
         #expect(links.status == 0 && !links.stdout.contains("swl-leak0"), "\(links.stdout)")
     }
 
-    @Test("real failures roll back too: a second tap that cannot be opened, a missing disk, a missing initrd", .timeLimit(.minutes(5)))
+    @Test(
+        "real failures roll back too: a second tap that cannot be opened, a missing disk, a missing initrd",
+        .timeLimit(.minutes(5)))
     func rollbackOnRealFailures() throws {
         let disk = try TemporaryFile(contents: [UInt8](repeating: 0, count: 1 << 16))
         let namespace = try TestNetworkNamespace()
@@ -151,7 +159,8 @@ struct MachineBuilderTests {
         #expect(devices.first?.window == .ports(base: 0x3F8, count: 8) && devices.first?.gsi == 4)
         let virtio = devices.filter { $0.commandLineWord != nil }
         #expect(virtio.map(\.gsi) == [5, 6, 7, 8])
-        #expect(virtio.map(\.window) == (0..<4).map { .mmio(base: GuestAddress(0xD000_0000 + UInt64($0) * 0x1000), length: 0x1000) })
+        #expect(
+            virtio.map(\.window) == (0..<4).map { .mmio(base: GuestAddress(0xD000_0000 + UInt64($0) * 0x1000), length: 0x1000) })
         #expect(virtio[0].name == "virtio-blk 0 (\(first.path))" && virtio[2].name == "virtio-net 0 (swl-dm0)")
         #expect(
             commandLine

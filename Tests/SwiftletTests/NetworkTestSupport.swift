@@ -99,7 +99,9 @@ final class PacketSocket: Sendable {
     let descriptor: Int32
 
     init(interface: String) throws {
-        let fd = socket(AF_PACKET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(NetworkTestSupport.ethernetProtocolAll.bigEndian))
+        let fd = socket(
+            AF_PACKET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
+            Int32(NetworkTestSupport.ethernetProtocolAll.bigEndian))
         guard fd >= 0 else { throw TestFailure("socket(AF_PACKET) failed: errno \(errno)") }
         let index = if_nametoindex(interface)
         guard index != 0 else {

@@ -205,9 +205,14 @@ struct PublicAPITests {
             (MachineConfiguration(kernelPath: kernel, vcpuCount: 0, console: .none), .validateConfiguration, "vCPUs"),
             (MachineConfiguration(kernelPath: "", console: .none), .validateConfiguration, "no kernel"),
             (MachineConfiguration(kernelPath: "/nonexistent", console: .none), .loadKernel, "No such file"),
-            (MachineConfiguration(kernelPath: kernel, console: .none, initrdPath: "/nonexistent"), .writeBootStructures, "initrd"),
-            (MachineConfiguration(kernelPath: kernel, console: .none, commandLine: String(repeating: "x", count: 70_000)),
-             .writeBootStructures, "command line"),
+            (
+                MachineConfiguration(kernelPath: kernel, console: .none, initrdPath: "/nonexistent"), .writeBootStructures,
+                "initrd"
+            ),
+            (
+                MachineConfiguration(kernelPath: kernel, console: .none, commandLine: String(repeating: "x", count: 70_000)),
+                .writeBootStructures, "command line"
+            ),
         ]
         for (configuration, step, words) in cases {
             do {

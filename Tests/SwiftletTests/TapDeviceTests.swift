@@ -106,7 +106,9 @@ struct TapDeviceTests {
 /// Tap names checked before anything is opened (no root needed).
 @Suite("Tap: interface names")
 struct TapNameTests {
-    @Test("names Linux would refuse are refused before /dev/net/tun is opened", arguments: ["", ".", "..", "a/b", "a:b", "a b", "sixteen-bytes-xx"])
+    @Test(
+        "names Linux would refuse are refused before /dev/net/tun is opened",
+        arguments: ["", ".", "..", "a/b", "a:b", "a b", "sixteen-bytes-xx"])
     func invalid(name: String) {
         #expect(throws: TapError.invalidName(name)) { try TapDevice(name: name) }
     }

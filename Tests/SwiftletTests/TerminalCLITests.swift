@@ -19,8 +19,10 @@ struct TerminalCLITests {
         let before: termios
 
         /// Ends within the deadline with `status` and the terminal's mode as it was before.
-        func expectEnd(status expected: Int32, within seconds: Double = TerminalCLITests.deadline,
-                       sourceLocation: SourceLocation = #_sourceLocation) throws {
+        func expectEnd(
+            status expected: Int32, within seconds: Double = TerminalCLITests.deadline,
+            sourceLocation: SourceLocation = #_sourceLocation
+        ) throws {
             let status = try program.wait(within: seconds)
             #expect(status == expected, "stderr: \(program.stderr)", sourceLocation: sourceLocation)
             let after = try terminal.mode()
@@ -31,16 +33,19 @@ struct TerminalCLITests {
         func read(until text: String, seconds: Double = TerminalCLITests.deadline) -> String {
             let wanted = Array(text.utf8)
             let bytes = terminal.read(for: seconds) { received in
-                received.count >= wanted.count && (0...(received.count - wanted.count)).contains { start in
-                    received[start..<(start + wanted.count)].elementsEqual(wanted)
-                }
+                received.count >= wanted.count
+                    && (0...(received.count - wanted.count)).contains { start in
+                        received[start..<(start + wanted.count)].elementsEqual(wanted)
+                    }
             }
             return String(decoding: bytes, as: UTF8.self)
         }
     }
 
     static func boot(_ arguments: [String], through program: String = CLITests.binary, prefix: [String] = []) throws -> Session {
-        guard access(CLITests.binary, X_OK) == 0 else { throw TestFailure("\(CLITests.binary) is missing: run `swift build` first") }
+        guard access(CLITests.binary, X_OK) == 0 else {
+            throw TestFailure("\(CLITests.binary) is missing: run `swift build` first")
+        }
         let terminal = try PseudoTerminal()
         let before = try terminal.setRecognisableCookedMode()
         var raw = before
@@ -131,8 +136,9 @@ struct TerminalCLITests {
     /// thread created without an explicit stack size a 1 TiB stack, which the kernel refuses, so
     /// the event-loop thread (created after the terminal went raw; the signal-stopper and
     /// console-writer threads ask for small stacks and start) cannot be created.
-    @Test("a start that fails after raw mode was entered exits 1 and restores the mode",
-          .enabled(if: access("/usr/bin/prlimit", X_OK) == 0, "needs prlimit (util-linux)"))
+    @Test(
+        "a start that fails after raw mode was entered exits 1 and restores the mode",
+        .enabled(if: access("/usr/bin/prlimit", X_OK) == 0, "needs prlimit (util-linux)"))
     func failureAfterRawMode() throws {
         let session = try Self.boot(
             ["--kernel", try TestSupport.guest("longmode-hello.elf"), "--timeout", "\(Self.deadline)"],

@@ -13,7 +13,9 @@ final class PseudoTerminal {
     init() throws {
         var name = [CChar](repeating: 0, count: 128)
         master = swl_open_pty(&name, UInt(name.count))
-        guard master >= 0 else { throw TestFailure("opening a pty (posix_openpt, grantpt, unlockpt, ptsname_r) failed: errno \(errno)") }
+        guard master >= 0 else {
+            throw TestFailure("opening a pty (posix_openpt, grantpt, unlockpt, ptsname_r) failed: errno \(errno)")
+        }
         slavePath = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         slave = open(slavePath, O_RDWR | O_NOCTTY | O_CLOEXEC)
         guard slave >= 0 else {
@@ -78,7 +80,13 @@ final class PseudoTerminal {
             let ready = poll(&descriptor, 1, Int32(left * 1000) + 1)
             guard ready > 0 else { continue }
             let count = chunk.withUnsafeMutableBytes { Glibc.read(master, $0.baseAddress, $0.count) }
-            if count > 0 { received += chunk[..<count] } else if count < 0, errno == EINTR || errno == EAGAIN { continue } else { break }
+            if count > 0 {
+                received += chunk[..<count]
+            } else if count < 0, errno == EINTR || errno == EAGAIN {
+                continue
+            } else {
+                break
+            }
         }
         return received
     }
@@ -103,8 +111,10 @@ final class SpawnedProgram {
 
     /// Runs `path` with `arguments`; descriptors 0 and 1 per `stdinPath`/`stdoutPath` or the
     /// given pipe write end.
-    init(_ path: String, _ arguments: [String], stdinPath: String, stdoutPath: String? = nil, stdoutDescriptor: Int32? = nil,
-         newSession: Bool) throws {
+    init(
+        _ path: String, _ arguments: [String], stdinPath: String, stdoutPath: String? = nil, stdoutDescriptor: Int32? = nil,
+        newSession: Bool
+    ) throws {
         errors = try TemporaryFile(contents: [])
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

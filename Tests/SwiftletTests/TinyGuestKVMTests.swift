@@ -232,7 +232,10 @@ struct TinyGuestKVMTests {
             Issue.record("a missing kernel was accepted")
         } catch {
             #expect(error.step == .loadKernel)
-            #expect("\(error)" == "cannot load the kernel: cannot read kernel: open /nonexistent/kernel failed: No such file or directory (errno 2)")
+            #expect(
+                "\(error)"
+                    == "cannot load the kernel: cannot read kernel: open /nonexistent/kernel failed: No such file or directory (errno 2)"
+            )
         }
     }
 }

@@ -97,7 +97,8 @@ struct VirtioBlockKVMTests {
     func copy(directIO: Bool) throws {
         let image = try Self.makeImage()
         let before = try Self.fileBytes(image.path)
-        let (exit, output, machine, seconds) = try Self.run(DiskConfiguration(path: image.path, id: "swiftlet-test", directIO: directIO))
+        let (exit, output, machine, seconds) = try Self.run(
+            DiskConfiguration(path: image.path, id: "swiftlet-test", directIO: directIO))
         #expect(exit == .reset)
         #expect(output == Self.expectedOutput(before, readOnly: false, id: "swiftlet-test"))
         let after = try Self.fileBytes(image.path)
@@ -131,7 +132,10 @@ struct VirtioBlockKVMTests {
             Issue.record("a missing disk image was accepted")
         } catch let error as MachineError {
             #expect(error.step == .createDevices)
-            #expect("\(error)" == "cannot create the devices: disk 0: cannot open disk image: open /nonexistent/disk.img failed: No such file or directory (errno 2)")
+            #expect(
+                "\(error)"
+                    == "cannot create the devices: disk 0: cannot open disk image: open /nonexistent/disk.img failed: No such file or directory (errno 2)"
+            )
         } catch {
             Issue.record("unexpected error \(error)")
         }

@@ -56,7 +56,8 @@ struct VirtioBlockTests {
             if withStatus { descriptors.append((Self.status, 1, Flag.write)) }
             for (i, (address, length, flags)) in descriptors.enumerated() {
                 let last = i == descriptors.count - 1
-                try ring.setDescriptor(i, address: address, length: length, flags: flags | (last ? 0 : Flag.next), next: UInt16(i + 1))
+                try ring.setDescriptor(
+                    i, address: address, length: length, flags: flags | (last ? 0 : Flag.next), next: UInt16(i + 1))
             }
             let before = try ring.usedIndex()
             try ring.publish(0)
@@ -177,7 +178,9 @@ struct VirtioBlockTests {
         #expect(image.flushCount == 1)
         try f.memory.fill(GuestAddress(Fixture.data), count: 20, with: 0xAA)
         #expect(try f.request(type: RequestType.getID, sector: 0, writable: [(Fixture.data, 20)]) == (Status.ok, 21))
-        #expect(try f.memory.readBytes(at: GuestAddress(Fixture.data), count: 20) == Array("disk-0".utf8) + [UInt8](repeating: 0, count: 14))
+        #expect(
+            try f.memory.readBytes(at: GuestAddress(Fixture.data), count: 20) == Array("disk-0".utf8)
+                + [UInt8](repeating: 0, count: 14))
         // A long id is cut to 20 bytes; a short buffer gets what fits.
         var long = try Fixture(backend: image, identifier: "an-identifier-longer-than-twenty")
         #expect(try long.request(type: RequestType.getID, sector: 0, writable: [(Fixture.data, 8)]) == (Status.ok, 9))
@@ -218,7 +221,8 @@ struct VirtioBlockTests {
         #expect(try f.request(type: RequestType.read, sector: 15, writable: [(Fixture.data, 1024)]).status == Status.ioError)
         #expect(try f.request(type: RequestType.read, sector: 15, writable: [(Fixture.data, 512)]).status == Status.ok)
         #expect(try f.request(type: RequestType.read, sector: .max, writable: [(Fixture.data, 512)]).status == Status.ioError)
-        #expect(try f.request(type: RequestType.write, sector: .max / 512, readable: [(Fixture.data, 512)]).status == Status.ioError)
+        #expect(
+            try f.request(type: RequestType.write, sector: .max / 512, readable: [(Fixture.data, 512)]).status == Status.ioError)
         #expect(try f.request(type: RequestType.read, sector: 0, writable: [(Fixture.data, 100)]).status == Status.ioError)
         #expect(try f.request(type: RequestType.write, sector: 0, readable: [(Fixture.data, 513)]).status == Status.ioError)
         // A zero-length read or write is a no-op that succeeds.
@@ -257,7 +261,9 @@ struct VirtioBlockTests {
 
         /// A request with `readable` data buffers (after the header, or with `inlineData` bytes
         /// inside the header's buffer) or `writable` ones.
-        func send(_ type: UInt32, readable: [(UInt64, UInt32)] = [], writable: [(UInt64, UInt32)] = [], inlineData: UInt32 = 0) throws -> UInt8 {
+        func send(_ type: UInt32, readable: [(UInt64, UInt32)] = [], writable: [(UInt64, UInt32)] = [], inlineData: UInt32 = 0)
+            throws -> UInt8
+        {
             try memory.write(type.littleEndian, at: GuestAddress(0x10000))
             try memory.write(UInt64(0), at: GuestAddress(0x10008))
             var all = [(UInt64(0x10000), UInt32(16) + inlineData, UInt16(0))]
@@ -265,7 +271,8 @@ struct VirtioBlockTests {
             all += writable.map { ($0.0, $0.1, Flag.write) }
             all.append((0x20_0000, 1, Flag.write))
             for (i, (address, length, flags)) in all.enumerated() {
-                try ring.setDescriptor(i, address: address, length: length, flags: flags | (i < all.count - 1 ? Flag.next : 0), next: UInt16(i + 1))
+                try ring.setDescriptor(
+                    i, address: address, length: length, flags: flags | (i < all.count - 1 ? Flag.next : 0), next: UInt16(i + 1))
             }
             try memory.write(UInt8(0xEE), at: GuestAddress(0x20_0000))
             try ring.publish(0)
@@ -276,7 +283,9 @@ struct VirtioBlockTests {
         #expect(try send(RequestType.read, writable: [(0x40_0000, (4 << 20) + 512)]) == Status.ioError)
         #expect(try send(RequestType.write, readable: Array(repeating: (0x30_0000, 512), count: 6)) == Status.ok)
         // Data in the header's buffer as well makes seven data segments: one too many.
-        #expect(try send(RequestType.write, readable: Array(repeating: (0x30_0000, 512), count: 6), inlineData: 512) == Status.ioError)
+        #expect(
+            try send(RequestType.write, readable: Array(repeating: (0x30_0000, 512), count: 6), inlineData: 512) == Status.ioError
+        )
         #expect(try send(RequestType.write, readable: Array(repeating: (0x30_0000, 512), count: 5), inlineData: 512) == Status.ok)
         // Seven separate data segments plus header and status are longer than the queue: the
         // chain itself is refused (returned with length 0, the status byte untouched).
@@ -293,10 +302,13 @@ struct VirtioBlockTests {
         // A read that straddles the bounce buffer size, into unaligned guest buffers.
         let length = (1 << 20) + 1536
         let result = try f.request(
-            type: RequestType.read, sector: 7, writable: [(Fixture.data + 3, 512), (Fixture.data + 0x1000 + 1, UInt32(length - 512))])
+            type: RequestType.read, sector: 7,
+            writable: [(Fixture.data + 3, 512), (Fixture.data + 0x1000 + 1, UInt32(length - 512))])
         #expect(result == (Status.ok, UInt32(length + 1)))
         #expect(try f.memory.readBytes(at: GuestAddress(Fixture.data + 3), count: 512) == Array(contents[3584..<4096]))
-        #expect(try f.memory.readBytes(at: GuestAddress(Fixture.data + 0x1001), count: length - 512) == Array(contents[4096..<(3584 + length)]))
+        #expect(
+            try f.memory.readBytes(at: GuestAddress(Fixture.data + 0x1001), count: length - 512)
+                == Array(contents[4096..<(3584 + length)]))
         // An unaligned write (sector 9, 3 sectors) keeps the neighbouring bytes of its blocks.
         let data = Self.pattern(1536, seed: 9)
         try f.memory.write(data, at: GuestAddress(Fixture.data + 5))
@@ -305,7 +317,8 @@ struct VirtioBlockTests {
         // A write larger than the bounce buffer, aligned.
         let big = Self.pattern(3 << 19, seed: 11)
         try f.memory.write(big, at: GuestAddress(0x20_0000))
-        #expect(try f.request(type: RequestType.write, sector: 2048, readable: [(0x20_0000, UInt32(big.count))]) == (Status.ok, 1))
+        #expect(
+            try f.request(type: RequestType.write, sector: 2048, readable: [(0x20_0000, UInt32(big.count))]) == (Status.ok, 1))
         expected.replaceSubrange((1 << 20)..<((1 << 20) + big.count), with: big)
         #expect(try f.request(type: RequestType.flush, sector: 0) == (Status.ok, 1))
         #expect(Self.fileBytes(file.path) == expected)
@@ -313,10 +326,15 @@ struct VirtioBlockTests {
 
     @Test("image files that cannot be used are refused with the reason")
     func badImages() throws {
-        #expect(throws: DiskImageError.cannotOpen(path: "/nonexistent/disk.img", SystemError("open /nonexistent/disk.img", errno: ENOENT))) {
+        #expect(
+            throws: DiskImageError.cannotOpen(
+                path: "/nonexistent/disk.img", SystemError("open /nonexistent/disk.img", errno: ENOENT))
+        ) {
             try RawDiskImage(path: "/nonexistent/disk.img")
         }
-        #expect(throws: DiskImageError.notAFileOrBlockDevice(path: "/tmp", kind: .directory)) { try RawDiskImage(path: "/tmp", readOnly: true) }
+        #expect(throws: DiskImageError.notAFileOrBlockDevice(path: "/tmp", kind: .directory)) {
+            try RawDiskImage(path: "/tmp", readOnly: true)
+        }
         let tiny = try TemporaryFile(contents: [1, 2, 3])
         #expect(throws: DiskImageError.tooSmall(path: tiny.path, size: 3)) { try RawDiskImage(path: tiny.path) }
         let odd = try TemporaryFile(contents: [UInt8](repeating: 0, count: 5120))
@@ -328,8 +346,9 @@ struct VirtioBlockTests {
         #expect(VirtioBlock(backend: image, readOnly: false, identifier: "").settings.capacity == 10)
     }
 
-    @Test("a FIFO nobody writes, a socket, a directory and character devices are refused by kind, without blocking",
-          arguments: [false, true])
+    @Test(
+        "a FIFO nobody writes, a socket, a directory and character devices are refused by kind, without blocking",
+        arguments: [false, true])
     func specialFiles(readOnly: Bool) throws {
         let files = try SpecialFiles()
         let cases: [(String, HostFileKind)] = [
@@ -343,12 +362,14 @@ struct VirtioBlockTests {
                 }
             }
         }
-        #expect(DiskImageError.notAFileOrBlockDevice(path: "/dev/null", kind: .characterDevice).description
-            == "disk image /dev/null is a character device, not a regular file or a block device")
+        #expect(
+            DiskImageError.notAFileOrBlockDevice(path: "/dev/null", kind: .characterDevice).description
+                == "disk image /dev/null is a character device, not a regular file or a block device")
     }
 
-    @Test("a block device is not refused for its kind (an unattached loop device may be too small)",
-          .enabled(if: SpecialFiles.blockDevice != nil, "no /dev/loopN block device on this host"))
+    @Test(
+        "a block device is not refused for its kind (an unattached loop device may be too small)",
+        .enabled(if: SpecialFiles.blockDevice != nil, "no /dev/loopN block device on this host"))
     func blockDevice() throws {
         let device = try #require(SpecialFiles.blockDevice)
         do {

@@ -117,7 +117,9 @@ struct VirtioMMIOTransportTests {
         #expect(f.transport.registerState.driverFeatures & 0x4 != 0)
     }
 
-    @Test("queue sizes that are not powers of two, or above the maximum, cannot be enabled", arguments: [0, 3, 12, 17, 32, 0x1_0000] as [UInt64])
+    @Test(
+        "queue sizes that are not powers of two, or above the maximum, cannot be enabled",
+        arguments: [0, 3, 12, 17, 32, 0x1_0000] as [UInt64])
     func invalidQueueSize(size: UInt64) throws {
         let f = try Fixture()
         f.driver.negotiate(VirtioFeature.version1)

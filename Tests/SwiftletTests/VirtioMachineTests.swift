@@ -28,11 +28,13 @@ struct VirtioMachineTests {
     @Test("the kernel command line gets one virtio_mmio.device word per device, after the base and the CPUID mask")
     func commandLine() throws {
         let slots = [X86Layout.virtioSlot(0)!, X86Layout.virtioSlot(1)!]
-        #expect(LinuxBoot.commandLine(base: "console=ttyS0", cpuidMask: [], deviceWords: slots.map(\.commandLineWord))
-            == "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6")
+        #expect(
+            LinuxBoot.commandLine(base: "console=ttyS0", cpuidMask: [], deviceWords: slots.map(\.commandLineWord))
+                == "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6")
         let mask = try CPUIDFeature.parseMask("popcnt")
-        #expect(LinuxBoot.commandLine(base: "", cpuidMask: mask, deviceWords: [slots[0].commandLineWord])
-            == "clearcpuid=popcnt virtio_mmio.device=4K@0xd0000000:5")
+        #expect(
+            LinuxBoot.commandLine(base: "", cpuidMask: mask, deviceWords: [slots[0].commandLineWord])
+                == "clearcpuid=popcnt virtio_mmio.device=4K@0xd0000000:5")
         #expect(LinuxBoot.commandLine(base: "quiet", cpuidMask: []) == "quiet")
         #expect(LinuxBoot.commandLine(base: "", cpuidMask: []) == "")
     }
@@ -41,13 +43,17 @@ struct VirtioMachineTests {
     func commandLineBeforeInitArguments() throws {
         let mask = try CPUIDFeature.parseMask("popcnt")
         let slot = X86Layout.virtioSlot(0)!
-        #expect(LinuxBoot.commandLine(base: "console=ttyS0 root=/dev/vda -- /bin/sh -c \"exit 7\"", cpuidMask: mask, deviceWords: [slot.commandLineWord])
-            == "console=ttyS0 root=/dev/vda clearcpuid=popcnt virtio_mmio.device=4K@0xd0000000:5 -- /bin/sh -c \"exit 7\"")
+        #expect(
+            LinuxBoot.commandLine(
+                base: "console=ttyS0 root=/dev/vda -- /bin/sh -c \"exit 7\"", cpuidMask: mask, deviceWords: [slot.commandLineWord]
+            )
+                == "console=ttyS0 root=/dev/vda clearcpuid=popcnt virtio_mmio.device=4K@0xd0000000:5 -- /bin/sh -c \"exit 7\"")
         #expect(LinuxBoot.commandLine(base: "-- true", cpuidMask: mask) == "clearcpuid=popcnt -- true")
         #expect(LinuxBoot.commandLine(base: "quiet --", cpuidMask: mask) == "quiet clearcpuid=popcnt --")
         // Only a word that is exactly "--", outside double quotes, splits.
-        #expect(LinuxBoot.commandLine(base: "a --b c-- swiftlet.cmd=\"x -- y\"", cpuidMask: mask)
-            == "a --b c-- swiftlet.cmd=\"x -- y\" clearcpuid=popcnt")
+        #expect(
+            LinuxBoot.commandLine(base: "a --b c-- swiftlet.cmd=\"x -- y\"", cpuidMask: mask)
+                == "a --b c-- swiftlet.cmd=\"x -- y\" clearcpuid=popcnt")
         // A second "--" belongs to init's arguments.
         #expect(LinuxBoot.commandLine(base: "a -- echo -- b", cpuidMask: mask) == "a clearcpuid=popcnt -- echo -- b")
     }
@@ -61,7 +67,9 @@ struct VirtioMachineTests {
         configuration.disks = [DiskConfiguration(path: "")]
         #expect(throws: ConfigurationError.diskWithoutPath) { try configuration.validate() }
         configuration.disks = [DiskConfiguration(path: "/d", id: String(repeating: "x", count: 21))]
-        #expect(throws: ConfigurationError.diskIdentifierTooLong(String(repeating: "x", count: 21))) { try configuration.validate() }
+        #expect(throws: ConfigurationError.diskIdentifierTooLong(String(repeating: "x", count: 21))) {
+            try configuration.validate()
+        }
     }
 
     @Test("slots end at the layout's last one")

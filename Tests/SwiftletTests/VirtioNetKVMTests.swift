@@ -77,7 +77,9 @@ struct VirtioNetKVMTests {
         // 2. A burst: 9 frames the guest echoes (it has only 4 receive buffers, so most wait in
         // the tap), one too large for its 1536-byte buffers, then BYE.
         let lengths = [60, 100, 200, 400, 700, 1000, 1300, 1460]
-        var echoed = lengths.enumerated().map { Self.frame(to: guestMAC, length: $0.element, label: "frame \($0.offset) ", seed: $0.offset) }
+        var echoed = lengths.enumerated().map {
+            Self.frame(to: guestMAC, length: $0.element, label: "frame \($0.offset) ", seed: $0.offset)
+        }
         let oversized = Self.frame(to: guestMAC, length: 2000, label: "oversized ", seed: 99)
         echoed.append(Self.frame(to: guestMAC, length: 1514, label: "frame 8 ", seed: 8))
         let bye = Self.frame(to: guestMAC, length: 60, label: "BYE", seed: 0)
@@ -89,7 +91,9 @@ struct VirtioNetKVMTests {
         // 3. The echoes: addresses swapped, everything else as sent, in order.
         var echoes: [[UInt8]] = []
         while echoes.count < echoed.count, secondsLeft() > 0 {
-            if let frame = socket.receive(timeout: 0.5), fromGuest(frame), Array(frame[0..<6]) == Self.hostMAC { echoes.append(frame) }
+            if let frame = socket.receive(timeout: 0.5), fromGuest(frame), Array(frame[0..<6]) == Self.hostMAC {
+                echoes.append(frame)
+            }
         }
         let expected = echoed.map { Self.hostMAC + guestMAC + $0[12...] }
         #expect(echoes.count == expected.count)
@@ -120,7 +124,9 @@ struct VirtioNetKVMTests {
         #expect(statistics.receiveStalls >= 1, "frames waited in the tap while the guest had no buffers")
         #expect(machine.networkInterfaces[0].statistics.failedChains == 0)
         let bytes = echoed.reduce(0) { $0 + $1.count } * 2 + oversized.count + bye.count + 78
-        print("virtio-net KVM test: \(2 * echoed.count + 3) frames (\(bytes) bytes) through the tap in \(Int(seconds * 1000)) ms, \(statistics.receiveStalls) receive stalls")
+        print(
+            "virtio-net KVM test: \(2 * echoed.count + 3) frames (\(bytes) bytes) through the tap in \(Int(seconds * 1000)) ms, \(statistics.receiveStalls) receive stalls"
+        )
     }
 
     @Test("a tap that cannot be opened fails the build in the devices step, naming the interface")
@@ -138,7 +144,10 @@ struct VirtioNetKVMTests {
                 return "\(error.step): \(error)"
             }
         }
-        #expect(message == "createDevices: cannot create the devices: network interface 0: cannot open tap 'lo': TUNSETIFF lo failed: Invalid argument (errno 22)")
+        #expect(
+            message
+                == "createDevices: cannot create the devices: network interface 0: cannot open tap 'lo': TUNSETIFF lo failed: Invalid argument (errno 22)"
+        )
     }
 }
 
@@ -156,12 +165,13 @@ struct VirtioRNGKVMTests {
         machine.setDeadline(after: TestSupport.guestDeadline)
         try machine.start()
         #expect(machine.wait() == .reset)
-        #expect(console.text.split(separator: "\n").map(String.init) == [
-            "virtio-rng-test: slot=1 device=4",
-            "rng: first=64 second=64 differ=1 zero=0",
-            "big: len=65536 untouched_after=1",
-            "done",
-        ])
+        #expect(
+            console.text.split(separator: "\n").map(String.init) == [
+                "virtio-rng-test: slot=1 device=4",
+                "rng: first=64 second=64 differ=1 zero=0",
+                "big: len=65536 untouched_after=1",
+                "done",
+            ])
         let statistics = try #require(machine.rng).withDevice { $0.statistics }
         #expect(statistics == VirtioRNG.Statistics(requests: 3, bytes: 64 + 64 + 65536, failures: 0))
     }

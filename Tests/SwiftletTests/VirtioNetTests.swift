@@ -122,7 +122,8 @@ struct VirtioNetTests {
 
         /// Offers receive buffer `index` (descriptor `index`) of `length` bytes.
         mutating func offerReceiveBuffer(_ index: UInt16, length: UInt32 = 1536) throws {
-            try rx.setDescriptor(Int(index), address: Self.receiveBuffers + UInt64(index) * 0x1000, length: length, flags: Flag.write)
+            try rx.setDescriptor(
+                Int(index), address: Self.receiveBuffers + UInt64(index) * 0x1000, length: length, flags: Flag.write)
             try rx.publish(index)
         }
 
@@ -175,7 +176,8 @@ struct VirtioNetTests {
         #expect(tso6ECN.forTransmit(features: Feature.hostTSO6) == .failure(.segmentationNotNegotiated(GSO.tcp6 | GSO.ecn)))
         #expect(tso6ECN.forTransmit(features: Feature.hostTSO6 | Feature.hostECN) == .success(tso6ECN))
         for type in [GSO.udp, GSO.udpL4, 2, 0x7F, GSO.ecn] {
-            #expect(VirtioNetHeader(segmentationType: type).forTransmit(features: ~0) == .failure(.segmentationNotNegotiated(type)))
+            #expect(
+                VirtioNetHeader(segmentationType: type).forTransmit(features: ~0) == .failure(.segmentationNotNegotiated(type)))
         }
     }
 
@@ -183,14 +185,23 @@ struct VirtioNetTests {
     func receiveRules() {
         let valid = VirtioNetHeader(flags: HeaderFlag.dataValid)
         #expect(valid.forReceive(features: 0) == .success(VirtioNetHeader(bufferCount: 1)))
-        #expect(valid.forReceive(features: Feature.guestChecksum) == .success(VirtioNetHeader(flags: HeaderFlag.dataValid, bufferCount: 1)))
+        #expect(
+            valid.forReceive(features: Feature.guestChecksum)
+                == .success(VirtioNetHeader(flags: HeaderFlag.dataValid, bufferCount: 1)))
         let partial = VirtioNetHeader(flags: HeaderFlag.needsChecksum, checksumStart: 34, checksumOffset: 6)
         #expect(partial.forReceive(features: 0) == .failure(.checksumNotNegotiated))
-        #expect(partial.forReceive(features: Feature.guestChecksum) == .success(VirtioNetHeader(
-            flags: HeaderFlag.needsChecksum, checksumStart: 34, checksumOffset: 6, bufferCount: 1)))
+        #expect(
+            partial.forReceive(features: Feature.guestChecksum)
+                == .success(
+                    VirtioNetHeader(
+                        flags: HeaderFlag.needsChecksum, checksumStart: 34, checksumOffset: 6, bufferCount: 1)))
         let tso6 = VirtioNetHeader(flags: HeaderFlag.needsChecksum, segmentationType: GSO.tcp6, segmentSize: 1440)
-        #expect(tso6.forReceive(features: Feature.guestChecksum | Feature.guestTSO4) == .failure(.segmentationNotNegotiated(GSO.tcp6)))
-        #expect(tso6.forReceive(features: Feature.guestChecksum | Feature.guestTSO6) != .failure(.segmentationNotNegotiated(GSO.tcp6)))
+        #expect(
+            tso6.forReceive(features: Feature.guestChecksum | Feature.guestTSO4) == .failure(.segmentationNotNegotiated(GSO.tcp6))
+        )
+        #expect(
+            tso6.forReceive(features: Feature.guestChecksum | Feature.guestTSO6) != .failure(.segmentationNotNegotiated(GSO.tcp6))
+        )
         #expect(VirtioNetHeader(flags: HeaderFlag.rscInfo).forReceive(features: ~0) == .success(VirtioNetHeader(bufferCount: 1)))
     }
 
@@ -212,14 +223,18 @@ struct VirtioNetTests {
 
     @Test("offloads are offered only where the backend supports them, and not at all when turned off")
     func offeredFeatures() {
-        let base = VirtioFeature.version1 | VirtioFeature.ringEventIndex | VirtioFeature.ringIndirectDescriptors | Feature.mac | Feature.status
+        let base =
+            VirtioFeature.version1 | VirtioFeature.ringEventIndex | VirtioFeature.ringIndirectDescriptors | Feature.mac
+            | Feature.status
         let backend = MemoryNetworkBackend(supportedOffloads: .all)
-        let all = Feature.checksum | Feature.guestChecksum | Feature.hostTSO4 | Feature.guestTSO4 | Feature.hostTSO6
+        let all =
+            Feature.checksum | Feature.guestChecksum | Feature.hostTSO4 | Feature.guestTSO4 | Feature.hostTSO6
             | Feature.guestTSO6 | Feature.hostECN | Feature.guestECN
         #expect(VirtioNet(backend: backend, mac: Fixture.mac).offeredFeatures == base | all)
         #expect(VirtioNet(backend: backend, mac: Fixture.mac, offloads: false).offeredFeatures == base)
         let checksumOnly = MemoryNetworkBackend(supportedOffloads: .checksum)
-        #expect(VirtioNet(backend: checksumOnly, mac: Fixture.mac).offeredFeatures == base | Feature.checksum | Feature.guestChecksum)
+        #expect(
+            VirtioNet(backend: checksumOnly, mac: Fixture.mac).offeredFeatures == base | Feature.checksum | Feature.guestChecksum)
         // Segmentation without checksums is not a consistent set: nothing is offered.
         let broken = MemoryNetworkBackend(supportedOffloads: [.tcp4])
         #expect(VirtioNet(backend: broken, mac: Fixture.mac).offeredFeatures == base)
@@ -230,7 +245,10 @@ struct VirtioNetTests {
         #expect(VirtioNet.receiveOffloads(for: 0) == [])
         #expect(VirtioNet.receiveOffloads(for: Feature.guestTSO4) == [], "segmentation needs GUEST_CSUM")
         #expect(VirtioNet.receiveOffloads(for: Feature.guestChecksum | Feature.guestECN) == [.checksum], "ECN needs TSO")
-        #expect(VirtioNet.receiveOffloads(for: Feature.guestChecksum | Feature.guestTSO6 | Feature.guestECN) == [.checksum, .tcp6, .tcpECN])
+        #expect(
+            VirtioNet.receiveOffloads(for: Feature.guestChecksum | Feature.guestTSO6 | Feature.guestECN) == [
+                .checksum, .tcp6, .tcpECN,
+            ])
         #expect(VirtioNet.receiveOffloads(for: ~0) == .all)
     }
 
@@ -268,7 +286,9 @@ struct VirtioNetTests {
         #expect(try f.rx.usedIndex() == 2)
         #expect(try f.rx.usedElement(0) == (0, 72))
         #expect(try f.rx.usedElement(1) == (1, 1526))
-        #expect(try f.receiveBuffer(0, count: 72) == VirtioNetHeader(bufferCount: 1).bytes + frames[0], "DATA_VALID cleared without GUEST_CSUM")
+        #expect(
+            try f.receiveBuffer(0, count: 72) == VirtioNetHeader(bufferCount: 1).bytes + frames[0],
+            "DATA_VALID cleared without GUEST_CSUM")
         #expect(try f.receiveBuffer(1, count: 1526) == VirtioNetHeader(bufferCount: 1).bytes + frames[1])
         #expect(f.driver.interruptStatus == VirtioInterruptBit.usedBuffer)
         let statistics = f.statistics
@@ -308,8 +328,9 @@ struct VirtioNetTests {
         #expect(f.statistics.receivedFrames == 4 && f.statistics.droppedFrames == 0)
     }
 
-    @Test("a frame larger than the driver's chain is dropped and counted; the chain takes the next frame",
-          arguments: [true, false])
+    @Test(
+        "a frame larger than the driver's chain is dropped and counted; the chain takes the next frame",
+        arguments: [true, false])
     func tooLarge(backendReturnsCopiedLength: Bool) throws {
         var f = try Fixture(backendReturnsCopiedLength: backendReturnsCopiedLength)
         f.backend.push(testFrame(length: 1000))
@@ -395,12 +416,14 @@ struct VirtioNetTests {
         #expect(f.backend.outgoing.first?.prefix(12).allSatisfy { $0 == 0 } == true)
     }
 
-    @Test("malformed transmit chains and unnegotiated offloads are dropped, counted and returned", arguments: [
-        (VirtioNetHeader().bytes + testFrame(length: 14).prefix(13), "frame shorter than an Ethernet header"),
-        ([UInt8](repeating: 0, count: 11), "no complete header"),
-        (VirtioNetHeader(flags: HeaderFlag.needsChecksum).bytes + testFrame(length: 60), "checksum offload not negotiated"),
-        (VirtioNetHeader(segmentationType: GSO.udp).bytes + testFrame(length: 60), "UDP segmentation"),
-    ])
+    @Test(
+        "malformed transmit chains and unnegotiated offloads are dropped, counted and returned",
+        arguments: [
+            (VirtioNetHeader().bytes + testFrame(length: 14).prefix(13), "frame shorter than an Ethernet header"),
+            ([UInt8](repeating: 0, count: 11), "no complete header"),
+            (VirtioNetHeader(flags: HeaderFlag.needsChecksum).bytes + testFrame(length: 60), "checksum offload not negotiated"),
+            (VirtioNetHeader(segmentationType: GSO.udp).bytes + testFrame(length: 60), "UDP segmentation"),
+        ])
     func transmitRefused(bytes: [UInt8], reason: String) throws {
         var f = try Fixture()
         try f.send(bytes)

@@ -30,7 +30,10 @@ struct RingDriver {
 
     /// Rings at 0x1000 (descriptors), 0x5000 (available) and 0x6000 (used) by default: room for
     /// 1024 descriptors and rings of that size.
-    init(memory: GuestMemory, size: UInt16, descriptorTable: UInt64 = 0x1000, availableRing: UInt64 = 0x5000, usedRing: UInt64 = 0x6000) {
+    init(
+        memory: GuestMemory, size: UInt16, descriptorTable: UInt64 = 0x1000, availableRing: UInt64 = 0x5000,
+        usedRing: UInt64 = 0x6000
+    ) {
         self.memory = memory
         self.size = size
         self.descriptorTable = descriptorTable
@@ -45,7 +48,9 @@ struct RingDriver {
     }
 
     /// Writes descriptor `index` of the queue's table (or of the table at `table`).
-    func setDescriptor(_ index: Int, address: UInt64, length: UInt32, flags: UInt16 = 0, next: UInt16 = 0, table: UInt64? = nil) throws {
+    func setDescriptor(_ index: Int, address: UInt64, length: UInt32, flags: UInt16 = 0, next: UInt16 = 0, table: UInt64? = nil)
+        throws
+    {
         let base = (table ?? descriptorTable) + 16 * UInt64(index)
         try memory.write(address.littleEndian, at: GuestAddress(base))
         try memory.write(length.littleEndian, at: GuestAddress(base + 8))
@@ -138,7 +143,9 @@ struct MMIODriver<Device: VirtioDevice> {
     func driverOK() {
         write(
             VirtioMMIORegisters.Offset.status,
-            UInt64(VirtioDeviceStatus.acknowledge | VirtioDeviceStatus.driver | VirtioDeviceStatus.featuresOK | VirtioDeviceStatus.driverOK))
+            UInt64(
+                VirtioDeviceStatus.acknowledge | VirtioDeviceStatus.driver | VirtioDeviceStatus.featuresOK
+                    | VirtioDeviceStatus.driverOK))
     }
 
     func notify(_ queue: UInt32) { write(VirtioMMIORegisters.Offset.queueNotify, UInt64(queue)) }
@@ -147,7 +154,8 @@ struct MMIODriver<Device: VirtioDevice> {
 /// A device for transport tests: records what it was handed and answers with a fixed length.
 struct RecordingVirtioDevice: VirtioDevice {
     var deviceType: UInt32 = 42
-    var offeredFeatures: UInt64 = VirtioFeature.version1 | VirtioFeature.ringEventIndex | VirtioFeature.ringIndirectDescriptors | 0x5
+    var offeredFeatures: UInt64 =
+        VirtioFeature.version1 | VirtioFeature.ringEventIndex | VirtioFeature.ringIndirectDescriptors | 0x5
     var queueCount: Int = 2
     var maximumQueueSize: UInt16 = 16
     var configurationSpace: [UInt8] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]

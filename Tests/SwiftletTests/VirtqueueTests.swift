@@ -24,7 +24,9 @@ struct VirtqueueTests {
     func invalidSizes(size: UInt16) throws {
         let memory = try virtioTestMemory()
         #expect(throws: VirtqueueError.invalidSize(size, maximum: 256)) {
-            try Virtqueue(size: size, maximumSize: 256, descriptorTable: 0x1000, availableRing: 0x5000, usedRing: 0x6000, features: 0, memory: memory)
+            try Virtqueue(
+                size: size, maximumSize: 256, descriptorTable: 0x1000, availableRing: 0x5000, usedRing: 0x6000, features: 0,
+                memory: memory)
         }
     }
 
@@ -32,10 +34,14 @@ struct VirtqueueTests {
     func sizeAboveMaximum() throws {
         let memory = try virtioTestMemory()
         #expect(throws: VirtqueueError.invalidSize(512, maximum: 256)) {
-            try Virtqueue(size: 512, maximumSize: 256, descriptorTable: 0x1000, availableRing: 0x5000, usedRing: 0x6000, features: 0, memory: memory)
+            try Virtqueue(
+                size: 512, maximumSize: 256, descriptorTable: 0x1000, availableRing: 0x5000, usedRing: 0x6000, features: 0,
+                memory: memory)
         }
         for size: UInt16 in [1, 2, 128, 256] {
-            _ = try Virtqueue(size: size, maximumSize: 256, descriptorTable: 0x1000, availableRing: 0x5000, usedRing: 0x6000, features: 0, memory: memory)
+            _ = try Virtqueue(
+                size: size, maximumSize: 256, descriptorTable: 0x1000, availableRing: 0x5000, usedRing: 0x6000, features: 0,
+                memory: memory)
         }
     }
 
@@ -57,13 +63,17 @@ struct VirtqueueTests {
     func areasOutsideMemory() throws {
         let memory = try virtioTestMemory()  // 2 MiB
         #expect(throws: VirtqueueError.areaOutsideGuestMemory(.descriptorTable, address: 0x20_0000, length: 128)) {
-            try Virtqueue(size: 8, descriptorTable: 0x20_0000, availableRing: 0x5000, usedRing: 0x6000, features: 0, memory: memory)
+            try Virtqueue(
+                size: 8, descriptorTable: 0x20_0000, availableRing: 0x5000, usedRing: 0x6000, features: 0, memory: memory)
         }
         #expect(throws: VirtqueueError.areaOutsideGuestMemory(.availableRing, address: 0x1F_FFF0, length: 22)) {
-            try Virtqueue(size: 8, descriptorTable: 0x1000, availableRing: 0x1F_FFF0, usedRing: 0x6000, features: 0, memory: memory)
+            try Virtqueue(
+                size: 8, descriptorTable: 0x1000, availableRing: 0x1F_FFF0, usedRing: 0x6000, features: 0, memory: memory)
         }
         #expect(throws: VirtqueueError.areaOutsideGuestMemory(.usedRing, address: 0xFFFF_FFFF_FFFF_FFF0, length: 70)) {
-            try Virtqueue(size: 8, descriptorTable: 0x1000, availableRing: 0x5000, usedRing: 0xFFFF_FFFF_FFFF_FFF0, features: 0, memory: memory)
+            try Virtqueue(
+                size: 8, descriptorTable: 0x1000, availableRing: 0x5000, usedRing: 0xFFFF_FFFF_FFFF_FFF0, features: 0,
+                memory: memory)
         }
     }
 
@@ -84,11 +94,12 @@ struct VirtqueueTests {
         #expect(try queue.popAvailable(from: memory, into: &chain))
         #expect(chain.error == nil)
         #expect(chain.head == 3)
-        #expect(chain.buffers == [
-            VirtqueueBuffer(address: GuestAddress(0x10000), length: 16, isWritable: false),
-            VirtqueueBuffer(address: GuestAddress(0x20000), length: 4096, isWritable: true),
-            VirtqueueBuffer(address: GuestAddress(0x30000), length: 1, isWritable: true),
-        ])
+        #expect(
+            chain.buffers == [
+                VirtqueueBuffer(address: GuestAddress(0x10000), length: 16, isWritable: false),
+                VirtqueueBuffer(address: GuestAddress(0x20000), length: 4096, isWritable: true),
+                VirtqueueBuffer(address: GuestAddress(0x30000), length: 1, isWritable: true),
+            ])
         #expect(chain.readableLength == 16 && chain.writableLength == 4097)
         #expect(try queue.popAvailable(from: memory, into: &chain) == false)
 
@@ -202,16 +213,26 @@ struct VirtqueueTests {
 
     @Test("a buffer outside guest RAM fails the chain")
     func bufferOutsideMemory() throws {
-        #expect(try verdict { try $0.setDescriptor(0, address: 0x20_0000, length: 1) } == .bufferOutsideGuestMemory(address: 0x20_0000, length: 1))
-        #expect(try verdict { try $0.setDescriptor(0, address: 0x1F_F000, length: 0x1001) } == .bufferOutsideGuestMemory(address: 0x1F_F000, length: 0x1001))
+        #expect(
+            try verdict { try $0.setDescriptor(0, address: 0x20_0000, length: 1) }
+                == .bufferOutsideGuestMemory(address: 0x20_0000, length: 1))
+        #expect(
+            try verdict { try $0.setDescriptor(0, address: 0x1F_F000, length: 0x1001) }
+                == .bufferOutsideGuestMemory(address: 0x1F_F000, length: 0x1001))
         // In the MMIO gap of a larger layout, and far above everything.
-        #expect(try verdict { try $0.setDescriptor(0, address: 0xD000_0000, length: 16) } == .bufferOutsideGuestMemory(address: 0xD000_0000, length: 16))
+        #expect(
+            try verdict { try $0.setDescriptor(0, address: 0xD000_0000, length: 16) }
+                == .bufferOutsideGuestMemory(address: 0xD000_0000, length: 16))
     }
 
     @Test("a buffer whose address plus length overflows fails the chain")
     func lengthOverflow() throws {
-        #expect(try verdict { try $0.setDescriptor(0, address: .max - 10, length: 0xFFFF_FFFF) } == .bufferOutsideGuestMemory(address: .max - 10, length: 0xFFFF_FFFF))
-        #expect(try verdict { try $0.setDescriptor(0, address: .max, length: 1) } == .bufferOutsideGuestMemory(address: .max, length: 1))
+        #expect(
+            try verdict { try $0.setDescriptor(0, address: .max - 10, length: 0xFFFF_FFFF) }
+                == .bufferOutsideGuestMemory(address: .max - 10, length: 0xFFFF_FFFF))
+        #expect(
+            try verdict { try $0.setDescriptor(0, address: .max, length: 1) }
+                == .bufferOutsideGuestMemory(address: .max, length: 1))
     }
 
     @Test("chains longer than 4 GiB in total fail")
@@ -223,7 +244,9 @@ struct VirtqueueTests {
         #expect(error == .chainLengthOverflow)
     }
 
-    @Test("a chain that loops is cut off at the queue size", arguments: [[0, 1, 0], [0, 0], [0, 1, 2, 3, 4, 5, 6, 1]] as [[UInt16]])
+    @Test(
+        "a chain that loops is cut off at the queue size",
+        arguments: [[0, 1, 0], [0, 0], [0, 1, 2, 3, 4, 5, 6, 1]] as [[UInt16]])
     func loops(path: [UInt16]) throws {
         let error = try verdict { ring in
             for (from, to) in zip(path, path.dropFirst()) {
@@ -235,8 +258,12 @@ struct VirtqueueTests {
 
     @Test("a next index outside the table fails the chain")
     func nextOutOfRange() throws {
-        #expect(try verdict { try $0.setDescriptor(0, address: 0x10000, length: 4, flags: Flag.next, next: 8) } == .nextIndexOutOfRange(8, tableSize: 8))
-        #expect(try verdict { try $0.setDescriptor(0, address: 0x10000, length: 4, flags: Flag.next, next: 0xFFFF) } == .nextIndexOutOfRange(0xFFFF, tableSize: 8))
+        #expect(
+            try verdict { try $0.setDescriptor(0, address: 0x10000, length: 4, flags: Flag.next, next: 8) }
+                == .nextIndexOutOfRange(8, tableSize: 8))
+        #expect(
+            try verdict { try $0.setDescriptor(0, address: 0x10000, length: 4, flags: Flag.next, next: 0xFFFF) }
+                == .nextIndexOutOfRange(0xFFFF, tableSize: 8))
     }
 
     @Test("a readable buffer after a writable one fails the chain")
@@ -250,7 +277,8 @@ struct VirtqueueTests {
 
     @Test("indirect descriptors without the feature fail the chain")
     func indirectNotNegotiated() throws {
-        #expect(try verdict { try $0.setDescriptor(0, address: 0x8000, length: 16, flags: Flag.indirect) } == .indirectNotNegotiated)
+        #expect(
+            try verdict { try $0.setDescriptor(0, address: 0x8000, length: 16, flags: Flag.indirect) } == .indirectNotNegotiated)
     }
 
     @Test("an indirect descriptor with NEXT fails the chain")
@@ -273,7 +301,9 @@ struct VirtqueueTests {
 
     @Test("indirect tables of a bad length fail the chain", arguments: [0, 8, 17, 0xFFFF_FFF0] as [UInt32])
     func indirectLength(length: UInt32) throws {
-        let error = try verdict(features: indirect) { try $0.setDescriptor(0, address: 0x8000, length: length, flags: Flag.indirect) }
+        let error = try verdict(features: indirect) {
+            try $0.setDescriptor(0, address: 0x8000, length: length, flags: Flag.indirect)
+        }
         if length % 16 != 0 || length == 0 {
             #expect(error == .indirectTableLength(length))
         } else {
@@ -283,7 +313,9 @@ struct VirtqueueTests {
 
     @Test("an indirect table outside guest RAM fails the chain")
     func indirectOutsideMemory() throws {
-        let error = try verdict(features: indirect) { try $0.setDescriptor(0, address: 0x1F_FFF0, length: 32, flags: Flag.indirect) }
+        let error = try verdict(features: indirect) {
+            try $0.setDescriptor(0, address: 0x1F_FFF0, length: 32, flags: Flag.indirect)
+        }
         #expect(error == .indirectTableOutsideGuestMemory(address: 0x1F_FFF0, length: 32))
     }
 
@@ -485,7 +517,9 @@ struct VirtqueueTests {
         // The used ring's elements are past the end, and its avail_event far beyond it.
         var queue = try Self.restored(
             try RingDriver(memory: memory, size: 8).queue(features: eventIndex), availableRing: end - 2, usedRing: end + 0x1000)
-        #expect(throws: VirtqueueError.ringOutsideGuestMemory(address: end)) { try queue.popAvailable(from: memory, into: &chain) }
+        #expect(throws: VirtqueueError.ringOutsideGuestMemory(address: end)) {
+            try queue.popAvailable(from: memory, into: &chain)
+        }
         #expect(throws: VirtqueueError.ringOutsideGuestMemory(address: end + 0x1004)) {
             try queue.addUsed(head: 0, length: 0, memory: memory)
         }

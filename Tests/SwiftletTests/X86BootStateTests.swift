@@ -131,7 +131,9 @@ struct X86BootStateTests {
         #expect(IdentityPageTables.translate(address, in: memory) == address)
     }
 
-    @Test("4 GiB and above are not mapped", arguments: [UInt64(0x1_0000_0000), 0x1_0000_1000, 0x80_0000_0000, 0xFFFF_8000_0000_0000])
+    @Test(
+        "4 GiB and above are not mapped",
+        arguments: [UInt64(0x1_0000_0000), 0x1_0000_1000, 0x80_0000_0000, 0xFFFF_8000_0000_0000])
     func beyondFourGiB(address: UInt64) throws {
         let memory = try lowMemory()
         try IdentityPageTables.write(to: memory)
@@ -186,7 +188,8 @@ struct X86BootStateTests {
 
     @Test("long mode special registers")
     func longModeSpecialRegisters() {
-        let sregs = X86VCPUSetup.specialRegisters(for: .longMode(entry: 0x100_0000, zeroPage: 0x7000), from: initialSpecialRegisters())
+        let sregs = X86VCPUSetup.specialRegisters(
+            for: .longMode(entry: 0x100_0000, zeroPage: 0x7000), from: initialSpecialRegisters())
         #expect(sregs.cr0 == 0x8005_0033)
         #expect(X86ControlBits.longModeCR0 == 0x8005_0033)
         #expect(sregs.cr4 & X86ControlBits.cr4PAE != 0)
@@ -271,8 +274,11 @@ struct X86BootStateTests {
             ("stack", (stackTop & ~0xFFF)..<stackTop),
             ("page tables", X86Layout.pml4Address.rawValue..<0xF000),
             ("flat image", X86Layout.realModeLoadAddress.rawValue..<X86Layout.realModeLoadAddress.rawValue + 0x10000),
-            ("command line",
-             X86Layout.commandLineAddress.rawValue..<X86Layout.commandLineAddress.rawValue + UInt64(X86Layout.commandLineMaxSize)),
+            (
+                "command line",
+                X86Layout.commandLineAddress.rawValue..<X86Layout.commandLineAddress.rawValue
+                    + UInt64(X86Layout.commandLineMaxSize)
+            ),
         ]
         for (i, a) in regions.enumerated() {
             #expect(a.range.lowerBound >= 0x500, "\(a.name) must leave the real-mode IVT and BDA alone")
@@ -295,7 +301,8 @@ struct X86BootStateTests {
     func mmioLayout() {
         let gap = X86Layout.mmioGapStart.rawValue..<X86Layout.mmioGapEnd.rawValue
         #expect(gap == 0xC000_0000..<0x1_0000_0000)
-        let test = X86Layout.mmioTestDeviceAddress.rawValue..<X86Layout.mmioTestDeviceAddress.rawValue + X86Layout.mmioTestDeviceSize
+        let test =
+            X86Layout.mmioTestDeviceAddress.rawValue..<X86Layout.mmioTestDeviceAddress.rawValue + X86Layout.mmioTestDeviceSize
         let virtio = X86Layout.virtioMMIOBase.rawValue..<X86Layout.virtioMMIOBase.rawValue + 32 * X86Layout.virtioMMIOStride
         let reserved: [Range<UInt64>] = [
             X86Layout.ioapicAddress.rawValue..<X86Layout.ioapicAddress.rawValue + 0x1000,

@@ -78,7 +78,9 @@ public struct LoadedKernel: Equatable, Sendable {
 /// Loads kernel images into guest memory.
 public enum KernelLoader {
     /// Loads `path` in `format` into `memory`.
-    public static func load(_ path: String, format: KernelFormat, into memory: GuestMemory) throws(KernelLoadError) -> LoadedKernel {
+    public static func load(_ path: String, format: KernelFormat, into memory: GuestMemory) throws(KernelLoadError)
+        -> LoadedKernel
+    {
         let file: ImageFile
         do { file = try ImageFile(path: path) } catch {
             switch error {
@@ -108,7 +110,8 @@ public enum KernelLoader {
         let base = X86Layout.realModeLoadAddress
         // A real-mode image must fit its 64 KiB code segment.
         guard file.size <= 0x10000 else {
-            throw .notLoadable(path: file.path, reason: "a flat real-mode image must be at most 64 KiB (it is \(file.size) bytes)")
+            throw .notLoadable(
+                path: file.path, reason: "a flat real-mode image must be at most 64 KiB (it is \(file.size) bytes)")
         }
         try copy(file, offset: 0, count: file.size, to: base, memory: memory)
         return LoadedKernel(
@@ -180,7 +183,9 @@ public enum KernelLoader {
             end: GuestAddress(end))
     }
 
-    static func copy(_ file: ImageFile, offset: UInt64, count: UInt64, to address: GuestAddress, memory: GuestMemory) throws(KernelLoadError) {
+    static func copy(_ file: ImageFile, offset: UInt64, count: UInt64, to address: GuestAddress, memory: GuestMemory)
+        throws(KernelLoadError)
+    {
         guard count > 0 else { return }
         let target: UnsafeMutableRawPointer
         do { target = try memory.hostPointer(address, count: Int(count)) } catch {

@@ -60,7 +60,9 @@ public enum LinuxBoot {
 
     /// Where an initrd of `size` bytes goes: page-aligned, as high as possible below both the
     /// kernel's `initrd_addr_max` and the end of RAM under the MMIO gap, and above the kernel.
-    public static func initrdAddress(size: UInt64, memorySize: UInt64, kernel: LoadedKernel) throws(BootSetupError) -> GuestAddress {
+    public static func initrdAddress(size: UInt64, memorySize: UInt64, kernel: LoadedKernel) throws(BootSetupError)
+        -> GuestAddress
+    {
         let lowRAMEnd = min(memorySize, X86Layout.mmioGapStart.rawValue)
         let limit = min(kernel.initrdAddressMax &+ 1, lowRAMEnd)
         let kernelEnd = (kernel.end.rawValue + 0xFFF) & ~0xFFF
@@ -103,7 +105,8 @@ public enum LinuxBoot {
         try writeOrFail(params.bytes, at: X86Layout.zeroPageAddress, memory: memory)
         try writeOrFail(try MPTable.bytes(vcpuCount: vcpuCount), at: MPTable.floatingPointerAddress, memory: memory)
         let ebdaSegment = UInt16(X86Layout.ebdaStart.rawValue >> 4)
-        try writeOrFail([UInt8(ebdaSegment & 0xFF), UInt8(ebdaSegment >> 8)], at: X86Layout.biosDataAreaEBDASegment, memory: memory)
+        try writeOrFail(
+            [UInt8(ebdaSegment & 0xFF), UInt8(ebdaSegment >> 8)], at: X86Layout.biosDataAreaEBDASegment, memory: memory)
         return params
     }
 

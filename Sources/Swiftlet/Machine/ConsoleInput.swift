@@ -71,7 +71,7 @@ final class ConsoleInput: Sendable {
         if terminal != nil {
             do {
                 try watchTerminal()
-            } catch where error.errno == EPERM {
+            } catch  where error.errno == EPERM {
                 // Regular files and /dev/null cannot be polled; they are always readable.
                 state.withLock { $0.readWhenRoom = true }
             }

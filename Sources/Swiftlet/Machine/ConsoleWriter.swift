@@ -97,8 +97,10 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
     private var thread: NativeThread?
 
     /// A writer to `fileDescriptor` with a ring of `capacity` bytes. Nothing is written until `start()`.
-    init(fileDescriptor: Int32, capacity: Int = ConsoleWriter.defaultCapacity,
-         stallTimeout: Double = ConsoleWriter.defaultStallTimeout) {
+    init(
+        fileDescriptor: Int32, capacity: Int = ConsoleWriter.defaultCapacity,
+        stallTimeout: Double = ConsoleWriter.defaultStallTimeout
+    ) {
         self.fileDescriptor = fileDescriptor
         self.stallNanoseconds = UInt64(max(0, stallTimeout) * 1e9)
         ring = ByteRing(capacity: max(1, capacity))

@@ -92,7 +92,8 @@ final class DeviceManager {
     func attachSerial(output: any SerialOutput, inputRoom: (any SerialInputRoomSignal)?) throws(DeviceAttachError) -> SerialPort {
         let serial = SerialPort(
             output: output, interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ), inputRoom: inputRoom)
-        try attachPorts(serial, kind: .serial, name: "serial (COM1)", base: X86Layout.serialPort, count: 8, gsi: X86Layout.serialIRQ)
+        try attachPorts(
+            serial, kind: .serial, name: "serial (COM1)", base: X86Layout.serialPort, count: 8, gsi: X86Layout.serialIRQ)
         return serial
     }
 
@@ -123,7 +124,9 @@ final class DeviceManager {
         let device = MMIOTestDevice()
         let base = X86Layout.mmioTestDeviceAddress
         do throws(BusError) {
-            try mmio.register(device, base: base.rawValue, length: X86Layout.mmioTestDeviceSize, name: AttachedDevice.Kind.mmioTestDevice.rawValue)
+            try mmio.register(
+                device, base: base.rawValue, length: X86Layout.mmioTestDeviceSize,
+                name: AttachedDevice.Kind.mmioTestDevice.rawValue)
         } catch {
             throw .bus(error)
         }
@@ -166,7 +169,8 @@ final class DeviceManager {
         do { tap = try TapDevice(name: network.tap) } catch { throw .network(index: index, error) }
         let device = VirtioNet(backend: tap, mac: network.effectiveMAC, offloads: network.offloads)
         let pump = TapReceivePump(tapDescriptor: tap.fileDescriptor, eventLoop: eventLoop)
-        let transport = try attachVirtio(device, kind: .virtioNet, name: "virtio-net \(index) (\(tap.name))") { transport, queue in
+        let transport = try attachVirtio(device, kind: .virtioNet, name: "virtio-net \(index) (\(tap.name))") {
+            transport, queue in
             if queue == VirtioNet.receiveQueue { pump.serve(transport) } else { transport.processQueue(queue) }
         }
         // Not watched until the driver offers receive buffers.

@@ -110,7 +110,8 @@ final class BuildRollback {
 enum MachineBuilder {
     /// Builds the parts of the machine `configuration` describes. `failingAfter` makes the
     /// build fail right after that step succeeded (tests of the rollback).
-    static func build(_ configuration: MachineConfiguration, failingAfter: BuildStep? = nil) throws(MachineError) -> MachineParts {
+    static func build(_ configuration: MachineConfiguration, failingAfter: BuildStep? = nil) throws(MachineError) -> MachineParts
+    {
         let rollback = BuildRollback()
         do {
             return try buildParts(configuration, steps: Steps(failingAfter: failingAfter), rollback: rollback)
@@ -138,9 +139,11 @@ enum MachineBuilder {
         try steps.run(.validateConfiguration) { () throws(ConfigurationError) in try configuration.validate() }
         let kvm = try steps.run(.openKVM) { () throws in
             let kvm = try KVM()
-            try kvm.require([(KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"), (KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
-                             (KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"), (KVM_CAP_PIT2, "KVM_CAP_PIT2"),
-                             (KVM_CAP_IRQFD, "KVM_CAP_IRQFD"), (KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD")])
+            try kvm.require([
+                (KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"), (KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
+                (KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"), (KVM_CAP_PIT2, "KVM_CAP_PIT2"),
+                (KVM_CAP_IRQFD, "KVM_CAP_IRQFD"), (KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD"),
+            ])
             return kvm
         }
         let vm = try steps.run(.createVM) { () throws(SystemError) in try kvm.createVirtualMachine() }

@@ -5,6 +5,7 @@ import SwiftletDevices
 import SwiftletHost
 import SwiftletKVM
 import SwiftletMemory
+import Synchronization
 
 /// Passes guest console output through and watches it for Linux's panic message, so a guest
 /// that panics and then reboots (`panic=N`) ends as `.guestPanic`, not as a clean reset.
@@ -29,8 +30,6 @@ struct PanicWatchingOutput: SerialOutput {
         }
     }
 }
-
-import Synchronization
 
 /// Progress through the pattern; the pattern's first byte does not recur in it, so a mismatch
 /// restarts at zero (or one, if the byte starts a new match).

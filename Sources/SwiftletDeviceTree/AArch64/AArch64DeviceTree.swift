@@ -86,7 +86,9 @@ package enum AArch64DeviceTree {
 
     // MARK: - Nodes
 
-    private static func addInterruptController(to tree: inout DeviceTreeBuilder, vcpuCount: Int) throws(FDTError) -> DeviceTreeNode {
+    private static func addInterruptController(to tree: inout DeviceTreeBuilder, vcpuCount: Int) throws(FDTError)
+        -> DeviceTreeNode
+    {
         let gic = try tree.addNode("intc@" + unitAddress(AArch64Layout.gicDistributorAddress))
         try tree.setProperties(
             [

@@ -118,7 +118,8 @@ package enum AArch64MachineError: Error, Equatable, CustomStringConvertible, Sen
         case .memoryTooLarge(let size):
             "guest memory of \(size) bytes is too large for aarch64 (at most \(AArch64Layout.maximumMemorySize >> 30) GiB)"
         case .memoryNotPageAligned(let size): "guest memory of \(size) bytes is not a multiple of 4 KiB"
-        case .vcpuCount(let count): "\(count) vCPUs requested; between 1 and \(AArch64Layout.maximumVCPUs) are supported on aarch64"
+        case .vcpuCount(let count):
+            "\(count) vCPUs requested; between 1 and \(AArch64Layout.maximumVCPUs) are supported on aarch64"
         case .virtioDeviceCount(let count):
             "\(count) virtio devices requested; between 0 and \(AArch64Layout.virtioMMIOSlotCount) are supported"
         case .commandLineContainsNUL: "the kernel command line contains a NUL character"

@@ -78,21 +78,27 @@ package struct DeviceTreeBlob: Equatable, Sendable {
     /// A property that holds one 32-bit cell.
     package func u32(_ name: String, of path: String) throws(FDTError) -> UInt32 {
         let values = try cells(name, of: path)
-        guard values.count == 1 else { throw FDTError("read property \"\(name)\" of \(path) as one cell", code: FDT_ERR_BADVALUE) }
+        guard values.count == 1 else {
+            throw FDTError("read property \"\(name)\" of \(path) as one cell", code: FDT_ERR_BADVALUE)
+        }
         return values[0]
     }
 
     /// A property that holds one 64-bit number (two cells).
     package func u64(_ name: String, of path: String) throws(FDTError) -> UInt64 {
         let values = try cells(name, of: path)
-        guard values.count == 2 else { throw FDTError("read property \"\(name)\" of \(path) as a 64-bit number", code: FDT_ERR_BADVALUE) }
+        guard values.count == 2 else {
+            throw FDTError("read property \"\(name)\" of \(path) as a 64-bit number", code: FDT_ERR_BADVALUE)
+        }
         return UInt64(values[0]) << 32 | UInt64(values[1])
     }
 
     /// A property read as an array of 32-bit cells.
     package func cells(_ name: String, of path: String) throws(FDTError) -> [UInt32] {
         let bytes = try property(name, of: path)
-        guard bytes.count % 4 == 0 else { throw FDTError("read property \"\(name)\" of \(path) as cells", code: FDT_ERR_BADVALUE) }
+        guard bytes.count % 4 == 0 else {
+            throw FDTError("read property \"\(name)\" of \(path) as cells", code: FDT_ERR_BADVALUE)
+        }
         return stride(from: 0, to: bytes.count, by: 4).map { i in
             bytes[i..<(i + 4)].reduce(0) { $0 << 8 | UInt32($1) }
         }
@@ -108,7 +114,9 @@ package struct DeviceTreeBlob: Equatable, Sendable {
     /// A property read as one string.
     package func string(_ name: String, of path: String) throws(FDTError) -> String {
         let values = try strings(name, of: path)
-        guard values.count == 1 else { throw FDTError("read property \"\(name)\" of \(path) as one string", code: FDT_ERR_BADVALUE) }
+        guard values.count == 1 else {
+            throw FDTError("read property \"\(name)\" of \(path) as one string", code: FDT_ERR_BADVALUE)
+        }
         return values[0]
     }
 

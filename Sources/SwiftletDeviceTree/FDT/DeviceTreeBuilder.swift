@@ -49,7 +49,8 @@ package struct DeviceTreeBuilder: Sendable {
     package init(capacity: Int = initialCapacity) throws(FDTError) {
         let size = min(max(capacity, 256), Self.maximumSize)
         buffer = [UInt8](repeating: 0, count: size)
-        try FDTError.check(buffer.withUnsafeMutableBytes { fdt_create_empty_tree($0.baseAddress, Int32(size)) }, "create an empty tree")
+        try FDTError.check(
+            buffer.withUnsafeMutableBytes { fdt_create_empty_tree($0.baseAddress, Int32(size)) }, "create an empty tree")
     }
 
     /// Adds a node called `name` (`cpus`, `cpu@0`) under `parent` and returns it.
@@ -119,7 +120,9 @@ package struct DeviceTreeBuilder: Sendable {
         while true {
             var output = [UInt8](repeating: 0, count: capacity)
             let result = buffer.withUnsafeBytes { source in
-                output.withUnsafeMutableBytes { Self.writeInOrder(source.baseAddress!, into: $0.baseAddress!, size: Int32(capacity)) }
+                output.withUnsafeMutableBytes {
+                    Self.writeInOrder(source.baseAddress!, into: $0.baseAddress!, size: Int32(capacity))
+                }
             }
             if result == -FDT_ERR_NOSPACE, capacity < Self.maximumSize {
                 capacity = min(capacity * 2, Self.maximumSize)

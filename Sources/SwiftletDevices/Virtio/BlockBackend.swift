@@ -1,5 +1,5 @@
-import Glibc
 import CHost
+import Glibc
 import SwiftletHost
 import SwiftletMemory
 
@@ -19,7 +19,6 @@ public protocol BlockBackend: AnyObject, Sendable {
     /// Makes earlier writes durable (fdatasync).
     func flush() throws(SystemError)
 }
-
 
 /// Walks a list of I/O vectors as one byte stream, copying to or from a flat buffer.
 package struct VectorCursor {

@@ -1,5 +1,5 @@
-import Glibc
 import CHost
+import Glibc
 import SwiftletHost
 import SwiftletMemory
 
@@ -54,4 +54,3 @@ public protocol NetworkBackend: AnyObject, Sendable {
     /// Sends one frame, header first, gathered from `vectors`.
     func send(_ vectors: UnsafeBufferPointer<iovec>) throws(SystemError)
 }
-

@@ -129,7 +129,9 @@ public struct VirtioBlock: VirtioDevice {
 
     /// A device serving `backend`'s sectors; `identifier` is the GET_ID answer (its first 20
     /// bytes).
-    public init(backend: any BlockBackend, readOnly: Bool, identifier: String, queueSizeMaximum: UInt16 = Settings.defaultQueueSize) {
+    public init(
+        backend: any BlockBackend, readOnly: Bool, identifier: String, queueSizeMaximum: UInt16 = Settings.defaultQueueSize
+    ) {
         self.backend = backend
         self.settings = Settings(
             capacity: backend.size / Self.sectorSize, isReadOnly: readOnly, identifier: Array(identifier.utf8),

@@ -265,7 +265,8 @@ public struct VirtioMMIORegisters: Equatable, Codable, Sendable {
             guard new & VirtioDeviceStatus.featuresOK != 0 else { return .none }
         }
         status = new
-        let activates = added & VirtioDeviceStatus.driverOK != 0 && new & VirtioDeviceStatus.failed == 0
+        let activates =
+            added & VirtioDeviceStatus.driverOK != 0 && new & VirtioDeviceStatus.failed == 0
             && new & VirtioDeviceStatus.deviceNeedsReset == 0
         return activates ? .activate : .none
     }
@@ -302,7 +303,10 @@ public struct VirtioMMIORegisters: Equatable, Codable, Sendable {
             queueSizeMaximum: queueSizeMaximum, configuration: configuration, generation: configGeneration)
     }
 
-    private init(deviceID: UInt32, offeredFeatures: UInt64, queueCount: Int, queueSizeMaximum: UInt16, configuration: [UInt8], generation: UInt32) {
+    private init(
+        deviceID: UInt32, offeredFeatures: UInt64, queueCount: Int, queueSizeMaximum: UInt16, configuration: [UInt8],
+        generation: UInt32
+    ) {
         self.init(
             deviceID: deviceID, offeredFeatures: offeredFeatures, queueCount: queueCount,
             queueSizeMaximum: queueSizeMaximum, configuration: configuration)

@@ -398,7 +398,9 @@ extension VirtioMMIOTransport: PersistentDevice where Device: PersistentDevice {
     /// that device (identity, features, queue count or configuration differ), when a register holds
     /// a value the transport never lets it reach, when a created queue does not fit guest memory,
     /// or when the ring positions contradict the activation state.
-    public static func restore(from state: State, with resources: Resources) throws(DeviceRestoreError) -> VirtioMMIOTransport<Device> {
+    public static func restore(from state: State, with resources: Resources) throws(DeviceRestoreError) -> VirtioMMIOTransport<
+        Device
+    > {
         let device = try Device.restore(from: state.device, with: resources.device)
         let saved = state.transport
         let queues = try saved.validatedQueues(for: device, memory: resources.memory)
@@ -451,7 +453,8 @@ extension VirtioTransportState {
             "registers.status")
         try check.require(status & S.driver == 0 || status & S.acknowledge != 0, "registers.status", "DRIVER without ACKNOWLEDGE")
         try check.require(status & S.featuresOK == 0 || status & S.driver != 0, "registers.status", "FEATURES_OK without DRIVER")
-        try check.require(status & S.driverOK == 0 || status & S.featuresOK != 0, "registers.status", "DRIVER_OK without FEATURES_OK")
+        try check.require(
+            status & S.driverOK == 0 || status & S.featuresOK != 0, "registers.status", "DRIVER_OK without FEATURES_OK")
         if status & S.featuresOK != 0 {
             try check.bits(r.driverFeatures, allowed: r.offeredFeatures, "registers.driverFeatures")
             try check.require(
@@ -510,11 +513,12 @@ extension VirtioTransportState {
     /// The restore error for a queue that cannot be created again, naming the area's register.
     private static func restoreError(_ error: VirtqueueError, queue: Int, check: StateValidator) -> DeviceRestoreError {
         func field(_ area: VirtqueueError.Area) -> String {
-            let name = switch area {
-            case .descriptorTable: "descriptorTable"
-            case .availableRing: "availableRing"
-            case .usedRing: "usedRing"
-            }
+            let name =
+                switch area {
+                case .descriptorTable: "descriptorTable"
+                case .availableRing: "availableRing"
+                case .usedRing: "usedRing"
+                }
             return "registers.queues[\(queue)].\(name)"
         }
         switch error {

@@ -85,7 +85,8 @@ public struct VirtioNet: VirtioDevice {
 
         /// Settings with `offloads` made `consistent` (segmentation only with checksums, ECN only with
         /// segmentation).
-        public init(mac: MACAddress, linkUp: Bool = true, offloads: NetworkOffloads, queueSizeMaximum: UInt16 = defaultQueueSize) {
+        public init(mac: MACAddress, linkUp: Bool = true, offloads: NetworkOffloads, queueSizeMaximum: UInt16 = defaultQueueSize)
+        {
             self.mac = mac
             self.linkUp = linkUp
             self.offloads = offloads.consistent
@@ -152,9 +153,12 @@ public struct VirtioNet: VirtioDevice {
     private let overflow = ReceiveOverflowBuffer()
 
     /// A device with address `mac` over `backend`; `offloads: false` offers none.
-    public init(backend: any NetworkBackend, mac: MACAddress, offloads: Bool = true, queueSizeMaximum: UInt16 = Settings.defaultQueueSize) {
+    public init(
+        backend: any NetworkBackend, mac: MACAddress, offloads: Bool = true, queueSizeMaximum: UInt16 = Settings.defaultQueueSize
+    ) {
         self.backend = backend
-        self.settings = Settings(mac: mac, offloads: offloads ? backend.supportedOffloads : [], queueSizeMaximum: queueSizeMaximum)
+        self.settings = Settings(
+            mac: mac, offloads: offloads ? backend.supportedOffloads : [], queueSizeMaximum: queueSizeMaximum)
         vectors.reserveCapacity(Int(queueSizeMaximum) + 1)
     }
 
@@ -257,7 +261,9 @@ public struct VirtioNet: VirtioDevice {
         for _ in 0..<Self.dropsPerChainLimit {
             let received: Int?
             do {
-                received = try vectors.withUnsafeBufferPointer { (vectors) throws(SystemError) in try backend.receive(into: vectors) }
+                received = try vectors.withUnsafeBufferPointer { (vectors) throws(SystemError) in
+                    try backend.receive(into: vectors)
+                }
             } catch {
                 statistics.receiveErrors += 1
                 statistics.lastBackendErrno = error.errno
@@ -275,7 +281,8 @@ public struct VirtioNet: VirtioDevice {
             }
             var raw = (UInt64(0), UInt32(0))
             withUnsafeMutableBytes(of: &raw) { bytes in
-                _ = chain.forEachPiece(writable: true, offset: 0, count: VirtioNetHeader.size, memory: memory) { pointer, done, count in
+                _ = chain.forEachPiece(writable: true, offset: 0, count: VirtioNetHeader.size, memory: memory) {
+                    pointer, done, count in
                     (bytes.baseAddress! + done).copyMemory(from: pointer, byteCount: count)
                 }
             }
@@ -287,7 +294,8 @@ public struct VirtioNet: VirtioDevice {
             case .success(let fixed):
                 withUnsafeMutableBytes(of: &raw) { bytes in
                     fixed.encode(into: bytes)
-                    chain.copyToWritable(at: 0, from: UnsafeRawBufferPointer(rebasing: bytes[0..<VirtioNetHeader.size]), memory: memory)
+                    chain.copyToWritable(
+                        at: 0, from: UnsafeRawBufferPointer(rebasing: bytes[0..<VirtioNetHeader.size]), memory: memory)
                 }
             }
             statistics.receivedFrames += 1
@@ -322,7 +330,8 @@ public struct VirtioNet: VirtioDevice {
             header.encode(into: bytes)
             vectors.removeAll(keepingCapacity: true)
             vectors.append(iovec(iov_base: bytes.baseAddress, iov_len: VirtioNetHeader.size))
-            _ = chain.forEachPiece(writable: false, offset: UInt64(VirtioNetHeader.size), count: Int(frameLength), memory: memory) {
+            _ = chain.forEachPiece(writable: false, offset: UInt64(VirtioNetHeader.size), count: Int(frameLength), memory: memory)
+            {
                 pointer, _, count in
                 vectors.append(iovec(iov_base: pointer, iov_len: count))
             }
@@ -392,7 +401,8 @@ extension VirtioNet: PersistentDevice {
             "segmentation without checksums, or ECN without segmentation")
         try check.require(
             backend.supportedOffloads.isSuperset(of: offloads), "settings.offloads",
-            "\(hex(UInt64(offloads.rawValue))) were offered, but \(backend.name) supports only \(hex(UInt64(backend.supportedOffloads.rawValue)))")
+            "\(hex(UInt64(offloads.rawValue))) were offered, but \(backend.name) supports only \(hex(UInt64(backend.supportedOffloads.rawValue)))"
+        )
         try check.powerOfTwo(settings.queueSizeMaximum, "settings.queueSizeMaximum")
         try check.atMost(settings.queueSizeMaximum, Virtqueue.maximumSize, "settings.queueSizeMaximum")
         var device = VirtioNet(backend: backend, mac: settings.mac, offloads: false, queueSizeMaximum: settings.queueSizeMaximum)

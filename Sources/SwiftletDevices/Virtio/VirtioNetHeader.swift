@@ -87,7 +87,9 @@ public struct VirtioNetHeader: Equatable, Codable, Sendable {
     /// Encodes the header into the first 12 bytes of `bytes`.
     public func encode(into bytes: UnsafeMutableRawBufferPointer) {
         precondition(bytes.count >= Self.size)
-        func u16(_ value: UInt16, _ offset: Int) { bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt16.self) }
+        func u16(_ value: UInt16, _ offset: Int) {
+            bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt16.self)
+        }
         bytes[0] = flags
         bytes[1] = segmentationType
         u16(headerLength, 2)
@@ -123,7 +125,8 @@ public struct VirtioNetHeader: Equatable, Codable, Sendable {
             return .failure(.checksumNotNegotiated)
         }
         let allowed = Self.allowedSegmentation(
-            features: features, tcp4: VirtioNet.Feature.hostTSO4, tcp6: VirtioNet.Feature.hostTSO6, ecn: VirtioNet.Feature.hostECN)
+            features: features, tcp4: VirtioNet.Feature.hostTSO4, tcp6: VirtioNet.Feature.hostTSO6, ecn: VirtioNet.Feature.hostECN
+        )
         guard allowed(segmentationType) else { return .failure(.segmentationNotNegotiated(segmentationType)) }
         return .success(header)
     }
@@ -140,7 +143,8 @@ public struct VirtioNetHeader: Equatable, Codable, Sendable {
             header.flags = 0
         }
         let allowed = Self.allowedSegmentation(
-            features: features, tcp4: VirtioNet.Feature.guestTSO4, tcp6: VirtioNet.Feature.guestTSO6, ecn: VirtioNet.Feature.guestECN)
+            features: features, tcp4: VirtioNet.Feature.guestTSO4, tcp6: VirtioNet.Feature.guestTSO6,
+            ecn: VirtioNet.Feature.guestECN)
         guard allowed(segmentationType) else { return .failure(.segmentationNotNegotiated(segmentationType)) }
         return .success(header)
     }

@@ -16,4 +16,3 @@ extension VirtioMMIOTransport where Device == VirtioNet {
     /// Frames moved and dropped so far.
     public var networkStatistics: VirtioNet.Statistics { withDevice { $0.statistics } }
 }
-

@@ -1,7 +1,7 @@
+import CGuestAtomics
 import CHost
 import SwiftletHost
 import SwiftletMemory
-import CGuestAtomics
 import Synchronization
 
 /// A split virtqueue (virtio 1.2, 2.7) as the device sees it: the descriptor table, the
@@ -118,7 +118,8 @@ public struct Virtqueue: Equatable, Codable, Sendable {
     /// Throws when the ring itself is broken (the device needs a reset). A broken chain is not
     /// thrown: it is taken (so the driver gets its head back) with `chain.error` set and its
     /// buffers incomplete.
-    public mutating func popAvailable(from memory: GuestMemory, into chain: inout DescriptorChain) throws(VirtqueueError) -> Bool {
+    public mutating func popAvailable(from memory: GuestMemory, into chain: inout DescriptorChain) throws(VirtqueueError) -> Bool
+    {
         let available = try availableIndex(memory)
         let pending = available &- nextAvailable
         if pending == 0 { return false }
@@ -253,7 +254,9 @@ public struct Virtqueue: Equatable, Codable, Sendable {
 
     // MARK: Guest memory access
 
-    private func ringRead<T: BitwiseCopyable & FixedWidthInteger>(_ type: T.Type, at address: UInt64, _ memory: GuestMemory) throws(VirtqueueError) -> T {
+    private func ringRead<T: BitwiseCopyable & FixedWidthInteger>(_ type: T.Type, at address: UInt64, _ memory: GuestMemory)
+        throws(VirtqueueError) -> T
+    {
         do { return T(littleEndian: try memory.read(T.self, at: GuestAddress(address))) } catch {
             throw .ringOutsideGuestMemory(address: address)
         }
@@ -318,7 +321,8 @@ struct Descriptor {
     init(at address: UInt64, memory: GuestMemory, ring: Bool) throws(VirtqueueError) {
         let pointer: UnsafeMutableRawPointer
         do { pointer = try memory.hostPointer(GuestAddress(address), count: 16) } catch {
-            throw ring ? .ringOutsideGuestMemory(address: address) : .indirectTableOutsideGuestMemory(address: address, length: 16)
+            throw ring
+                ? .ringOutsideGuestMemory(address: address) : .indirectTableOutsideGuestMemory(address: address, length: 16)
         }
         self.address = UInt64(littleEndian: pointer.loadUnaligned(as: UInt64.self))
         self.length = UInt32(littleEndian: pointer.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
@@ -389,7 +393,8 @@ public struct DescriptorChain: Sendable {
             readableLength += UInt64(descriptor.length)
             guard readableLength <= UInt64(UInt32.max) else { throw .chainLengthOverflow }
         }
-        buffers.append(VirtqueueBuffer(address: GuestAddress(descriptor.address), length: descriptor.length, isWritable: writable))
+        buffers.append(
+            VirtqueueBuffer(address: GuestAddress(descriptor.address), length: descriptor.length, isWritable: writable))
     }
 
     /// Copies `destination.count` bytes of the readable part starting at byte `offset` of it.
@@ -447,7 +452,9 @@ public struct DescriptorChain: Sendable {
 public enum VirtqueueError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The three areas of a split virtqueue; `rawValue` names them in messages: `descriptorTable`,
     /// `availableRing` (the driver area) and `usedRing` (the device area).
-    public enum Area: String, Sendable { case descriptorTable = "descriptor table", availableRing = "available ring", usedRing = "used ring" }
+    public enum Area: String, Sendable {
+        case descriptorTable = "descriptor table", availableRing = "available ring", usedRing = "used ring"
+    }
 
     // Set-up (at DRIVER_OK).
     /// QueueNum is 0, not a power of two, or larger than `maximum` (QueueNumMax, at most 32768).

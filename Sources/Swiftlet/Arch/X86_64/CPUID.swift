@@ -26,38 +26,39 @@ public struct CPUIDFeature: Equatable, Sendable {
     public let bit: Int
 
     /// The features `--cpuid-mask` knows, by name.
-    public static let known: [CPUIDFeature] = [
-        .init(name: "ssse3", leaf: 1, subleaf: 0, register: .ecx, bit: 9),
-        .init(name: "fma", leaf: 1, subleaf: 0, register: .ecx, bit: 12),
-        .init(name: "cx16", leaf: 1, subleaf: 0, register: .ecx, bit: 13),
-        .init(name: "pcid", leaf: 1, subleaf: 0, register: .ecx, bit: 17),
-        .init(name: "sse4_1", leaf: 1, subleaf: 0, register: .ecx, bit: 19),
-        .init(name: "sse4_2", leaf: 1, subleaf: 0, register: .ecx, bit: 20),
-        .init(name: "x2apic", leaf: 1, subleaf: 0, register: .ecx, bit: 21),
-        .init(name: "movbe", leaf: 1, subleaf: 0, register: .ecx, bit: 22),
-        .init(name: "popcnt", leaf: 1, subleaf: 0, register: .ecx, bit: 23),
-        .init(name: "tsc_deadline_timer", leaf: 1, subleaf: 0, register: .ecx, bit: 24),
-        .init(name: "aes", leaf: 1, subleaf: 0, register: .ecx, bit: 25),
-        .init(name: "xsave", leaf: 1, subleaf: 0, register: .ecx, bit: 26),
-        .init(name: "avx", leaf: 1, subleaf: 0, register: .ecx, bit: 28),
-        .init(name: "f16c", leaf: 1, subleaf: 0, register: .ecx, bit: 29),
-        .init(name: "rdrand", leaf: 1, subleaf: 0, register: .ecx, bit: 30),
-        .init(name: "fsgsbase", leaf: 7, subleaf: 0, register: .ebx, bit: 0),
-        .init(name: "bmi1", leaf: 7, subleaf: 0, register: .ebx, bit: 3),
-        .init(name: "avx2", leaf: 7, subleaf: 0, register: .ebx, bit: 5),
-        .init(name: "smep", leaf: 7, subleaf: 0, register: .ebx, bit: 7),
-        .init(name: "bmi2", leaf: 7, subleaf: 0, register: .ebx, bit: 8),
-        .init(name: "erms", leaf: 7, subleaf: 0, register: .ebx, bit: 9),
-        .init(name: "invpcid", leaf: 7, subleaf: 0, register: .ebx, bit: 10),
-        .init(name: "avx512f", leaf: 7, subleaf: 0, register: .ebx, bit: 16),
-        .init(name: "rdseed", leaf: 7, subleaf: 0, register: .ebx, bit: 18),
-        .init(name: "adx", leaf: 7, subleaf: 0, register: .ebx, bit: 19),
-        .init(name: "smap", leaf: 7, subleaf: 0, register: .ebx, bit: 20),
-        .init(name: "umip", leaf: 7, subleaf: 0, register: .ecx, bit: 2),
-        .init(name: "pku", leaf: 7, subleaf: 0, register: .ecx, bit: 3),
-        .init(name: "ospke", leaf: 7, subleaf: 0, register: .ecx, bit: 4),
-        .init(name: "fsrm", leaf: 7, subleaf: 0, register: .edx, bit: 4),
-    ] + kvmFeatures
+    public static let known: [CPUIDFeature] =
+        [
+            .init(name: "ssse3", leaf: 1, subleaf: 0, register: .ecx, bit: 9),
+            .init(name: "fma", leaf: 1, subleaf: 0, register: .ecx, bit: 12),
+            .init(name: "cx16", leaf: 1, subleaf: 0, register: .ecx, bit: 13),
+            .init(name: "pcid", leaf: 1, subleaf: 0, register: .ecx, bit: 17),
+            .init(name: "sse4_1", leaf: 1, subleaf: 0, register: .ecx, bit: 19),
+            .init(name: "sse4_2", leaf: 1, subleaf: 0, register: .ecx, bit: 20),
+            .init(name: "x2apic", leaf: 1, subleaf: 0, register: .ecx, bit: 21),
+            .init(name: "movbe", leaf: 1, subleaf: 0, register: .ecx, bit: 22),
+            .init(name: "popcnt", leaf: 1, subleaf: 0, register: .ecx, bit: 23),
+            .init(name: "tsc_deadline_timer", leaf: 1, subleaf: 0, register: .ecx, bit: 24),
+            .init(name: "aes", leaf: 1, subleaf: 0, register: .ecx, bit: 25),
+            .init(name: "xsave", leaf: 1, subleaf: 0, register: .ecx, bit: 26),
+            .init(name: "avx", leaf: 1, subleaf: 0, register: .ecx, bit: 28),
+            .init(name: "f16c", leaf: 1, subleaf: 0, register: .ecx, bit: 29),
+            .init(name: "rdrand", leaf: 1, subleaf: 0, register: .ecx, bit: 30),
+            .init(name: "fsgsbase", leaf: 7, subleaf: 0, register: .ebx, bit: 0),
+            .init(name: "bmi1", leaf: 7, subleaf: 0, register: .ebx, bit: 3),
+            .init(name: "avx2", leaf: 7, subleaf: 0, register: .ebx, bit: 5),
+            .init(name: "smep", leaf: 7, subleaf: 0, register: .ebx, bit: 7),
+            .init(name: "bmi2", leaf: 7, subleaf: 0, register: .ebx, bit: 8),
+            .init(name: "erms", leaf: 7, subleaf: 0, register: .ebx, bit: 9),
+            .init(name: "invpcid", leaf: 7, subleaf: 0, register: .ebx, bit: 10),
+            .init(name: "avx512f", leaf: 7, subleaf: 0, register: .ebx, bit: 16),
+            .init(name: "rdseed", leaf: 7, subleaf: 0, register: .ebx, bit: 18),
+            .init(name: "adx", leaf: 7, subleaf: 0, register: .ebx, bit: 19),
+            .init(name: "smap", leaf: 7, subleaf: 0, register: .ebx, bit: 20),
+            .init(name: "umip", leaf: 7, subleaf: 0, register: .ecx, bit: 2),
+            .init(name: "pku", leaf: 7, subleaf: 0, register: .ecx, bit: 3),
+            .init(name: "ospke", leaf: 7, subleaf: 0, register: .ecx, bit: 4),
+            .init(name: "fsrm", leaf: 7, subleaf: 0, register: .edx, bit: 4),
+        ] + kvmFeatures
 
     /// CPUID leaf 0x40000001: the KVM paravirtual features in EAX (KVM's leaves start at
     /// 0x40000000, whose EBX/ECX/EDX say "KVMKVMKVM").
@@ -88,7 +89,7 @@ public struct CPUIDFeature: Equatable, Sendable {
             "cx16", "popcnt", "rdrand", "rdseed", "movbe", "fsgsbase", "smap", "smep", "umip", "pku", "ospke",
             "invpcid", "bmi1", "bmi2", "avx", "avx2", "avx512f", "erms", "fsrm", "pcid",
             "kvm_pv_unhalt", "kvm_pv_send_ipi", "kvm_pv_sched_yield", "kvm_hc_map_gpa_range",
-        ],
+        ]
     ]
 
     /// Resolves a comma-separated mask: feature names and template names.
@@ -115,7 +116,9 @@ public enum CPUIDMaskError: Error, Equatable, CustomStringConvertible, Sendable 
             + CPUIDFeature.known.map(\.name).joined(separator: ", ")
     }
     private var unknownFeatureName: String {
-        switch self { case .unknownFeature(let name): name }
+        switch self {
+        case .unknownFeature(let name): name
+        }
     }
 }
 

@@ -30,7 +30,8 @@ package enum X86ControlBits {
     /// started directly in long mode needs it set by the VMM.
     package static let eferLMA: UInt64 = 1 << 10
     /// CR0 = 0x80050033: PE, MP, ET, NE, WP, AM, PG (what Linux runs with).
-    package static let longModeCR0 = cr0ProtectionEnable | cr0MonitorCoprocessor | cr0ExtensionType
+    package static let longModeCR0 =
+        cr0ProtectionEnable | cr0MonitorCoprocessor | cr0ExtensionType
         | cr0NumericError | cr0WriteProtect | cr0AlignmentMask | cr0Paging
 }
 

@@ -45,7 +45,9 @@ package enum IdentityPageTables {
     /// The guest physical address `virtual` translates to through tables in `memory`, walking
     /// them as the CPU would (for tests and diagnostics). Nil when not mapped.
     package static func translate(_ virtual: UInt64, in memory: GuestMemory) -> UInt64? {
-        guard let pml4e = try? memory.read(UInt64.self, at: GuestAddress(X86Layout.pml4Address.rawValue + ((virtual >> 39) & 511) * 8)),
+        guard
+            let pml4e = try? memory.read(
+                UInt64.self, at: GuestAddress(X86Layout.pml4Address.rawValue + ((virtual >> 39) & 511) * 8)),
             pml4e & present != 0,
             let pdpte = try? memory.read(UInt64.self, at: GuestAddress((pml4e & ~0xFFF) + ((virtual >> 30) & 511) * 8)),
             pdpte & present != 0, pdpte & largePage == 0,

@@ -9,12 +9,14 @@ let kernel = CommandLine.arguments.dropFirst().first ?? "Guests/build/longmode-h
 do {
     // The console as a stream of byte chunks, instead of the terminal.
     let console = try ConsoleStream()
-    let configuration = MachineConfiguration(
+    var configuration = MachineConfiguration(
         kernelPath: kernel, memorySize: 64 << 20, vcpuCount: 1, console: .stream(console))
+    // The boot-timer port is attached only when asked (the tiny guests write it at start).
+    configuration.bootTimer = true
     let machine = try Machine(configuration)
-    try machine.start()
-    // Never wait forever on a guest.
+    // Never wait forever on a guest: the deadline is set before the guest starts.
     machine.setDeadline(after: 10)
+    try machine.start()
 
     print("--- guest console ---")
     for await chunk in console.output {

@@ -58,11 +58,14 @@ extension SerialPort: PersistentDevice {
         public var output: any SerialOutput
         /// The interrupt input the port drives (IRQ 4 for COM1).
         public var interruptLine: any InterruptLine
+        /// Signalled when a full receive FIFO gets room (console input waits on it), if anyone waits.
+        public var inputRoom: (any SerialInputRoomSignal)?
 
-        /// Resources with this sink and line.
-        public init(output: any SerialOutput, interruptLine: any InterruptLine) {
+        /// Resources with this sink, line and input-room signal.
+        public init(output: any SerialOutput, interruptLine: any InterruptLine, inputRoom: (any SerialInputRoomSignal)? = nil) {
             self.output = output
             self.interruptLine = interruptLine
+            self.inputRoom = inputRoom
         }
     }
 
@@ -73,7 +76,9 @@ extension SerialPort: PersistentDevice {
     /// if `state` has an interrupt pending. Throws for a register bit the UART does not have, a
     /// FIFO longer than 64 bytes, or a pending interrupt whose source is disabled.
     public static func restore(from state: State, with resources: Resources) throws(DeviceRestoreError) -> SerialPort {
-        SerialPort(output: resources.output, interruptLine: resources.interruptLine, state: try Serial8250(validating: state))
+        SerialPort(
+            output: resources.output, interruptLine: resources.interruptLine, state: try Serial8250(validating: state),
+            inputRoom: resources.inputRoom)
     }
 }
 

@@ -709,6 +709,21 @@ struct Serial8250InputRoomTests {
         #expect(room.signals == 2)
     }
 
+    @Test("a port restored from a saved full FIFO keeps its input-room signal")
+    func restoredPortSignals() throws {
+        fill()
+        let restoredRoom = CountingRoomSignal()
+        let restored = try SerialPort.restore(
+            from: port.saveState(),
+            with: .init(output: BufferSerialOutput(), interruptLine: RecordingInterruptLine(), inputRoom: restoredRoom))
+        #expect(restored.inputSpace == 0)
+        var byte: UInt8 = 0
+        withUnsafeMutableBytes(of: &byte) { restored.read(offset: 0, data: $0) }
+        #expect(byte == 0x61)
+        #expect(restoredRoom.signals == 1, "the restored port must wake console input when its full FIFO gets room")
+        #expect(room.signals == 0, "the original port's signal stays untouched")
+    }
+
     @Test("with DLAB set, offset 0 is DLL: reading it takes no byte and gives no room")
     func divisorLatchReadDoesNotSignal() {
         fill()

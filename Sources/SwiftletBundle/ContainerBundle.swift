@@ -114,8 +114,8 @@ public struct ContainerBundle: Equatable, Sendable {
         switch error {
         case .dataCorrupted(let context):
             context.codingPath.isEmpty ? "not JSON (\(context.debugDescription))" : "\(fieldPath(context.codingPath)): \(context.debugDescription)"
-        case .typeMismatch(let type, let context): "\(fieldPath(context.codingPath)) is not a \(type)"
-        case .valueNotFound(let type, let context): "\(fieldPath(context.codingPath)) is null, expected a \(type)"
+        case .typeMismatch(_, let context): "\(fieldPath(context.codingPath)) has the wrong type"
+        case .valueNotFound(_, let context): "\(fieldPath(context.codingPath)) is null"
         case .keyNotFound(let key, let context): "\(fieldPath(context.codingPath + [key])) is missing"
         @unknown default: "\(error)"
         }

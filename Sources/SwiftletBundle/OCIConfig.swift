@@ -128,12 +128,12 @@ struct OCIUser: Decodable {
     }
 
     private static func id(_ fields: FieldSet, _ key: String) throws -> UInt32 {
-        do {
-            guard let value = try fields.decode(UInt32.self, key) else { throw BundleError.missingField(fields.field(key)) }
-            return value
-        } catch is DecodingError {
-            throw BundleError.notANumber(fields.field(key))
-        }
+        // Read as any JSON number first: a fraction or a negative number is "not a number" too.
+        let value: Double?
+        do { value = try fields.decode(Double.self, key) } catch is DecodingError { throw BundleError.notANumber(fields.field(key)) }
+        guard let value else { throw BundleError.missingField(fields.field(key)) }
+        guard let id = UInt32(exactly: value) else { throw BundleError.notANumber(fields.field(key)) }
+        return id
     }
 }
 

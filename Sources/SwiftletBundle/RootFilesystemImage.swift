@@ -31,10 +31,13 @@ public enum RootFilesystemImage {
     static let recipe = "swiftlet-rootfs 1: mkfs.ext4 -q -F -O ^has_journal -N inodes -d"
 
     /// What a tree walk found: its key and what the image must hold.
-    struct TreeSummary {
-        var key: String
-        var entries: Int
-        var bytes: UInt64
+    package struct TreeSummary {
+        /// The cache key: 32 hex digits of the tree's SHA-256.
+        package var key: String
+        /// Files, directories, links and nodes, the root included.
+        package var entries: Int
+        /// Their size rounded up to 4 KiB blocks, plus a block each.
+        package var bytes: UInt64
     }
 
     /// The cached image for `root`, built first if there is none; returns its path.
@@ -74,7 +77,7 @@ public enum RootFilesystemImage {
     }
 
     /// The cache key, entry count and bytes of the tree at `root`.
-    static func summarize(_ root: String) throws(ImageError) -> TreeSummary {
+    package static func summarize(_ root: String) throws(ImageError) -> TreeSummary {
         var hash = SHA256()
         hash.update(recipe + "\n")
         var summary = TreeSummary(key: "", entries: 0, bytes: 0)

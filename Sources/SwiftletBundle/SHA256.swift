@@ -1,5 +1,8 @@
 /// SHA-256 (FIPS 180-4), incremental: the root filesystem's cache key.
-struct SHA256 {
+package struct SHA256 {
+    /// An empty message.
+    package init() {}
+
     private var state: [UInt32] = [
         0x6a09_e667, 0xbb67_ae85, 0x3c6e_f372, 0xa54f_f53a, 0x510e_527f, 0x9b05_688c, 0x1f83_d9ab, 0x5be0_cd19,
     ]
@@ -17,7 +20,8 @@ struct SHA256 {
         0x748f_82ee, 0x78a5_636f, 0x84c8_7814, 0x8cc7_0208, 0x90be_fffa, 0xa450_6ceb, 0xbef9_a3f7, 0xc671_78f2,
     ]
 
-    mutating func update(_ bytes: some Collection<UInt8>) {
+    /// Adds `bytes` to the message.
+    package mutating func update(_ bytes: some Collection<UInt8>) {
         length &+= UInt64(bytes.count)
         pending += bytes
         var offset = 0
@@ -28,10 +32,11 @@ struct SHA256 {
         pending.removeFirst(offset)
     }
 
-    mutating func update(_ text: String) { update(Array(text.utf8)) }
+    /// Adds the UTF-8 bytes of `text`.
+    package mutating func update(_ text: String) { update(Array(text.utf8)) }
 
     /// The digest as 64 lowercase hex digits.
-    mutating func finish() -> String {
+    package mutating func finish() -> String {
         let bits = length &* 8
         var tail: [UInt8] = [0x80]
         while (pending.count + tail.count) % 64 != 56 { tail.append(0) }

@@ -36,8 +36,7 @@ extension ContainerBundle {
     /// `BundleRun.removeFiles()` deletes (`name`, the container's, prefixes them).
     public func prepare(
         kernel: GuestKernel, base: MachineConfiguration, name: String? = nil, cacheDirectory: String = GuestKernel.cacheDirectory
-    ) throws(ImageError) -> BundleRun
-    {
+    ) throws(ImageError) -> BundleRun {
         let image = try RootFilesystemImage.image(for: rootPath, cacheDirectory: cacheDirectory)
         let runDirectory = cacheDirectory + "/run"
         try RootFilesystemImage.makeDirectory(runDirectory)

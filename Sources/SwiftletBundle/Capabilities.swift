@@ -33,7 +33,9 @@ enum Capability {
             ("inheritable", try numbers(caps.inheritable, "inheritable")), ("ambient", try numbers(caps.ambient, "ambient")),
         ]
         for (name, set) in sets {
-            let honoured = uid == 0 ? (name == "effective" || name == "permitted" ? set == bounding : set.isSubset(of: bounding)) : set.isEmpty
+            let honoured =
+                uid == 0
+                ? (name == "effective" || name == "permitted" ? set == bounding : set.isSubset(of: bounding)) : set.isEmpty
             if !honoured {
                 throw .unsupportedField(
                     "\(caps.field).\(name)",

@@ -113,7 +113,8 @@ public struct ContainerBundle: Equatable, Sendable {
     private static func describe(_ error: DecodingError) -> String {
         switch error {
         case .dataCorrupted(let context):
-            context.codingPath.isEmpty ? "not JSON (\(context.debugDescription))" : "\(fieldPath(context.codingPath)): \(context.debugDescription)"
+            context.codingPath.isEmpty
+                ? "not JSON (\(context.debugDescription))" : "\(fieldPath(context.codingPath)): \(context.debugDescription)"
         case .typeMismatch(_, let context): "\(fieldPath(context.codingPath)) has the wrong type"
         case .valueNotFound(_, let context): "\(fieldPath(context.codingPath)) is null"
         case .keyNotFound(let key, let context): "\(fieldPath(context.codingPath + [key])) is missing"

@@ -85,7 +85,8 @@ public struct GuestKernel: Equatable, Sendable {
 
 extension Substring {
     fileprivate var trimmingSpaces: String {
-        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" || $0 == "\r" }).reversed())
+        String(
+            drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" || $0 == "\r" }).reversed())
     }
 }
 
@@ -101,7 +102,8 @@ public enum GuestKernelError: Error, Equatable, CustomStringConvertible, Sendabl
     /// One line; for a missing cache entry, the command that builds it.
     public var description: String {
         switch self {
-        case .notBuilt(let path): "no guest kernel or initramfs at \(path): build them with 'make guest-kernel guest-initramfs' (or give --kernel and --initrd)"
+        case .notBuilt(let path):
+            "no guest kernel or initramfs at \(path): build them with 'make guest-kernel guest-initramfs' (or give --kernel and --initrd)"
         case .missing(let option, let path): "\(option) \(path): no such readable file"
         case .badBootConf(let path, let line, let why): "\(path):\(line): \(why)"
         }

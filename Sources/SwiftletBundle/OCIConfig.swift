@@ -65,7 +65,8 @@ struct OCIConfig: Decodable {
             decoder, known: ["ociVersion", "process", "root", "hostname", "mounts", "linux", "annotations"],
             refused: [
                 "hooks": "hooks run host programs around the container; a microVM has no place for them",
-                "domainname": "the NIS domain name is not set", "windows": "Windows containers", "vm": "VM-based runtimes' own fields",
+                "domainname": "the NIS domain name is not set", "windows": "Windows containers",
+                "vm": "VM-based runtimes' own fields",
                 "solaris": "Solaris zones", "zos": "z/OS", "freebsd": "FreeBSD jails",
             ])
         ociVersion = try fields.decode(String.self, "ociVersion")
@@ -97,7 +98,8 @@ struct OCIProcess: Decodable {
             refused: [
                 "consoleSize": "the console's size is the host terminal's",
                 "apparmorProfile": "AppArmor is not in the guest kernel", "selinuxLabel": "SELinux is not in the guest kernel",
-                "oomScoreAdj": "not applied in the guest", "commandLine": "Windows only", "ioPriority": "not applied in the guest",
+                "oomScoreAdj": "not applied in the guest", "commandLine": "Windows only",
+                "ioPriority": "not applied in the guest",
                 "scheduler": "not applied in the guest", "execCPUAffinity": "not applied in the guest",
             ])
         terminal = try fields.decode(Bool.self, "terminal") ?? false
@@ -130,7 +132,9 @@ struct OCIUser: Decodable {
     private static func id(_ fields: FieldSet, _ key: String) throws -> UInt32 {
         // Read as any JSON number first: a fraction or a negative number is "not a number" too.
         let value: Double?
-        do { value = try fields.decode(Double.self, key) } catch is DecodingError { throw BundleError.notANumber(fields.field(key)) }
+        do { value = try fields.decode(Double.self, key) } catch is DecodingError {
+            throw BundleError.notANumber(fields.field(key))
+        }
         guard let value else { throw BundleError.missingField(fields.field(key)) }
         guard let id = UInt32(exactly: value) else { throw BundleError.notANumber(fields.field(key)) }
         return id

@@ -62,7 +62,11 @@ public enum RootFilesystemImage {
         }
         do {
             try runTool(
-                "mkfs.ext4", ["-q", "-F", "-O", "^has_journal", "-N", String(tree.entries + 256), "-L", "swiftlet-root", "-d", root, temporary],
+                "mkfs.ext4",
+                [
+                    "-q", "-F", "-O", "^has_journal", "-N", String(tree.entries + 256), "-L", "swiftlet-root", "-d", root,
+                    temporary,
+                ],
                 missing: "mkfs.ext4 not found: install e2fsprogs (apt-get install e2fsprogs)")
         } catch {
             unlink(temporary)
@@ -86,7 +90,8 @@ public enum RootFilesystemImage {
         return summary
     }
 
-    private static func walk(_ root: String, relative: String, hash: inout SHA256, summary: inout TreeSummary) throws(ImageError) {
+    private static func walk(_ root: String, relative: String, hash: inout SHA256, summary: inout TreeSummary) throws(ImageError)
+    {
         let path = relative.isEmpty ? root : root + "/" + relative
         var info = stat()
         guard lstat(path, &info) == 0 else { throw .system("cannot read", path) }

@@ -26,19 +26,26 @@ public struct RunArguments: MachineCommand, TimedCommand {
     /// `--timeout` are `boot`'s declarations.
     static let syntax = CommandSyntax<RunArguments>(
         options: [
-            CommandOption("--bundle", value: "dir", default: ".", help: "The OCI bundle: a directory with config.json and its root filesystem.") {
+            CommandOption(
+                "--bundle", value: "dir", default: ".",
+                help: "The OCI bundle: a directory with config.json and its root filesystem."
+            ) {
                 run, text in run.bundle = text
             },
             .memory, .cpus, .net, .disk, .timeout,
             CommandOption("--kernel", value: "file", help: "The guest kernel (default: the cache's kernel-current/vmlinux).") {
                 run, text in run.kernel = text
             },
-            CommandOption("--initrd", value: "file", help: "The initramfs with Swiftlet's init (default: the cache's initramfs.cpio).") {
+            CommandOption(
+                "--initrd", value: "file", help: "The initramfs with Swiftlet's init (default: the cache's initramfs.cpio)."
+            ) {
                 run, text in run.configuration.initrdPath = text
             },
         ],
         arguments: [
-            CommandArgument(name: "<ID>", help: "The container's name (letters, digits, '.', '_', '-').", apply: { run, text in run.id = text }, optional: true)
+            CommandArgument(
+                name: "<ID>", help: "The container's name (letters, digits, '.', '_', '-').",
+                apply: { run, text in run.id = text }, optional: true)
         ])
 
     static let help = CommandHelp(
@@ -78,7 +85,9 @@ public struct RunArguments: MachineCommand, TimedCommand {
             run.command = command
         }
         try syntax.parse(options, into: &run)
-        if let id = run.id, id.isEmpty || !id.allSatisfy({ $0.isLetter || $0.isNumber || "._-".contains($0) }) || id.hasPrefix(".") {
+        if let id = run.id,
+            id.isEmpty || !id.allSatisfy({ $0.isLetter || $0.isNumber || "._-".contains($0) }) || id.hasPrefix(".")
+        {
             throw UsageError("<ID> '\(id)': use letters, digits, '.', '_' and '-'")
         }
         var check = run.configuration
@@ -112,6 +121,7 @@ public struct RunArguments: MachineCommand, TimedCommand {
         let argv = (["swiftlet-run"] + arguments).map { strdup($0) } + [nil]
         execv(runner, argv)
         let why = String(cString: strerror(errno))
-        failToBuild(UsageError("swiftlet run needs swiftlet-run beside swiftlet: \(runner): \(why) (build it with 'swift build')"))
+        failToBuild(
+            UsageError("swiftlet run needs swiftlet-run beside swiftlet: \(runner): \(why) (build it with 'swift build')"))
     }
 }

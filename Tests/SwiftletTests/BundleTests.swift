@@ -38,7 +38,8 @@ func bundleConfig(
     let process =
         process
         ?? #"{"terminal": false, "user": {"uid": 1000, "gid": 1001}, "args": ["sh", "-c", "echo hi"], "env": ["PATH=/bin", "A=b"], "cwd": "/work"}"#
-    return #"{"ociVersion": \#(version), "process": \#(process), "root": \#(root), "hostname": "box", "mounts": \#(mounts)\#(extra)}"#
+    return
+        #"{"ociVersion": \#(version), "process": \#(process), "root": \#(root), "hostname": "box", "mounts": \#(mounts)\#(extra)}"#
 }
 
 @Suite("OCI bundles: parsing and validation")
@@ -110,7 +111,11 @@ struct BundleParsingTests {
         #expect(try refusal(bundleConfig(extra: "").replacingRoot()) == .missingField("root"))
     }
 
-    @Test("a uid or gid that is not a number", arguments: [#"{"uid": "root", "gid": 0}"#, #"{"uid": 0, "gid": "wheel"}"#, #"{"uid": 0, "gid": 1.5}"#, #"{"uid": 0, "gid": -1}"#])
+    @Test(
+        "a uid or gid that is not a number",
+        arguments: [
+            #"{"uid": "root", "gid": 0}"#, #"{"uid": 0, "gid": "wheel"}"#, #"{"uid": 0, "gid": 1.5}"#, #"{"uid": 0, "gid": -1}"#,
+        ])
     func nonNumericUser(user: String) throws {
         let error = try refusal(bundleConfig(process: #"{"args": ["sh"], "user": \#(user)}"#))
         #expect(error == .notANumber(user.contains("root") ? "process.user.uid" : "process.user.gid"))
@@ -158,7 +163,9 @@ struct BundleParsingTests {
         ])
     func refusedFields(extra: String, field: String) throws {
         let error = try refusal(bundleConfig(extra: extra))
-        #expect(error.map { if case .unsupportedField(field, _) = $0 { true } else { false } } == true, "\(String(describing: error))")
+        #expect(
+            error.map { if case .unsupportedField(field, _) = $0 { true } else { false } } == true, "\(String(describing: error))"
+        )
     }
 
     @Test("process fields that cannot be honoured are refused")
@@ -167,7 +174,8 @@ struct BundleParsingTests {
         #expect(apparmor.map { if case .unsupportedField("process.apparmorProfile", _) = $0 { true } else { false } } == true)
         let groups = try refusal(bundleConfig(process: #"{"args": ["sh"], "user": {"uid": 0, "gid": 0, "additionalGids": [5]}}"#))
         #expect(groups.map { if case .unsupportedField("process.user.additionalGids", _) = $0 { true } else { false } } == true)
-        let rlimit = try refusal(bundleConfig(process: #"{"args": ["sh"], "rlimits": [{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]}"#))
+        let rlimit = try refusal(
+            bundleConfig(process: #"{"args": ["sh"], "rlimits": [{"type": "RLIMIT_BOGUS", "soft": 1, "hard": 1}]}"#))
         #expect(rlimit.map { if case .badValue("process.rlimits[0].type", _) = $0 { true } else { false } } == true)
         let env = try refusal(bundleConfig(process: #"{"args": ["sh"], "env": ["NOEQUALS"]}"#))
         #expect(env.map { if case .badValue("process.env[0]", _) = $0 { true } else { false } } == true)
@@ -178,7 +186,8 @@ struct BundleParsingTests {
     @Test("capabilities: runc's default set is honoured as the bounding set; sets the guest cannot give are refused")
     func capabilities() throws {
         let runcDefault = #"["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]"#
-        let caps = #"{"bounding": \#(runcDefault), "effective": \#(runcDefault), "permitted": \#(runcDefault), "ambient": \#(runcDefault)}"#
+        let caps =
+            #"{"bounding": \#(runcDefault), "effective": \#(runcDefault), "permitted": \#(runcDefault), "ambient": \#(runcDefault)}"#
         let parsed = try load(bundleConfig(process: #"{"args": ["sh"], "capabilities": \#(caps), "noNewPrivileges": true}"#))
         #expect(parsed.process.capabilityBoundingSet == [5, 10, 29])
         #expect(parsed.process.noNewPrivileges)
@@ -196,7 +205,8 @@ struct BundleParsingTests {
              {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
              {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance"]}]
             """#
-        let extra = #", "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}, "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}], "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]}"#
+        let extra =
+            #", "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}, "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}], "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]}"#
         #expect(try refusal(bundleConfig(mounts: mounts, extra: extra)) == .unsupportedMountType("mounts[2]", "devpts"))
     }
 }
@@ -239,7 +249,9 @@ struct BundleConversionTests {
         let length = try #require(Int(lines[1]))
         let body = Array(lines[2].utf8.prefix(length))
         #expect(body.count == length && body.last == 0)
-        let fields = body.split(separator: 0, omittingEmptySubsequences: false).dropLast().map { String(decoding: $0, as: UTF8.self) }
+        let fields = body.split(separator: 0, omittingEmptySubsequences: false).dropLast().map {
+            String(decoding: $0, as: UTF8.self)
+        }
         #expect(Array(fields.prefix(4)) == ["arg", "echo", "arg", "a b"])
         #expect(fields.contains("hostname") && fields.contains("box"))
         #expect(fields.contains("proc\nproc\n/proc\n0\n"))
@@ -296,5 +308,68 @@ struct BundleConversionTests {
         #expect(third != second)
         symlink("file", root + "/link")
         #expect(try RootFilesystemImage.summarize(root).key != third)
+    }
+}
+
+@Suite("swiftlet run: bad command lines and bad bundles through the real binaries")
+struct RunCLITests {
+    static let binary = CLITests.binary
+
+    func run(_ arguments: String...) throws -> Subprocess.Result {
+        guard access(Self.binary + "-run", X_OK) == 0 else {
+            throw TestFailure("swiftlet-run is missing: run `swift build` first")
+        }
+        return try Subprocess.run(Self.binary, ["run"] + arguments, timeout: 60)
+    }
+
+    func expectOneLine(_ result: Subprocess.Result, status: Int32, prefix: String) {
+        #expect(result.status == status, "\(result.stderr)")
+        #expect(result.stderr.hasPrefix(prefix), "\(result.stderr)")
+        if status == 1 { #expect(result.stderr.filter { $0 == "\n" }.count == 1) }
+    }
+
+    @Test("usage errors exit 64; --help works from swiftlet itself")
+    func usage() throws {
+        expectOneLine(try run("--bogus"), status: 64, prefix: "swiftlet: unknown option '--bogus'")
+        expectOneLine(try run("--memory", "lots"), status: 64, prefix: "swiftlet: --memory 'lots'")
+        expectOneLine(try run("--"), status: 64, prefix: "swiftlet: no command after '--'")
+        expectOneLine(try run("a", "b"), status: 64, prefix: "swiftlet: unexpected argument 'b'")
+        expectOneLine(try run("../x"), status: 64, prefix: "swiftlet: <ID> '../x'")
+        let help = try run("--help")
+        #expect(help.status == 0)
+        #expect(help.stdout.contains("USAGE: swiftlet run [--bundle <dir>]"))
+        #expect(help.stdout.contains("--timeout <seconds>") && help.stdout.contains("--cpus <n>"))
+    }
+
+    @Test("bad bundles exit 1 with one line")
+    func badBundles() throws {
+        let empty = try TemporaryBundle(config: nil)
+        expectOneLine(try run("--bundle", empty.path), status: 1, prefix: "swiftlet: no config.json in the bundle")
+        let invalid = try TemporaryBundle(config: "{ nope")
+        expectOneLine(try run("--bundle", invalid.path), status: 1, prefix: "swiftlet: config.json is not valid")
+        let uid = try TemporaryBundle(config: bundleConfig(process: #"{"args": ["sh"], "user": {"uid": "root", "gid": 0}}"#))
+        expectOneLine(try run("--bundle", uid.path), status: 1, prefix: "swiftlet: config.json: process.user.uid is not a number")
+        let version = try TemporaryBundle(config: bundleConfig(version: "\"2.0\""))
+        expectOneLine(try run("--bundle", version.path), status: 1, prefix: "swiftlet: ociVersion '2.0' is not supported")
+        let mount = try TemporaryBundle(config: bundleConfig(mounts: #"[{"destination": "/dev/mqueue", "type": "mqueue"}]"#))
+        expectOneLine(try run("--bundle", mount.path), status: 1, prefix: "swiftlet: config.json: mounts[0].type 'mqueue'")
+        let outside = try TemporaryBundle(config: bundleConfig(root: #"{"path": "/usr"}"#))
+        expectOneLine(try run("--bundle", outside.path), status: 1, prefix: "swiftlet: config.json: root.path /usr is outside")
+        let args = try TemporaryBundle(config: bundleConfig(process: #"{"args": []}"#))
+        expectOneLine(try run("--bundle", args.path), status: 1, prefix: "swiftlet: config.json: process.args is empty")
+        let good = try TemporaryBundle(config: bundleConfig())
+        expectOneLine(
+            try run("--bundle", good.path, "--kernel", "/nonexistent"), status: 1,
+            prefix: "swiftlet: --kernel /nonexistent: no such")
+    }
+
+    @Test("without swiftlet-run beside it, swiftlet run says where it looked")
+    func missingRunner() throws {
+        let directory = try TemporaryBundle(config: nil, dirs: [])
+        let copy = directory.path + "/swiftlet"
+        _ = try Subprocess.run("/bin/cp", [Self.binary, copy])
+        let result = try Subprocess.run(copy, ["run", "--bundle", directory.path])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("needs swiftlet-run beside swiftlet: \(directory.path)/swiftlet-run"), "\(result.stderr)")
     }
 }

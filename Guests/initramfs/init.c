@@ -10,9 +10,10 @@
  *     device records the time since the VMM started when it sees this write,
  *     i.e. "the guest reached user space".  Done before anything else.
  *  2. Makes sure fds 0/1/2 are the console (the kernel normally opens
- *     /dev/console for us; the initramfs ships that node) and prints the
+ *     /dev/console for us; the initramfs ships that node).
+ *  3. Mounts proc on /proc, sysfs on /sys and devtmpfs on /dev, reads the
+ *     kernel command line and (outside bundle mode, below) prints the
  *     banner line "Swiftlet guest init: ready".
- *  3. Mounts proc on /proc, sysfs on /sys and devtmpfs on /dev.
  *  4. Runs the workload (see "Command selection") as a child in its own
  *     session with the console as controlling terminal, and reaps every
  *     orphan that gets re-parented to PID 1 while waiting for it.

@@ -50,6 +50,7 @@ public struct RunArguments: MachineCommand, TimedCommand {
 
     static let help = CommandHelp(
         abstract: "Run an OCI runtime bundle (config.json + root filesystem) as a microVM.",
+        arguments: syntax.argumentHelp,
         options: syntax.optionHelp,
         discussion: """
             The bundle's root directory becomes the guest's root disk: an ext4 image built with
@@ -60,7 +61,8 @@ public struct RunArguments: MachineCommand, TimedCommand {
             initramfs.cpio; kernel-current/boot.conf adds what this host needs). Swiftlet's init
             mounts the root and the bundle's proc, sysfs, tmpfs and devtmpfs mounts, sets the
             hostname, rlimits, capability bounding set, uid/gid, cwd and environment, and runs
-            process.args (or the command after --). Its output is the console's.
+            process.args (or the command after --). Its output is the console's. The root disk is
+            /dev/vda and the process-spec disk /dev/vdb in the guest; --disk disks follow (vdc, ...).
 
             Fields of config.json that Swiftlet cannot honour are refused, naming the field
             (Docs/RUN.md lists what is read, accepted and refused).

@@ -25,8 +25,8 @@ endif
 SWIFT ?= swift
 SWIFTLET_DEBUG := .build/debug/swiftlet
 SWIFTLET_RELEASE := .build/release/swiftlet
-# Debian packages the build, the guests and the tests need.
-APT_PACKAGES := gcc binutils make libc6-dev libfdt-dev device-tree-compiler
+# Debian packages the build, the guests and the tests need (e2fsprogs: swiftlet run's root images).
+APT_PACKAGES := gcc binutils make libc6-dev libfdt-dev device-tree-compiler e2fsprogs
 
 .PHONY: all deps build release guests test fmt lint run run-tiny guest-kernel guest-initramfs check-linux test-kernel test-run clean bench fuzz
 

@@ -13,6 +13,8 @@
 #   make test-kernel      Linux's own drivers against Swiftlet's devices, driven by programs in the
 #                         guest: ext4 root and disks on virtio-blk, virtio-rng, 2 and 4 vCPUs,
 #                         virtio-net in a network namespace, ping; QEMU microvm timed beside it
+#   make test-run         swiftlet run against a busybox OCI bundle the check builds: output, env,
+#                         cwd, hostname, read-only root, uid/gid, exit status, default args
 #   make fuzz             fuzz the virtqueue walker and virtio-mmio transport (FUZZ_SECONDS=60)
 #   make build            debug build;  make release: the optimised build users install
 
@@ -23,10 +25,10 @@ endif
 SWIFT ?= swift
 SWIFTLET_DEBUG := .build/debug/swiftlet
 SWIFTLET_RELEASE := .build/release/swiftlet
-# Debian packages the build, the guests and the tests need.
-APT_PACKAGES := gcc binutils make libc6-dev libfdt-dev device-tree-compiler
+# Debian packages the build, the guests and the tests need (e2fsprogs: swiftlet run's root images).
+APT_PACKAGES := gcc binutils make libc6-dev libfdt-dev device-tree-compiler e2fsprogs
 
-.PHONY: all deps build release guests test fmt lint run run-tiny guest-kernel guest-initramfs check-linux test-kernel clean bench fuzz
+.PHONY: all deps build release guests test fmt lint run run-tiny guest-kernel guest-initramfs check-linux test-kernel test-run clean bench fuzz
 
 # Guest kernel and initramfs are cached outside the work tree (see Guests/linux/build-kernel.sh).
 export SWIFTLET_CACHE ?= /var/cache/swiftlet
@@ -88,8 +90,14 @@ lint:
 run-tiny: build guests
 	$(SWIFTLET_DEBUG) boot --kernel Guests/build/longmode-hello.elf
 
+# boot.conf beside the kernel: what `swiftlet run` adds to the command line and CPUID mask on
+# this host (Docs/RUN.md); the VMM itself never detects an emulating KVM.
 guest-kernel:
 	SWIFTLET_KERNEL_EMULATION_PATCH=$(EMULATION_PATCH) Guests/linux/build-kernel.sh
+	@{ echo "# Written by make guest-kernel: what swiftlet run adds on this host (Docs/RUN.md)."; \
+	  echo "cmdline: $(if $(filter 1,$(EMULATED_KVM)),$(LINUX_EMULATED_ARGS))"; \
+	  echo "cpuid-mask: $(if $(filter 1,$(EMULATED_KVM)),emulated)"; } > $(KERNEL_DIR)/boot.conf.tmp \
+	  && mv $(KERNEL_DIR)/boot.conf.tmp $(KERNEL_DIR)/boot.conf
 
 guest-initramfs:
 	Guests/initramfs/build-initramfs.sh
@@ -107,6 +115,11 @@ test-kernel: build guest-kernel guest-initramfs
 	@$(call apt-install,$(TEST_KERNEL_PACKAGES))
 	python3 Guests/test-kernel.py $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(INITRAMFS) --cpus=$(TEST_KERNEL_CPUS) \
 	  $(if $(filter 1,$(EMULATED_KVM)),--emulated)
+
+# `swiftlet run` end to end (Guests/test-run.py): two Linux boots of a busybox bundle.
+test-run: build guest-kernel guest-initramfs
+	@$(call apt-install,e2fsprogs busybox-static)
+	python3 Guests/test-run.py $(dir $(SWIFTLET_DEBUG))
 
 check-linux: build guest-kernel guest-initramfs
 	Guests/check-linux.sh $(SWIFTLET_DEBUG) $(KERNEL_DIR)/vmlinux $(INITRAMFS) $(CHECK_LINUX_TIMEOUT) \

@@ -16,11 +16,14 @@ import PackageDescription
 //   SwiftletDeviceTree     flattened device trees over libfdt, the aarch64 description (the
 //                          only target linking libfdt; the CLI's dump-dtb)
 //   SwiftletTestSupport    fakes for tests and fuzzing (InMemoryDiskImage)
+//   SwiftletBundle         OCI runtime bundles as machine configurations (FoundationEssentials'
+//                          JSONDecoder; linked only by swiftlet-run)
 let package = Package(
     name: "Swiftlet",
     products: [
         .library(name: "Swiftlet", targets: ["Swiftlet"]),
         .executable(name: "swiftlet", targets: ["swiftlet"]),
+        .executable(name: "swiftlet-run", targets: ["swiftlet-run"]),
     ],
     targets: [
         .target(name: "CHost"),
@@ -47,6 +50,11 @@ let package = Package(
         ),
         .target(name: "SwiftletDeviceTree", dependencies: ["CLibFDT", "Swiftlet"]),
         .target(name: "SwiftletTestSupport", dependencies: ["SwiftletMemory", "SwiftletDevices"]),
+        // OCI runtime bundles (config.json + a root filesystem) as microVMs: the config model, its
+        // validation into a ContainerBundle, the ext4 root image and the process-spec disk. The
+        // only library target that reads JSON: it imports FoundationEssentials (JSONDecoder), so
+        // it is linked by `swiftlet-run`, never by `swiftlet` (start time and memory of `boot`).
+        .target(name: "SwiftletBundle", dependencies: ["CHost", "Swiftlet"]),
         // The command line: option declarations, the key=value grammar of device options, help
         // and the commands (hand-written, no Foundation: start time and memory); everything else
         // is the library. A target of its own so tests can parse command lines in-process.
@@ -58,6 +66,12 @@ let package = Package(
         .executableTarget(
             name: "swiftlet",
             dependencies: ["Swiftlet", "SwiftletCommandLine"]
+        ),
+        // `swiftlet run`: `swiftlet` parses the command line and execs this binary, found beside
+        // it, so that Foundation's JSON decoder never loads into `swiftlet boot`.
+        .executableTarget(
+            name: "swiftlet-run",
+            dependencies: ["Swiftlet", "SwiftletBundle", "SwiftletCommandLine"]
         ),
         // libFuzzer target for the virtqueue walker and the virtio-mmio transport. A plain build
         // gets a stub; `make fuzz` builds it with -sanitize=fuzzer -DSWIFTLET_FUZZ and runs it.
@@ -75,7 +89,7 @@ let package = Package(
             name: "SwiftletTests",
             dependencies: [
                 "Swiftlet", "SwiftletHost", "SwiftletMemory", "SwiftletKVM", "SwiftletDevices", "SwiftletBackends",
-                "SwiftletDeviceTree", "SwiftletCommandLine", "SwiftletTestSupport", "CKVM", "CHost", "CLibFDT",
+                "SwiftletDeviceTree", "SwiftletCommandLine", "SwiftletTestSupport", "SwiftletBundle", "CKVM", "CHost", "CLibFDT",
             ]
         ),
     ],

@@ -10,9 +10,10 @@
  *     device records the time since the VMM started when it sees this write,
  *     i.e. "the guest reached user space".  Done before anything else.
  *  2. Makes sure fds 0/1/2 are the console (the kernel normally opens
- *     /dev/console for us; the initramfs ships that node) and prints the
+ *     /dev/console for us; the initramfs ships that node).
+ *  3. Mounts proc on /proc, sysfs on /sys and devtmpfs on /dev, reads the
+ *     kernel command line and (outside bundle mode, below) prints the
  *     banner line "Swiftlet guest init: ready".
- *  3. Mounts proc on /proc, sysfs on /sys and devtmpfs on /dev.
  *  4. Runs the workload (see "Command selection") as a child in its own
  *     session with the console as controlling terminal, and reaps every
  *     orphan that gets re-parented to PID 1 while waiting for it.
@@ -33,6 +34,44 @@
  *         swiftlet.cmd="mount /dev/vda /mnt && ls /mnt"
  *     (Inside the value use single quotes only; double quotes just group.)
  *  c. Otherwise an interactive /bin/sh on the console.
+ *
+ * Bundle mode (`swiftlet run`, Docs/RUN.md): the word swiftlet.bundle=1 on
+ * the kernel command line replaces the command selection above.  Init then
+ *  - reads the process spec from the second disk, /dev/vdb (format below),
+ *  - mounts the root disk, /dev/vda (ext4), on /newroot, read-only when the
+ *    spec says so, and the spec's mounts (proc, sysfs, tmpfs, devtmpfs) under
+ *    it; a tmpfs on /dev gets the default device nodes a container runtime
+ *    creates (null, zero, full, random, urandom, tty, console, ptmx link),
+ *  - sets the hostname, chroots into /newroot,
+ *  - starts the process: its own session (the console as its controlling
+ *    terminal when the spec's terminal is 1; otherwise the console's output
+ *    processing is turned off so the bytes reach the host unchanged), the
+ *    rlimits, the capability bounding set, no_new_privs, gid then uid, cwd,
+ *    and execs args with exactly the spec's environment (args[0] is looked
+ *    up in that environment's PATH),
+ *  - reports its status through the exit-status port as below and ends the
+ *    VM.  Nothing is printed unless something fails ("swiftlet-init: ...",
+ *    then status 1 is reported).
+ *
+ * The process spec (written by SwiftletBundle's ProcessSpec, one file per
+ * run): the ASCII header "swiftlet-spec 1\n", the body's length in bytes as
+ * a decimal line, then the body: records KEY NUL VALUE NUL, in any order:
+ *    arg       one per argument, in order (at least one)
+ *    env       NAME=VALUE, one per variable
+ *    cwd       absolute directory
+ *    uid, gid  decimal
+ *    hostname  (absent: unchanged)
+ *    terminal  0 or 1
+ *    rootro    0 or 1: mount the root read-only
+ *    nonewprivs 0 or 1
+ *    capbound  comma-separated capability numbers to keep in the bounding
+ *              set (absent: unchanged); every other one is dropped
+ *    rlimit    RESOURCE LF SOFT LF HARD (decimal; 18446744073709551615 is
+ *              unlimited)
+ *    mount     TYPE LF SOURCE LF DESTINATION LF FLAGS LF DATA (FLAGS: the
+ *              decimal MS_* bits; DATA: the filesystem's own options),
+ *              mounted in order
+ * The rest of the disk after the body is padding.
  *
  * Exit status:
  *  Init writes the workload's status, one byte, to Swiftlet's exit-status
@@ -68,12 +107,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
 #include <sys/io.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -84,6 +128,8 @@
 #define DEFAULT_PATH "/bin:/sbin:/usr/bin:/usr/sbin"
 
 static int is_pid1;
+/* Bundle mode prints nothing but failures: the output is the process's. */
+static int quiet;
 
 static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void say(const char *fmt, ...)
@@ -374,6 +420,8 @@ static void terminate_all(void)
         say("kill(-1, SIGTERM) failed: %s", strerror(errno));
     if (reap_all(1000))
         return;
+    if (quiet)
+        return (void)kill(-1, SIGKILL), (void)reap_all(1000);
     say("processes still running after SIGTERM; sending SIGKILL");
     kill(-1, SIGKILL);
     reap_all(1000);
@@ -386,7 +434,7 @@ static void end_vm(void)
         say("powering off");
         reboot(RB_POWER_OFF);
         say("reboot(RB_POWER_OFF) failed: %s; trying a reset", strerror(errno));
-    } else {
+    } else if (!quiet) {
         say("powering off (no ACPI: via machine reset)");
     }
     reboot(RB_AUTOBOOT);
@@ -396,6 +444,388 @@ static void end_vm(void)
         while (waitpid(-1, NULL, WNOHANG) > 0)
             ;
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* Bundle mode (swiftlet.bundle=1)                                     */
+
+#define SPEC_DISK "/dev/vdb"
+#define ROOT_DISK "/dev/vda"
+#define NEW_ROOT "/newroot"
+#define SPEC_MAGIC "swiftlet-spec 1\n"
+#define SPEC_MAX (1 << 20)
+#define MAX_ITEMS 4096
+
+struct spec_mount {
+    char *type, *source, *destination, *data;
+    unsigned long flags;
+};
+
+struct spec_rlimit {
+    int resource;
+    struct rlimit limit;
+};
+
+struct spec {
+    char *args[MAX_ITEMS + 1];
+    int nargs;
+    char *env[MAX_ITEMS + 1];
+    int nenv;
+    const char *cwd, *hostname, *capbound;
+    uid_t uid;
+    gid_t gid;
+    int terminal, rootro, nonewprivs;
+    struct spec_mount mounts[64];
+    int nmounts;
+    struct spec_rlimit rlimits[32];
+    int nrlimits;
+};
+
+/* Reads all of fd into buf (at most len bytes); returns the count or -1. */
+static ssize_t read_full(int fd, char *buf, size_t len)
+{
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+/* Splits s at the next '\n' (replaced by NUL); returns the rest or NULL. */
+static char *next_line(char *s)
+{
+    char *nl = strchr(s, '\n');
+    if (!nl)
+        return NULL;
+    *nl = '\0';
+    return nl + 1;
+}
+
+static int parse_number(const char *text, unsigned long long *value)
+{
+    char *end;
+    errno = 0;
+    *value = strtoull(text, &end, 10);
+    return errno == 0 && end != text && *end == '\0';
+}
+
+/* Reads and parses the spec disk; 0 on success (failures are reported). */
+static int read_spec(struct spec *spec)
+{
+    memset(spec, 0, sizeof *spec);
+    spec->cwd = "/";
+    int fd = open(SPEC_DISK, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        say("cannot open the process spec disk %s: %s", SPEC_DISK, strerror(errno));
+        return -1;
+    }
+    char head[64];
+    ssize_t n = read_full(fd, head, sizeof head - 1);
+    if (n < 0) {
+        say("cannot read %s: %s", SPEC_DISK, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    head[n] = '\0';
+    size_t magic = strlen(SPEC_MAGIC);
+    char *lenline = head + magic, *end;
+    unsigned long long body_len = 0;
+    if ((size_t)n < magic || memcmp(head, SPEC_MAGIC, magic) != 0 ||
+        !(end = strchr(lenline, '\n'))) {
+        say("%s holds no process spec (no \"swiftlet-spec 1\" header)", SPEC_DISK);
+        close(fd);
+        return -1;
+    }
+    *end = '\0';
+    if (!parse_number(lenline, &body_len) || body_len > SPEC_MAX) {
+        say("%s: bad process spec length \"%s\"", SPEC_DISK, lenline);
+        close(fd);
+        return -1;
+    }
+    size_t offset = (size_t)(end + 1 - head);
+    char *body = malloc((size_t)body_len + 1);
+    if (!body || lseek(fd, (off_t)offset, SEEK_SET) < 0 ||
+        read_full(fd, body, (size_t)body_len) != (ssize_t)body_len) {
+        say("cannot read the process spec body (%llu bytes) from %s", body_len, SPEC_DISK);
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    body[body_len] = '\0';
+
+    char *p = body, *limit = body + body_len;
+    while (p < limit) {
+        char *key = p;
+        p += strlen(p) + 1;
+        if (p >= limit) {
+            say("process spec: key \"%s\" has no value", key);
+            return -1;
+        }
+        char *value = p;
+        p += strlen(p) + 1;
+        unsigned long long number;
+        if (strcmp(key, "arg") == 0 && spec->nargs < MAX_ITEMS) {
+            spec->args[spec->nargs++] = value;
+        } else if (strcmp(key, "env") == 0 && spec->nenv < MAX_ITEMS) {
+            spec->env[spec->nenv++] = value;
+        } else if (strcmp(key, "cwd") == 0) {
+            spec->cwd = value;
+        } else if (strcmp(key, "hostname") == 0) {
+            spec->hostname = value;
+        } else if (strcmp(key, "capbound") == 0) {
+            spec->capbound = value;
+        } else if (strcmp(key, "uid") == 0 && parse_number(value, &number)) {
+            spec->uid = (uid_t)number;
+        } else if (strcmp(key, "gid") == 0 && parse_number(value, &number)) {
+            spec->gid = (gid_t)number;
+        } else if (strcmp(key, "terminal") == 0) {
+            spec->terminal = strcmp(value, "1") == 0;
+        } else if (strcmp(key, "rootro") == 0) {
+            spec->rootro = strcmp(value, "1") == 0;
+        } else if (strcmp(key, "nonewprivs") == 0) {
+            spec->nonewprivs = strcmp(value, "1") == 0;
+        } else if (strcmp(key, "rlimit") == 0 && spec->nrlimits < 32) {
+            struct spec_rlimit *r = &spec->rlimits[spec->nrlimits];
+            char *soft = next_line(value), *hard = soft ? next_line(soft) : NULL;
+            unsigned long long resource, s, h;
+            if (!hard || !parse_number(value, &resource) || !parse_number(soft, &s) ||
+                !parse_number(hard, &h)) {
+                say("process spec: malformed rlimit record");
+                return -1;
+            }
+            r->resource = (int)resource;
+            r->limit.rlim_cur = (rlim_t)s;
+            r->limit.rlim_max = (rlim_t)h;
+            spec->nrlimits++;
+        } else if (strcmp(key, "mount") == 0 && spec->nmounts < 64) {
+            struct spec_mount *m = &spec->mounts[spec->nmounts];
+            m->type = value;
+            m->source = next_line(m->type);
+            m->destination = m->source ? next_line(m->source) : NULL;
+            char *flags = m->destination ? next_line(m->destination) : NULL;
+            m->data = flags ? next_line(flags) : NULL;
+            if (!m->data || !parse_number(flags, &number)) {
+                say("process spec: malformed mount record");
+                return -1;
+            }
+            m->flags = (unsigned long)number;
+            spec->nmounts++;
+        } else {
+            say("process spec: unknown or malformed record \"%s\"", key);
+            return -1;
+        }
+    }
+    if (spec->nargs == 0) {
+        say("process spec has no arguments");
+        return -1;
+    }
+    return 0;
+}
+
+/* mkdir -p of path (absolute); 0 when it exists afterwards. */
+static int make_dirs(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return -1;
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+                return -1;
+            *p = saved;
+            if (saved == '\0')
+                return 0;
+        }
+    }
+}
+
+/* The device nodes a container runtime puts in a tmpfs /dev. */
+static void make_default_devices(void)
+{
+#define DEV NEW_ROOT "/dev"
+    static const struct { const char *name; unsigned major, minor; mode_t mode; } nodes[] = {
+        { "null", 1, 3, 0666 }, { "zero", 1, 5, 0666 }, { "full", 1, 7, 0666 },
+        { "random", 1, 8, 0666 }, { "urandom", 1, 9, 0666 }, { "tty", 5, 0, 0666 },
+        { "console", 5, 1, 0620 },
+    };
+    char path[64];
+    for (size_t i = 0; i < sizeof nodes / sizeof nodes[0]; i++) {
+        snprintf(path, sizeof path, DEV "/%s", nodes[i].name);
+        if (mknod(path, S_IFCHR | nodes[i].mode, makedev(nodes[i].major, nodes[i].minor)) < 0 &&
+            errno != EEXIST)
+            say("mknod %s failed: %s", path, strerror(errno));
+        else
+            chmod(path, nodes[i].mode);
+    }
+    (void)!symlink("pts/ptmx", DEV "/ptmx");
+    (void)!symlink("/proc/self/fd", DEV "/fd");
+#undef DEV
+}
+
+/* Mounts the root disk and the spec's mounts and enters the new root. */
+static int enter_root(const struct spec *spec)
+{
+    ensure_dir(NEW_ROOT);
+    if (mount(ROOT_DISK, NEW_ROOT, "ext4", spec->rootro ? MS_RDONLY : 0, NULL) < 0) {
+        say("cannot mount the root disk %s (ext4%s) on %s: %s", ROOT_DISK,
+            spec->rootro ? ", read-only" : "", NEW_ROOT, strerror(errno));
+        return -1;
+    }
+    char target[4096];
+    for (int i = 0; i < spec->nmounts; i++) {
+        const struct spec_mount *m = &spec->mounts[i];
+        if (snprintf(target, sizeof target, "%s%s", NEW_ROOT, m->destination) >= (int)sizeof target)
+            return say("mount destination too long: %s", m->destination), -1;
+        if (make_dirs(target) < 0) {
+            say("cannot create the mount point %s: %s", m->destination, strerror(errno));
+            return -1;
+        }
+        if (mount(m->source, target, m->type, m->flags, *m->data ? m->data : NULL) < 0) {
+            say("cannot mount %s (%s) on %s: %s", m->source, m->type, m->destination,
+                strerror(errno));
+            return -1;
+        }
+        if (strcmp(m->destination, "/dev") == 0 && strcmp(m->type, "tmpfs") == 0)
+            make_default_devices();
+    }
+    if (spec->hostname && sethostname(spec->hostname, strlen(spec->hostname)) < 0) {
+        say("sethostname %s failed: %s", spec->hostname, strerror(errno));
+        return -1;
+    }
+    if (chdir(NEW_ROOT) < 0 || chroot(".") < 0 || chdir("/") < 0) {
+        say("cannot enter the new root: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Keeps only the capabilities listed in spec->capbound in the bounding set. */
+static int drop_capabilities(const char *keep)
+{
+    int last = 0;
+    while (prctl(PR_CAPBSET_READ, last + 1, 0, 0, 0) >= 0)
+        last++;
+    for (int cap = 0; cap <= last; cap++) {
+        int kept = 0;
+        for (const char *p = keep; *p;) {
+            char *end;
+            long n = strtol(p, &end, 10);
+            if (end == p)
+                break;
+            if (n == cap)
+                kept = 1;
+            p = *end == ',' ? end + 1 : end;
+        }
+        if (!kept && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+            say("dropping capability %d failed: %s", cap, strerror(errno));
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The child: process attributes, then exec.  Never returns. */
+static void exec_process(const struct spec *spec)
+{
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    if (setsid() < 0)
+        say("setsid failed: %s", strerror(errno));
+    if (spec->terminal && ioctl(STDIN_FILENO, TIOCSCTTY, 0) < 0) {
+        say("cannot make the console the controlling terminal: %s", strerror(errno));
+        _exit(1);
+    }
+    for (int i = 0; i < spec->nrlimits; i++)
+        if (setrlimit(spec->rlimits[i].resource, &spec->rlimits[i].limit) < 0) {
+            say("setrlimit %d failed: %s", spec->rlimits[i].resource, strerror(errno));
+            _exit(1);
+        }
+    if (spec->capbound && drop_capabilities(spec->capbound) < 0)
+        _exit(1);
+    if (setgroups(0, NULL) < 0 || setgid(spec->gid) < 0 || setuid(spec->uid) < 0) {
+        say("cannot become uid %u gid %u: %s", (unsigned)spec->uid, (unsigned)spec->gid,
+            strerror(errno));
+        _exit(1);
+    }
+    if (spec->nonewprivs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        say("PR_SET_NO_NEW_PRIVS failed: %s", strerror(errno));
+        _exit(1);
+    }
+    if (chdir(spec->cwd) < 0) {
+        say("cannot change to the working directory %s: %s", spec->cwd, strerror(errno));
+        _exit(1);
+    }
+    /* execvp looks args[0] up in the PATH of the environment it runs in. */
+    clearenv();
+    for (int i = 0; i < spec->nenv; i++)
+        putenv(spec->env[i]);
+    char **args = (char **)spec->args;
+    execvp(args[0], args);
+    say("cannot execute %s: %s", args[0], strerror(errno));
+    _exit(127);
+}
+
+/* /proc/sys/kernel/printk of the initramfs's /proc, opened before the chroot. */
+static int printk_fd = -1;
+
+/* Keeps the kernel's "reboot: Restarting system" off the process's output. */
+static void silence_console(void)
+{
+    if (printk_fd >= 0)
+        (void)!write(printk_fd, "0\n", 2);
+}
+
+/* Runs the bundle's process; returns the status to report. */
+static int run_bundle(void)
+{
+    static struct spec spec;
+    printk_fd = open("/proc/sys/kernel/printk", O_WRONLY | O_CLOEXEC);
+    if (read_spec(&spec) < 0 || enter_root(&spec) < 0)
+        return 1;
+    if (!spec.terminal && isatty(STDOUT_FILENO)) {
+        /* No terminal asked for: the process's bytes go out as they are (no CR added). */
+        struct termios t;
+        if (tcgetattr(STDOUT_FILENO, &t) == 0) {
+            t.c_oflag &= ~(tcflag_t)OPOST;
+            t.c_lflag &= ~(tcflag_t)(ECHO | ICANON);
+            tcsetattr(STDOUT_FILENO, TCSANOW, &t);
+        }
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        say("fork failed: %s", strerror(errno));
+        return 1;
+    }
+    if (pid == 0)
+        exec_process(&spec);
+    int status = wait_for(pid);
+    return status == -1 ? 1 : WIFEXITED(status) ? WEXITSTATUS(status)
+         : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1;
+}
+
+/* Whether the command line holds the bundle-mode word. */
+static int bundle_mode(const char *cmdline)
+{
+    static const char word[] = "swiftlet.bundle=1";
+    for (const char *p = cmdline; p && (p = strstr(p, word)); p += sizeof word - 1) {
+        int starts = p == cmdline || p[-1] == ' ';
+        char after = p[sizeof word - 1];
+        if (starts && (after == '\0' || after == ' ' || after == '\n'))
+            return 1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -416,33 +846,43 @@ int main(int argc, char **argv)
         }
     }
 
-    /* 2. Console and banner. */
+    /* 2. Console; 3. filesystems (the banner waits for the command line: bundle mode has none). */
     ensure_console();
-    write_all(STDOUT_FILENO, BANNER);
-    if (timer_errno)
-        say("ioperm(0x%x) failed, boot-timer port not written: %s", BOOT_TIMER_PORT,
-            strerror(timer_errno));
-    if (!is_pid1)
-        say("not running as PID 1 (pid %d): no mounts, exit instead of power-off", (int)getpid());
-
-    /* 3. Filesystems. */
     if (is_pid1) {
         mount_fs("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
         mount_fs("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
         mount_fs("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
     }
-    if (setenv("PATH", getenv("PATH") ? getenv("PATH") : DEFAULT_PATH, 1) < 0)
-        say("setenv PATH failed: %s", strerror(errno));
-    if (chdir("/") < 0)
-        say("chdir / failed: %s", strerror(errno));
-
-    /* 4. Workload. */
     char *cmdline;
     const char *fake = test_mode ? getenv("SWIFTLET_INIT_CMDLINE") : NULL;
     if (fake)
         cmdline = strdup(fake); /* test mode: pretend this is /proc/cmdline */
     else
         cmdline = read_cmdline();
+    if (is_pid1 && bundle_mode(cmdline)) {
+        quiet = 1;
+        if (timer_errno)
+            say("ioperm(0x%x) failed: %s", BOOT_TIMER_PORT, strerror(timer_errno));
+        int code = run_bundle();
+        terminate_all();
+        sync();
+        if (ports)
+            outb((unsigned char)code, EXIT_STATUS_PORT);
+        silence_console();
+        end_vm();
+    }
+    write_all(STDOUT_FILENO, BANNER);
+    if (timer_errno)
+        say("ioperm(0x%x) failed, boot-timer port not written: %s", BOOT_TIMER_PORT,
+            strerror(timer_errno));
+    if (!is_pid1)
+        say("not running as PID 1 (pid %d): no mounts, exit instead of power-off", (int)getpid());
+    if (setenv("PATH", getenv("PATH") ? getenv("PATH") : DEFAULT_PATH, 1) < 0)
+        say("setenv PATH failed: %s", strerror(errno));
+    if (chdir("/") < 0)
+        say("chdir / failed: %s", strerror(errno));
+
+    /* 4. Workload. */
     char **cmd = calloc((size_t)argc + 4, sizeof *cmd);
     if (!cmd) {
         say("out of memory");

@@ -53,9 +53,11 @@ struct CommandArgument<Settings>: Sendable {
     let name: String
     let help: String
     let apply: @Sendable (inout Settings, String) -> Void
+    /// A command line may leave it out (`[<ID>]` of `run`).
+    var optional = false
 
     /// Its line in the command's help.
-    var helpEntry: HelpEntry { HelpEntry(name, help: help) }
+    var helpEntry: HelpEntry { HelpEntry(optional ? "[\(name)]" : name, help: help) }
 }
 
 /// A command's whole syntax: its options and positional arguments, read into `Settings`.
@@ -94,7 +96,7 @@ struct CommandSyntax<Settings>: Sendable {
         for option in options where option.required && !given.contains(option.name) {
             throw UsageError("missing required option '\(option.synopsis)'")
         }
-        if positional < self.arguments.count {
+        if positional < self.arguments.count, !self.arguments[positional].optional {
             throw UsageError("missing argument \(self.arguments[positional].name)")
         }
     }

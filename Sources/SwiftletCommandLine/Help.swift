@@ -4,12 +4,13 @@
 
 /// The commands `swiftlet` has, with their usage lines and help.
 enum Command {
-    case root, boot, dumpDTB
+    case root, boot, run, dumpDTB
 
     /// The command named `name` (`boot`, `dump-dtb`), if there is one.
     init?(named name: String) {
         switch name {
         case "boot": self = .boot
+        case "run": self = .run
         case "dump-dtb": self = .dumpDTB
         default: return nil
         }
@@ -20,6 +21,7 @@ enum Command {
         switch self {
         case .root: "swiftlet"
         case .boot: "swiftlet boot"
+        case .run: "swiftlet run"
         case .dumpDTB: "swiftlet dump-dtb"
         }
     }
@@ -29,6 +31,7 @@ enum Command {
         switch self {
         case .root: "swiftlet <command> [options]"
         case .boot: "swiftlet boot --kernel <file> [options]"
+        case .run: "swiftlet run [--bundle <dir>] [options] [<ID>] [-- <command> [<arg>...]]"
         case .dumpDTB: "swiftlet dump-dtb --arch <arch> [options] <OUT>"
         }
     }
@@ -37,6 +40,7 @@ enum Command {
         switch self {
         case .root: rootHelp
         case .boot: Boot.help
+        case .run: RunArguments.help
         case .dumpDTB: DumpDTB.help
         }
     }
@@ -59,6 +63,7 @@ private let rootHelp = CommandHelp(
     abstract: "Swiftlet: a KVM micro virtual machine monitor written in Swift.",
     commands: [
         HelpEntry("boot", help: Boot.help.abstract),
+        HelpEntry("run", help: RunArguments.help.abstract),
         HelpEntry("dump-dtb", help: DumpDTB.help.abstract),
         HelpEntry("help [<command>]", help: "Show the help of swiftlet or of a command."),
     ],

@@ -63,6 +63,19 @@ extension CommandOption where Settings: MachineCommand {
     }
 }
 
+/// A command that stops its machine after a time (`boot`, `run`).
+protocol TimedCommand: Sendable {
+    var timeout: Double? { get set }
+}
+
+extension CommandOption where Settings: TimedCommand {
+    static var timeout: Self {
+        CommandOption("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124).") {
+            settings, text throws(UsageError) in settings.timeout = try ValueSyntax.seconds(reading: text)
+        }
+    }
+}
+
 /// The device options' grammars, and how their values become the library's configurations.
 /// Only the syntax is checked here; values (an id's length, a tap name, a unicast MAC) are
 /// checked by `MachineConfiguration.validate()` with everything else.

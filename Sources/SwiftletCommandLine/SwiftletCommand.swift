@@ -29,6 +29,10 @@ public enum SwiftletCommand {
             let boot: Boot
             do { boot = try Boot.parse(rest) } catch { command.fail(error) }
             boot.run()
+        case .run:
+            // Parsed here (usage errors and help need no JSON), run by swiftlet-run.
+            do { _ = try RunArguments.parse(rest) } catch { command.fail(error) }
+            RunArguments.execRunner(rest)
         case .dumpDTB:
             let dump: DumpDTB
             do { dump = try DumpDTB.parse(rest) } catch { command.fail(error) }
@@ -54,7 +58,7 @@ public enum SwiftletCommand {
 }
 
 /// `swiftlet boot`: its settings, as read from the command line and checked by the library.
-struct Boot: MachineCommand {
+struct Boot: MachineCommand, TimedCommand {
     var configuration = MachineConfiguration(kernelPath: "")
     var timeout: Double?
     var reportBootTime = false
@@ -101,9 +105,7 @@ struct Boot: MachineCommand {
         CommandOption(flag: "--report-exits", help: "Print each vCPU's exits by reason on stderr at the end.") {
             boot in boot.reportExits = true
         },
-        CommandOption("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124).") {
-            boot, text throws(UsageError) in boot.timeout = try ValueSyntax.seconds(reading: text)
-        },
+        .timeout,
         .disk, .net, .rng,
     ])
 

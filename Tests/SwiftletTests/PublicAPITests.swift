@@ -1,5 +1,6 @@
 import Glibc
 import Swiftlet
+import SwiftletBundle
 import Synchronization
 import Testing
 
@@ -243,5 +244,40 @@ struct PublicAPITests {
             guard Subprocess.monotonicNow() < deadline else { throw TestFailure("\(what): not within \(seconds) s") }
             try await Task.sleep(for: .milliseconds(1))
         }
+    }
+}
+
+/// What a Swift program does to run an OCI bundle (Docs/API.md), short of booting it: parse,
+/// find the kernel, make the disks, get the machine's configuration.
+@Suite("Public API: OCI bundles")
+struct BundleAPITests {
+    @Test("parse a bundle, build its root image and spec disk, and get a valid MachineConfiguration")
+    func parseAndConvert() throws {
+        let bundle = try TemporaryBundle(config: bundleConfig(root: #"{"path": "rootfs", "readonly": false}"#))
+        try bundle.write("hello", to: "rootfs/work/file")
+        let cache = try TemporaryBundle(config: nil, dirs: [])
+        let parsed = try ContainerBundle(at: bundle.path, arguments: ["cat", "/work/file"])
+        let kernel = GuestKernel(kernelPath: "/boot/vmlinux", initrdPath: "/boot/initramfs.cpio")
+        let run = try parsed.prepare(
+            kernel: kernel, base: MachineConfiguration(kernelPath: ""), name: "api-test", cacheDirectory: cache.path + "/c")
+        defer { run.removeFiles() }
+        try run.configuration.validate()
+        #expect(run.configuration.disks.count == 2)
+        // A writable root boots from a per-run copy; the cached image stays as built.
+        #expect(run.configuration.disks[0].path.hasPrefix(cache.path + "/c/run/api-test-"))
+        #expect(!run.configuration.disks[0].readOnly)
+        #expect(run.files.count == 2)
+        for file in run.files { #expect(access(file, R_OK) == 0) }
+        var info = stat()
+        #expect(stat(run.configuration.disks[0].path, &info) == 0 && info.st_size >= 32 << 20)
+        // The same tree again: the cached image is used, not rebuilt.
+        let images = try Subprocess.run("/bin/ls", [cache.path + "/c/rootfs"]).stdout
+        #expect(images.hasSuffix(".ext4\n") && images.filter { $0 == "\n" }.count == 1)
+        let again = try parsed.prepare(
+            kernel: kernel, base: MachineConfiguration(kernelPath: ""), cacheDirectory: cache.path + "/c")
+        again.removeFiles()
+        #expect(try Subprocess.run("/bin/ls", [cache.path + "/c/rootfs"]).stdout == images)
+        run.removeFiles()
+        for file in run.files { #expect(access(file, F_OK) != 0) }
     }
 }

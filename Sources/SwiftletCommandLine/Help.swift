@@ -4,13 +4,14 @@
 
 /// The commands `swiftlet` has, with their usage lines and help.
 enum Command {
-    case root, boot, dumpDTB
+    case root, boot, dumpDTB, restore
 
     /// The command named `name` (`boot`, `dump-dtb`), if there is one.
     init?(named name: String) {
         switch name {
         case "boot": self = .boot
         case "dump-dtb": self = .dumpDTB
+        case "restore": self = .restore
         default: return nil
         }
     }
@@ -21,6 +22,7 @@ enum Command {
         case .root: "swiftlet"
         case .boot: "swiftlet boot"
         case .dumpDTB: "swiftlet dump-dtb"
+        case .restore: "swiftlet restore"
         }
     }
 
@@ -30,6 +32,7 @@ enum Command {
         case .root: "swiftlet <command> [options]"
         case .boot: "swiftlet boot --kernel <file> [options]"
         case .dumpDTB: "swiftlet dump-dtb --arch <arch> [options] <OUT>"
+        case .restore: "swiftlet restore [options] <DIR>"
         }
     }
 
@@ -38,6 +41,7 @@ enum Command {
         case .root: rootHelp
         case .boot: Boot.help
         case .dumpDTB: DumpDTB.help
+        case .restore: Restore.help
         }
     }
 
@@ -60,6 +64,7 @@ private let rootHelp = CommandHelp(
     commands: [
         HelpEntry("boot", help: Boot.help.abstract),
         HelpEntry("dump-dtb", help: DumpDTB.help.abstract),
+        HelpEntry("restore", help: Restore.help.abstract),
         HelpEntry("help [<command>]", help: "Show the help of swiftlet or of a command."),
     ],
     options: [],

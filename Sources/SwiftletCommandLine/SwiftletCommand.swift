@@ -33,6 +33,10 @@ public enum SwiftletCommand {
             let dump: DumpDTB
             do { dump = try DumpDTB.parse(rest) } catch { command.fail(error) }
             dump.run()
+        case .restore:
+            let restore: Restore
+            do { restore = try Restore.parse(rest) } catch { command.fail(error) }
+            restore.run()
         case .root:
             break
         }
@@ -60,6 +64,10 @@ struct Boot: MachineCommand {
     var reportBootTime = false
     var reportMemory = false
     var reportExits = false
+    /// `--snapshot-when-ready`: where to save the snapshot (Snapshot.swift).
+    var snapshotDirectory: String?
+    /// `--continue-after-snapshot`.
+    var continueAfterSnapshot = false
 
     /// Every option of `boot`, in the order its help lists them. `--memory`, `--cpus`, `--initrd`,
     /// `--cmdline`, `--disk`, `--net` and `--rng` are declared with `dump-dtb`'s (`MachineOptions.swift`).
@@ -104,7 +112,7 @@ struct Boot: MachineCommand {
         CommandOption("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124).") {
             boot, text throws(UsageError) in boot.timeout = try ValueSyntax.seconds(reading: text)
         },
-        .disk, .net, .rng,
+        .disk, .net, .rng, .snapshotWhenReady, .continueAfterSnapshot,
     ])
 
     static let help = CommandHelp(
@@ -225,6 +233,7 @@ struct Boot: MachineCommand {
             failToBuild(error)
         }
         if let timeout { machine.setDeadline(after: timeout) }
+        snapshotWhenReady(machine)
         let exit = machine.wait()
         signals.cancel()
         let dropped = machine.droppedConsoleBytes

@@ -242,8 +242,14 @@ final class DeviceManager {
         resources: Device.Resources,
         serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> Void = { $0.processQueue($1) }
     ) throws(DeviceAttachError) -> VirtioMMIOTransport<Device> {
-        try attachVirtio(queueCount: queueCount, kind: kind, name: name, serve: serve) {
+        // A notification the guest made just before the snapshot may not have been served yet; the
+        // new ioeventfds never saw it, so each queue is looked at once when the loop starts (a
+        // queue with nothing new is left as it is).
+        var kicks: [any VirtioSignal] = []
+        defer { for kick in kicks { kick.signal() } }
+        return try attachVirtio(queueCount: queueCount, kind: kind, name: name, serve: serve) {
             (notifiers, interrupt) throws(DeviceAttachError) in
+            if state.transport.isActive { kicks = notifiers }
             do throws(DeviceRestoreError) {
                 return try VirtioMMIOTransport<Device>.restore(
                     from: state,

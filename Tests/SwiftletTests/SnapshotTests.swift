@@ -190,6 +190,36 @@ struct SnapshotKVMTests {
         #expect(!restoredConsole.text.contains("virtio-blk-test: magic"), "the restored guest did not start again")
     }
 
+    @Test("a restore that fails after any of its steps leaves nothing behind")
+    func restoreRollsBack() throws {
+        let directory = try TemporaryDirectory()
+        let disk = try TemporaryFile(contents: [UInt8](repeating: 0, count: 1 << 20))
+        _ = try Self.snapshotCounter(into: directory.path, disks: [DiskConfiguration(path: disk.path)])
+        let steps: [BuildStep] = [
+            .readSnapshot, .validateConfiguration, .openKVM, .createVM, .configureVM, .allocateMemory, .registerMemory,
+            .createVCPUs, .createDevices, .restoreState,
+        ]
+        let attempts = MachineBuilderTests.attempts
+        for step in steps {
+            let before = try MachineBuilderTests.Holdings(paths: [disk.path, directory.path + "/memory"])
+            for _ in 0..<attempts {
+                do {
+                    _ = try MachineBuilder.restore(
+                        directory: directory.path, console: .none, diskPaths: [], taps: [], failingAfter: step)
+                    Issue.record("the restore did not fail after \(step)")
+                } catch {
+                    #expect(error.step == step, "\(error)")
+                }
+            }
+            let after = try MachineBuilderTests.Holdings(paths: [disk.path, directory.path + "/memory"])
+            for kind in MachineBuilderTests.Holdings.kinds {
+                let grown = (after.descriptors[kind] ?? 0) - (before.descriptors[kind] ?? 0)
+                #expect(grown < attempts, "after \(step): \(kind) grew by \(grown)")
+            }
+            #expect(after.onPaths - before.onPaths < attempts, "after \(step): the disk or memory file stayed open")
+        }
+    }
+
     static var binary: String {
         get throws {
             let binary = TestSupport.repositoryRoot + "/.build/debug/swiftlet"

@@ -140,14 +140,17 @@ extension Machine {
 }
 
 extension MachineBuilder {
-    /// The parts of the machine saved in `directory` (`Machine(restoringFrom:...)`).
+    /// The parts of the machine saved in `directory` (`Machine(restoringFrom:...)`); `failingAfter`
+    /// makes the restore fail right after that step (tests of the rollback).
     static func restore(
-        directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String]
+        directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String],
+        failingAfter: BuildStep? = nil
     ) throws(MachineError) -> MachineParts {
         let rollback = BuildRollback()
         do {
             return try restoreParts(
-                directory: directory, console: console, diskPaths: diskPaths, taps: taps, steps: Steps(failingAfter: nil),
+                directory: directory, console: console, diskPaths: diskPaths, taps: taps,
+                steps: Steps(failingAfter: failingAfter),
                 rollback: rollback)
         } catch {
             rollback.run()

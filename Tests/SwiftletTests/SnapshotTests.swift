@@ -148,7 +148,7 @@ struct SnapshotKVMTests {
         for machine in machines { machine.setDeadline(after: TestSupport.guestDeadline) }
         for machine in machines { try machine.start() }
         let exits = machines.map { $0.wait() }
-        let expected = (21...40).map { "count \($0)\n" }.joined() + "snapshot-counter: done at 40\n"
+        let expected = "ready\n" + (21...40).map { "count \($0)\n" }.joined() + "snapshot-counter: done at 40\n"
         for (index, machine) in machines.enumerated() {
             #expect(exits[index] == .commandExited(status: 40))
             #expect(consoles[index].text == expected, "restored guest \(index) went on from 20")
@@ -244,7 +244,7 @@ struct SnapshotKVMTests {
         #expect(boot.stderr == "swiftlet: snapshot written to \(snapshot)\n")
         let restore = try Subprocess.run(try Self.binary, ["restore", snapshot, "--timeout", "20"], timeout: 60)
         #expect(restore.status == 40)
-        #expect(restore.stdout.hasPrefix("count 21\n"))
+        #expect(restore.stdout.hasPrefix("ready\ncount 21\n"))
         #expect(restore.stdout.hasSuffix("snapshot-counter: done at 40\n"))
     }
 

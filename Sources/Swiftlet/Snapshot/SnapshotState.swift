@@ -140,8 +140,8 @@ extension SavedVCPU {
         tscKilohertz = try vcpu.tscKilohertz()
     }
 
-    /// Puts this state into `vcpu`: CPUID first, then the registers, MSRs, local APIC, pending
-    /// events and MP state.
+    /// Puts this state into `vcpu`: CPUID first, then MP state, the registers, local APIC, MSRs
+    /// and pending events.
     func apply(to vcpu: VCPU, index: Int) throws(SnapshotError) {
         let field = "vcpus[\(index)]"
         let cpuidEntries = try cpuid.enumerated().map { (i, entry) throws(SnapshotError) in
@@ -166,18 +166,20 @@ extension SavedVCPU {
         let pending = try value(kvm_vcpu_events.self, from: events, field: "\(field).events")
         let debug = try value(kvm_debugregs.self, from: debugRegisters, field: "\(field).debugRegisters")
         do throws(SystemError) {
+            // Firecracker's order: the local APIC before the MSRs, so the TSC-deadline MSR lands
+            // in a LAPIC already in TSC-deadline mode (setting the LAPIC resets its timer).
             try vcpu.setCPUID(cpuidEntries)
             if try vcpu.tscKilohertz() != tscKilohertz { try vcpu.setTSCKilohertz(tscKilohertz) }
-            try vcpu.setSpecialRegisters(sregs)
+            try vcpu.setMPState(mp)
             try vcpu.setRegisters(regs)
+            try vcpu.setSpecialRegisters(sregs)
             if let xsave { try vcpu.setXSAVE(xsave) }
             if let fpuValue { try vcpu.setFPU(fpuValue) }
             if let xcrsValue { try vcpu.setExtendedControlRegisters(xcrsValue) }
-            try vcpu.setMSRs(Array(zip(msrIndices, msrValues).map { (index: $0, value: $1) }))
-            try vcpu.setLocalAPIC(lapic)
-            try vcpu.setEvents(pending)
-            try vcpu.setMPState(mp)
             try vcpu.setDebugRegisters(debug)
+            try vcpu.setLocalAPIC(lapic)
+            try vcpu.setMSRs(Array(zip(msrIndices, msrValues).map { (index: $0, value: $1) }))
+            try vcpu.setEvents(pending)
         } catch {
             throw .kvm(error)
         }

@@ -4,7 +4,7 @@
 
 /// The commands `swiftlet` has, with their usage lines and help.
 enum Command {
-    case root, boot, run, dumpDTB
+    case root, boot, run, restore, dumpDTB
 
     /// The command named `name` (`boot`, `dump-dtb`), if there is one.
     init?(named name: String) {
@@ -12,6 +12,7 @@ enum Command {
         case "boot": self = .boot
         case "run": self = .run
         case "dump-dtb": self = .dumpDTB
+        case "restore": self = .restore
         default: return nil
         }
     }
@@ -23,6 +24,7 @@ enum Command {
         case .boot: "swiftlet boot"
         case .run: "swiftlet run"
         case .dumpDTB: "swiftlet dump-dtb"
+        case .restore: "swiftlet restore"
         }
     }
 
@@ -33,6 +35,7 @@ enum Command {
         case .boot: "swiftlet boot --kernel <file> [options]"
         case .run: "swiftlet run [--bundle <dir>] [options] [<ID>] [-- <command> [<arg>...]]"
         case .dumpDTB: "swiftlet dump-dtb --arch <arch> [options] <OUT>"
+        case .restore: "swiftlet restore [options] <DIR>"
         }
     }
 
@@ -42,6 +45,7 @@ enum Command {
         case .boot: Boot.help
         case .run: RunArguments.help
         case .dumpDTB: DumpDTB.help
+        case .restore: Restore.help
         }
     }
 
@@ -65,6 +69,7 @@ private let rootHelp = CommandHelp(
         HelpEntry("boot", help: Boot.help.abstract),
         HelpEntry("run", help: RunArguments.help.abstract),
         HelpEntry("dump-dtb", help: DumpDTB.help.abstract),
+        HelpEntry("restore", help: Restore.help.abstract),
         HelpEntry("help [<command>]", help: "Show the help of swiftlet or of a command."),
     ],
     options: [],

@@ -37,6 +37,10 @@ public enum SwiftletCommand {
             let dump: DumpDTB
             do { dump = try DumpDTB.parse(rest) } catch { command.fail(error) }
             dump.run()
+        case .restore:
+            let restore: Restore
+            do { restore = try Restore.parse(rest) } catch { command.fail(error) }
+            restore.run()
         case .root:
             break
         }
@@ -64,6 +68,10 @@ struct Boot: MachineCommand, TimedCommand {
     var reportBootTime = false
     var reportMemory = false
     var reportExits = false
+    /// `--snapshot-when-ready`: where to save the snapshot (Snapshot.swift).
+    var snapshotDirectory: String?
+    /// `--continue-after-snapshot`.
+    var continueAfterSnapshot = false
 
     /// Every option of `boot`, in the order its help lists them. `--memory`, `--cpus`, `--initrd`,
     /// `--cmdline`, `--disk`, `--net` and `--rng` are declared with `dump-dtb`'s (`MachineOptions.swift`).
@@ -106,7 +114,7 @@ struct Boot: MachineCommand, TimedCommand {
             boot in boot.reportExits = true
         },
         .timeout,
-        .disk, .net, .rng,
+        .disk, .net, .rng, .snapshotWhenReady, .continueAfterSnapshot,
     ])
 
     static let help = CommandHelp(
@@ -227,6 +235,7 @@ struct Boot: MachineCommand, TimedCommand {
             failToBuild(error)
         }
         if let timeout { machine.setDeadline(after: timeout) }
+        snapshotWhenReady(machine)
         let exit = machine.wait()
         signals.cancel()
         let dropped = machine.droppedConsoleBytes

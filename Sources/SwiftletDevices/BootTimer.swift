@@ -20,6 +20,11 @@ public final class BootTimer: BusDevice {
 
     private let state: Mutex<State>
     private let startNanoseconds: UInt64
+    private let markHandler = Mutex<(@Sendable () -> Void)?>(nil)
+
+    /// Calls `handler` (on the vCPU thread, right after recording) when the guest's first mark
+    /// arrives; it should only signal someone.
+    public func onMark(_ handler: @escaping @Sendable () -> Void) { markHandler.withLock { $0 = handler } }
 
     /// A timer measuring from `startNanoseconds` (CLOCK_MONOTONIC), in `state` (nothing recorded
     /// unless restoring).
@@ -40,9 +45,12 @@ public final class BootTimer: BusDevice {
     public func write(offset: UInt64, data: UnsafeRawBufferPointer) {
         guard offset == 0, data.count >= 1, data[0] == BootTimer.magic else { return }
         let now = monotonicNanoseconds()
-        state.withLock { state in
-            if state.bootNanoseconds == nil { state.bootNanoseconds = now &- startNanoseconds }
+        let first = state.withLock { state -> Bool in
+            guard state.bootNanoseconds == nil else { return false }
+            state.bootNanoseconds = now &- startNanoseconds
+            return true
         }
+        if first, let handler = markHandler.withLock({ $0 }) { handler() }
     }
 }
 

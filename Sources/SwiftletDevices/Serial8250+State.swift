@@ -123,3 +123,15 @@ extension Serial8250 {
         for byte in state.receivedBytes { _ = receiveFIFO.push(byte) }
     }
 }
+
+extension SerialPort {
+    /// A port in `state` as `restore(from:with:)` makes it, which also tells `inputRoom` when its
+    /// full receive FIFO gets room (the console input of a restored machine waits on it).
+    public static func restore(
+        from state: State, with resources: Resources, inputRoom: (any SerialInputRoomSignal)?
+    ) throws(DeviceRestoreError) -> SerialPort {
+        SerialPort(
+            output: resources.output, interruptLine: resources.interruptLine, state: try Serial8250(validating: state),
+            inputRoom: inputRoom)
+    }
+}

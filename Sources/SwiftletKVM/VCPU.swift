@@ -128,7 +128,7 @@ package final class VCPU: @unchecked Sendable {
         }
     }
 
-    private func get<T: BitwiseCopyable>(_ request: UInt, _ name: StaticString) throws(SystemError) -> T {
+    func get<T: BitwiseCopyable>(_ request: UInt, _ name: StaticString) throws(SystemError) -> T {
         let value = UnsafeMutablePointer<T>.allocate(capacity: 1)
         defer { value.deallocate() }
         UnsafeMutableRawPointer(value).initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<T>.size)
@@ -136,7 +136,7 @@ package final class VCPU: @unchecked Sendable {
         return value.pointee
     }
 
-    private func set<T: BitwiseCopyable>(_ request: UInt, _ name: StaticString, _ value: T) throws(SystemError) {
+    func set<T: BitwiseCopyable>(_ request: UInt, _ name: StaticString, _ value: T) throws(SystemError) {
         var copy = value
         if swl_ioctl_pointer(fd.rawValue, request, &copy) < 0 { throw SystemError.current("\(name)") }
     }

@@ -39,7 +39,19 @@ public final class GuestMemory: @unchecked Sendable {
     public let regions: [GuestMemoryRegion]
 
     /// Maps one region per `(start, size)` pair. Regions must be page-aligned and disjoint.
-    public init(regions layout: [(start: GuestAddress, size: UInt64)]) throws {
+    public convenience init(regions layout: [(start: GuestAddress, size: UInt64)]) throws {
+        try self.init(
+            mapping: { size, _ in
+                mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            }, regions: layout)
+    }
+
+    /// Maps each region with `map(size, fileOffset)` (the offset being the sum of the sizes of
+    /// the regions below it).
+    init(
+        mapping map: (UInt64, UInt64) -> UnsafeMutableRawPointer?, regions layout: [(start: GuestAddress, size: UInt64)]
+    ) throws {
+        var fileOffset: UInt64 = 0
         var mapped: [GuestMemoryRegion] = []
         // On an error, unmap what was already mapped (deinit does not run for a failed init).
         var committed = false
@@ -54,12 +66,10 @@ public final class GuestMemory: @unchecked Sendable {
             if let last = mapped.last, last.end > start.rawValue {
                 throw GuestMemoryLayoutError.overlapping(start: start)
             }
-            guard
-                let host = mmap(
-                    nil, Int(size), PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
-                host != MAP_FAILED
-            else { throw SystemError.current("mmap \(size) bytes of guest memory") }
+            guard let host = map(size, fileOffset), host != MAP_FAILED else {
+                throw SystemError.current("mmap \(size) bytes of guest memory")
+            }
+            fileOffset += size
             mapped.append(GuestMemoryRegion(start: start, size: size, hostBase: UInt(bitPattern: host)))
         }
         regions = mapped
@@ -152,5 +162,18 @@ public enum GuestMemoryLayoutError: Error, Equatable, CustomStringConvertible, S
             "guest memory region at \(start) of \(size) bytes is empty, not page-aligned or wraps around"
         case .overlapping(let start): "guest memory region at \(start) overlaps the previous region"
         }
+    }
+}
+
+extension GuestMemory {
+    /// Guest RAM mapped privately (copy on write) from `fd`: the regions of `layout` one after
+    /// another in the file, from offset 0. Pages the guest never writes are read from the file on
+    /// demand; its writes go to private copies, so the file never changes and many machines can
+    /// map it at once.
+    public convenience init(mappingPrivately fd: Int32, regions layout: [(start: GuestAddress, size: UInt64)]) throws {
+        try self.init(
+            mapping: { size, offset in
+                mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, off_t(offset))
+            }, regions: layout)
     }
 }

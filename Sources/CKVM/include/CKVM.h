@@ -33,6 +33,11 @@ static const unsigned long SWL_KVM_IOEVENTFD = KVM_IOEVENTFD;
 static const unsigned long SWL_KVM_IRQ_LINE = KVM_IRQ_LINE;
 static const unsigned long SWL_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
 static const unsigned long SWL_KVM_GET_CLOCK = KVM_GET_CLOCK;
+// Snapshots: the VM-wide state (irqchip, PIT, kvmclock) is read and written back.
+static const unsigned long SWL_KVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+static const unsigned long SWL_KVM_SET_CLOCK = KVM_SET_CLOCK;
+static const unsigned long SWL_KVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long SWL_KVM_SET_PIT2 = KVM_SET_PIT2;
 
 // ---- vCPU requests ----
 static const unsigned long SWL_KVM_RUN = KVM_RUN;
@@ -50,6 +55,17 @@ static const unsigned long SWL_KVM_GET_LAPIC = KVM_GET_LAPIC;
 static const unsigned long SWL_KVM_SET_LAPIC = KVM_SET_LAPIC;
 static const unsigned long SWL_KVM_GET_MP_STATE = KVM_GET_MP_STATE;
 static const unsigned long SWL_KVM_SET_MP_STATE = KVM_SET_MP_STATE;
+// Snapshots: the rest of a vCPU's state.
+static const unsigned long SWL_KVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long SWL_KVM_SET_XSAVE = KVM_SET_XSAVE;
+static const unsigned long SWL_KVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long SWL_KVM_SET_XCRS = KVM_SET_XCRS;
+static const unsigned long SWL_KVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+static const unsigned long SWL_KVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+static const unsigned long SWL_KVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long SWL_KVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
+static const unsigned long SWL_KVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+static const unsigned long SWL_KVM_SET_TSC_KHZ = KVM_SET_TSC_KHZ;
 
 // ---- struct kvm_run offsets ----
 // Swift reaches the members of kvm_run's anonymous union only through computed accessors that

@@ -89,32 +89,58 @@ final class DeviceManager {
 
     /// The COM1 UART at `X86Layout.serialPort`, interrupting on `X86Layout.serialIRQ`;
     /// `inputRoom` is signalled when its full receive FIFO gets room (console input waits on it).
-    func attachSerial(output: any SerialOutput, inputRoom: (any SerialInputRoomSignal)?) throws(DeviceAttachError) -> SerialPort {
-        let serial = SerialPort(
-            output: output, interruptLine: KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ), inputRoom: inputRoom)
+    /// With `state`, the port is restored in that state (a snapshot's).
+    func attachSerial(
+        output: any SerialOutput, inputRoom: (any SerialInputRoomSignal)?, state: SerialPort.State? = nil
+    ) throws(DeviceAttachError) -> SerialPort {
+        let line = KVMInterruptLine(vm: vm, gsi: X86Layout.serialIRQ)
+        let serial: SerialPort
+        if let state {
+            do {
+                serial = try SerialPort.restore(
+                    from: state, with: SerialPort.Resources(output: output, interruptLine: line), inputRoom: inputRoom)
+            } catch { throw .restore(error) }
+        } else {
+            serial = SerialPort(output: output, interruptLine: line, inputRoom: inputRoom)
+        }
         try attachPorts(
             serial, kind: .serial, name: "serial (COM1)", base: X86Layout.serialPort, count: 8, gsi: X86Layout.serialIRQ)
         return serial
     }
 
     /// The i8042 at ports 0x60-0x64; `reset` runs when the guest pulses the CPU reset line.
-    func attachI8042(reset: @escaping @Sendable () -> Void) throws(DeviceAttachError) -> I8042Device {
-        let device = I8042Device(resetHandler: reset)
+    /// With `state`, the controller is restored in that state.
+    func attachI8042(state: I8042? = nil, reset: @escaping @Sendable () -> Void) throws(DeviceAttachError) -> I8042Device {
+        let device: I8042Device
+        if let state {
+            do { device = try I8042Device.restore(from: state, with: I8042Device.Resources(resetHandler: reset)) } catch {
+                throw .restore(error)
+            }
+        } else {
+            device = I8042Device(resetHandler: reset)
+        }
         let count = X86Layout.i8042CommandPort - X86Layout.i8042DataPort + 1
         try attachPorts(device, kind: .i8042, name: "i8042", base: X86Layout.i8042DataPort, count: count, gsi: nil)
         return device
     }
 
     /// The boot-timer port (`X86Layout.bootTimerPort`).
-    func attachBootTimer() throws(DeviceAttachError) -> BootTimer {
-        let timer = BootTimer()
+    /// With `state`, the timer keeps the boot time it recorded.
+    func attachBootTimer(state: BootTimer.State? = nil) throws(DeviceAttachError) -> BootTimer {
+        let timer = BootTimer(state: state ?? BootTimer.State())
         try attachPorts(timer, kind: .bootTimer, name: "boot timer", base: X86Layout.bootTimerPort, count: 1, gsi: nil)
         return timer
     }
 
     /// The exit-status port (`X86Layout.exitStatusPort`).
-    func attachExitStatus() throws(DeviceAttachError) -> ExitStatusPort {
-        let port = ExitStatusPort()
+    /// With `state`, the port keeps the status it was given.
+    func attachExitStatus(state: ExitStatusPort.State? = nil) throws(DeviceAttachError) -> ExitStatusPort {
+        let port: ExitStatusPort
+        if let state {
+            do { port = try ExitStatusPort.restore(from: state, with: ()) } catch { throw .restore(error) }
+        } else {
+            port = ExitStatusPort()
+        }
         try attachPorts(port, kind: .exitStatus, name: "exit status", base: X86Layout.exitStatusPort, count: 1, gsi: nil)
         return port
     }
@@ -153,25 +179,45 @@ final class DeviceManager {
 
     /// Opens the disk image and attaches a virtio-blk device for it in the next slot.
     /// `index` is the disk's place in `--disk` order (its default serial is `disk<index>`).
-    func attachDisk(_ disk: DiskConfiguration, index: Int) throws(DeviceAttachError) -> VirtioBlockTransport {
+    /// With `state`, the device and its transport are restored in that state over the image.
+    func attachDisk(
+        _ disk: DiskConfiguration, index: Int, state: VirtioDeviceState<VirtioBlock>? = nil
+    ) throws(DeviceAttachError) -> VirtioBlockTransport {
         let image: RawDiskImage
         do { image = try RawDiskImage(path: disk.path, readOnly: disk.readOnly, directIO: disk.directIO) } catch {
             throw .disk(index: index, error)
         }
+        let name = "virtio-blk \(index) (\(disk.path))"
+        if let state {
+            return try attachVirtio(
+                queueCount: state.transport.queues.count, kind: .virtioBlock, name: name,
+                restoring: state, resources: image)
+        }
         let device = VirtioBlock(backend: image, readOnly: disk.readOnly, identifier: disk.id ?? "disk\(index)")
-        return try attachVirtio(device, kind: .virtioBlock, name: "virtio-blk \(index) (\(disk.path))")
+        return try attachVirtio(device, kind: .virtioBlock, name: name)
     }
 
     /// Opens the tap and attaches a virtio-net device for it in the next slot. Besides the
     /// queue eventfds, the event loop watches the tap (`TapReceivePump`).
-    func attachNetwork(_ network: NetworkConfiguration, index: Int) throws(DeviceAttachError) -> VirtioNetTransport {
+    /// With `state`, the device and its transport are restored in that state over the tap.
+    func attachNetwork(
+        _ network: NetworkConfiguration, index: Int, state: VirtioDeviceState<VirtioNet>? = nil
+    ) throws(DeviceAttachError) -> VirtioNetTransport {
         let tap: TapDevice
         do { tap = try TapDevice(name: network.tap) } catch { throw .network(index: index, error) }
-        let device = VirtioNet(backend: tap, mac: network.effectiveMAC, offloads: network.offloads)
         let pump = TapReceivePump(tapDescriptor: tap.fileDescriptor, eventLoop: eventLoop)
-        let transport = try attachVirtio(device, kind: .virtioNet, name: "virtio-net \(index) (\(tap.name))") {
-            transport, queue in
+        let name = "virtio-net \(index) (\(tap.name))"
+        let serve: @Sendable (VirtioNetTransport, Int) -> Void = { transport, queue in
             if queue == VirtioNet.receiveQueue { pump.serve(transport) } else { transport.processQueue(queue) }
+        }
+        let transport: VirtioNetTransport
+        if let state {
+            transport = try attachVirtio(
+                queueCount: state.transport.queues.count, kind: .virtioNet, name: name, restoring: state, resources: tap,
+                serve: serve)
+        } else {
+            let device = VirtioNet(backend: tap, mac: network.effectiveMAC, offloads: network.offloads)
+            transport = try attachVirtio(device, kind: .virtioNet, name: name, serve: serve)
         }
         // Not watched until the driver offers receive buffers.
         try watch(tap.fileDescriptor, events: 0) { events in pump.tapReady(events, transport: transport) }
@@ -179,8 +225,37 @@ final class DeviceManager {
     }
 
     /// Attaches the virtio-rng device (entropy from getrandom) in the next slot.
-    func attachRNG() throws(DeviceAttachError) -> VirtioRNGTransport {
-        try attachVirtio(VirtioRNG(), kind: .virtioRNG, name: AttachedDevice.Kind.virtioRNG.rawValue)
+    /// With `state`, the device and its transport are restored in that state.
+    func attachRNG(state: VirtioDeviceState<VirtioRNG>? = nil) throws(DeviceAttachError) -> VirtioRNGTransport {
+        let name = AttachedDevice.Kind.virtioRNG.rawValue
+        if let state {
+            return try attachVirtio(
+                queueCount: state.transport.queues.count, kind: .virtioRNG, name: name, restoring: state, resources: ())
+        }
+        return try attachVirtio(VirtioRNG(), kind: .virtioRNG, name: name)
+    }
+
+    /// Restores a virtio device and its transport from `state` over `resources` (the device
+    /// model's) in the next free slot, wired as `attachVirtio(_:kind:name:serve:)` wires a new one.
+    func attachVirtio<Device: VirtioDevice & PersistentDevice>(
+        queueCount: Int, kind: AttachedDevice.Kind, name: String, restoring state: VirtioDeviceState<Device>,
+        resources: Device.Resources,
+        serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> Void = { $0.processQueue($1) }
+    ) throws(DeviceAttachError) -> VirtioMMIOTransport<Device> {
+        // A notification the guest made just before the snapshot may not have been served yet; the
+        // new ioeventfds never saw it, so each queue is looked at once when the loop starts (a
+        // queue with nothing new is left as it is).
+        var kicks: [any VirtioSignal] = []
+        defer { for kick in kicks { kick.signal() } }
+        return try attachVirtio(queueCount: queueCount, kind: kind, name: name, serve: serve) {
+            (notifiers, interrupt) throws(DeviceAttachError) in
+            if state.transport.isActive { kicks = notifiers }
+            do throws(DeviceRestoreError) {
+                return try VirtioMMIOTransport<Device>.restore(
+                    from: state,
+                    with: VirtioDeviceResources(memory: memory, notifiers: notifiers, interrupt: interrupt, device: resources))
+            } catch { throw .restore(error) }
+        }
     }
 
     /// Puts `device` in the next free virtio-mmio slot: its window on the MMIO bus, its
@@ -191,6 +266,21 @@ final class DeviceManager {
         _ device: sending Device, kind: AttachedDevice.Kind, name: String,
         serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> Void = { $0.processQueue($1) }
     ) throws(DeviceAttachError) -> VirtioMMIOTransport<Device> {
+        let memory = self.memory
+        // Handed on to the transport once, inside the wiring below, and used nowhere else.
+        nonisolated(unsafe) let device = device
+        return try attachVirtio(queueCount: device.queueCount, kind: kind, name: name, serve: serve) { notifiers, interrupt in
+            VirtioMMIOTransport(device: device, memory: memory, notifiers: notifiers, interrupt: interrupt)
+        }
+    }
+
+    /// The wiring of every virtio device: `make` builds the transport over the queue notifiers
+    /// and interrupt signal this creates.
+    private func attachVirtio<Device: VirtioDevice>(
+        queueCount: Int, kind: AttachedDevice.Kind, name: String,
+        serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> Void,
+        make: ([any VirtioSignal], any VirtioSignal) throws(DeviceAttachError) -> VirtioMMIOTransport<Device>
+    ) throws(DeviceAttachError) -> VirtioMMIOTransport<Device> {
         guard let slot = X86Layout.virtioSlot(nextVirtioSlot) else {
             throw .noFreeSlot(name: name, slots: X86Layout.virtioMMIOSlotCount)
         }
@@ -199,13 +289,11 @@ final class DeviceManager {
         do throws(SystemError) {
             interrupt = try EventFD()
             try vm.registerIRQFD(interrupt, gsi: slot.gsi)
-            notifiers = try (0..<device.queueCount).map { (_) throws(SystemError) in try EventFD() }
+            notifiers = try (0..<queueCount).map { (_) throws(SystemError) in try EventFD() }
         } catch {
             throw .host(error)
         }
-        let transport = VirtioMMIOTransport(
-            device: device, memory: memory, notifiers: notifiers.map { EventFDSignal(eventfd: $0) },
-            interrupt: EventFDSignal(eventfd: interrupt))
+        let transport = try make(notifiers.map { EventFDSignal(eventfd: $0) }, EventFDSignal(eventfd: interrupt))
         for (queue, notifier) in notifiers.enumerated() {
             do throws(SystemError) {
                 try vm.registerIOEventFD(
@@ -270,6 +358,8 @@ public enum DeviceAttachError: Error, Sendable, CustomStringConvertible {
     case bus(BusError)
     /// Every one of the layout's `slots` virtio-mmio slots is taken.
     case noFreeSlot(name: String, slots: Int)
+    /// A device's saved state (a snapshot's) cannot be restored.
+    case restore(DeviceRestoreError)
 
     /// A one-line explanation naming the disk or interface by index, when there is one.
     public var description: String {
@@ -279,6 +369,7 @@ public enum DeviceAttachError: Error, Sendable, CustomStringConvertible {
         case .host(let error): "device: \(error)"
         case .bus(let error): "device: \(error)"
         case .noFreeSlot(let name, let slots): "\(name): all \(slots) virtio-mmio slots are taken"
+        case .restore(let error): "\(error)"
         }
     }
 }

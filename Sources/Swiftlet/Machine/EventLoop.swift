@@ -24,6 +24,19 @@ final class EventLoop: Sendable {
     /// a closure stored in a tuple inside the Mutex gained a reabstraction thunk on every
     /// `withLock`, until calling it overflowed the stack.
     private let deadline = Mutex<Deadline?>(nil)
+    /// Whether `run()` is running, and the work `perform(_:)` queued for the loop thread.
+    private let tasks = Mutex<(running: Bool, pending: [Task])>((false, []))
+
+    private final class Task: @unchecked Sendable {
+        let body: () -> Void
+        var done = false
+        let finished = ParkingGate()
+        init(_ body: @escaping () -> Void) { self.body = body }
+        func run() {
+            body()
+            finished.wakeAll(after: { self.done = true })
+        }
+    }
 
     private final class Deadline: Sendable {
         let nanoseconds: UInt64
@@ -85,9 +98,42 @@ final class EventLoop: Sendable {
 
     /// Runs until `stop()`; call on the loop's own thread.
     func run() {
+        tasks.withLock { $0.running = true }
+        defer {
+            let left = tasks.withLock { tasks in
+                tasks.running = false
+                defer { tasks.pending = [] }
+                return tasks.pending
+            }
+            for task in left { task.run() }
+        }
         while !stopped.load(ordering: .acquiring) {
+            runPendingTasks()
             if dispatch(waitingAtMost: -1) == nil { return }
         }
+    }
+
+    /// Runs `body` on the loop thread between two handlers, so no handler runs meanwhile, and
+    /// returns once it has run; when the loop is not running (not started yet, or ended), runs it
+    /// here. Not to be called from the loop thread itself.
+    func perform(_ body: @escaping () -> Void) {
+        let task = Task(body)
+        let queued = tasks.withLock { tasks -> Bool in
+            guard tasks.running else { return false }
+            tasks.pending.append(task)
+            return true
+        }
+        guard queued else { return body() }
+        wake()
+        task.finished.waitUntil { _ in task.done }
+    }
+
+    private func runPendingTasks() {
+        let due = tasks.withLock { tasks in
+            defer { tasks.pending = [] }
+            return tasks.pending
+        }
+        for task in due { task.run() }
     }
 
     /// One turn of the loop: runs the deadline's action if it is due, otherwise waits in

@@ -55,6 +55,7 @@ public final class Machine: @unchecked Sendable {
     let terminal: HostTerminal?
     let consoleWriter: ConsoleWriter?
     let consoleInput: ConsoleInput
+    let i8042: I8042Device
     private let threads = Mutex<[NativeThread]>([])
     private let eventThread = Mutex<NativeThread?>(nil)
     private let waiting = Mutex<Void>(())
@@ -87,6 +88,7 @@ public final class Machine: @unchecked Sendable {
         consoleWriter = parts.consoleWriter
         consoleInput = parts.consoleInput
         serial = parts.serial
+        i8042 = parts.i8042
         bootTimer = parts.bootTimer
         exitStatus = parts.exitStatus
         disks = parts.disks

@@ -34,6 +34,10 @@ public enum BuildStep: String, Sendable, CaseIterable {
     case writeBootStructures = "write the boot structures"
     /// Setting each vCPU's CPUID, MSRs, local APIC and FPU, and the boot vCPU's entry registers.
     case configureVCPUs = "set up the vCPU registers"
+    /// Restoring from a snapshot: reading and checking the state file and the memory file.
+    case readSnapshot = "read the snapshot"
+    /// Restoring from a snapshot: putting the saved irqchip, PIT, kvmclock and vCPU state back.
+    case restoreState = "restore the saved vCPU and VM state"
     /// Attaching the console to the event loop and starting the event-loop and vCPU threads
     /// (`Machine.start()`, not part of building).
     case startThreads = "start the VMM threads"
@@ -74,6 +78,7 @@ struct MachineParts {
     let consoleWriter: ConsoleWriter?
     let consoleInput: ConsoleInput
     let serial: SerialPort
+    let i8042: I8042Device
     let bootTimer: BootTimer?
     let exitStatus: ExitStatusPort
     let disks: [VirtioBlockTransport]
@@ -193,13 +198,13 @@ enum MachineBuilder {
             configuration: configuration, kvm: kvm, vm: vm, memory: memory, vcpus: vcpus, kernel: kernel,
             bootParams: bootParams, eventLoop: devices.eventLoop, control: devices.control, terminal: devices.terminal,
             consoleWriter: devices.consoleWriter, consoleInput: devices.consoleInput, serial: devices.serial,
-            bootTimer: devices.bootTimer, exitStatus: devices.exitStatus, disks: devices.disks,
+            i8042: devices.i8042, bootTimer: devices.bootTimer, exitStatus: devices.exitStatus, disks: devices.disks,
             networkInterfaces: devices.networks, rng: devices.rng, devices: devices.manager.attached,
             dispatcher: ExitDispatcher(portIO: devices.manager.portIO, mmio: devices.manager.mmio))
     }
 
     /// What the device step makes.
-    private struct Devices {
+    struct Devices {
         let manager: DeviceManager
         let eventLoop: EventLoop
         let control: RunControl
@@ -207,6 +212,7 @@ enum MachineBuilder {
         let consoleWriter: ConsoleWriter?
         let consoleInput: ConsoleInput
         let serial: SerialPort
+        let i8042: I8042Device
         let bootTimer: BootTimer?
         let exitStatus: ExitStatusPort
         let disks: [VirtioBlockTransport]
@@ -217,9 +223,9 @@ enum MachineBuilder {
     /// The event loop, the run control and every device, attached in a fixed order: the legacy
     /// devices, then the virtio devices in one sequence of slots (disks in `--disk` order,
     /// network interfaces in `--net` order, the rng).
-    private static func createDevices(
+    static func createDevices(
         _ configuration: MachineConfiguration, vm: VirtualMachine, memory: GuestMemory, vcpus: [VCPU],
-        rollback: BuildRollback
+        rollback: BuildRollback, restoring saved: SnapshotState? = nil
     ) throws -> Devices {
         let eventLoop = try EventLoop()
         let manager = DeviceManager(vm: vm, memory: memory, eventLoop: eventLoop)
@@ -257,24 +263,25 @@ enum MachineBuilder {
         // Console input waits on this eventfd, which the UART signals when its full FIFO gets room.
         let consoleWork = try EventFD()
         let serial = try manager.attachSerial(
-            output: PanicWatchingOutput(output, control: control), inputRoom: EventFDInputRoomSignal(eventfd: consoleWork))
+            output: PanicWatchingOutput(output, control: control), inputRoom: EventFDInputRoomSignal(eventfd: consoleWork),
+            state: saved?.serial)
         let consoleInput = ConsoleInput(terminal: terminal, serial: serial, loop: eventLoop, work: consoleWork) {
             control.finish(.stopped(.requested))
         }
-        _ = try manager.attachI8042 { control.finish(.reset) }
-        let bootTimer = configuration.bootTimer ? try manager.attachBootTimer() : nil
-        let exitStatus = try manager.attachExitStatus()
+        let i8042 = try manager.attachI8042(state: saved?.i8042) { control.finish(.reset) }
+        let bootTimer = configuration.bootTimer ? try manager.attachBootTimer(state: saved?.bootTimerState) : nil
+        let exitStatus = try manager.attachExitStatus(state: saved?.exitStatus)
         if configuration.mmioTestDevice { _ = try manager.attachMMIOTestDevice() }
         let disks = try configuration.disks.enumerated().map { (index, disk) throws(DeviceAttachError) in
-            try manager.attachDisk(disk, index: index)
+            try manager.attachDisk(disk, index: index, state: saved?.diskStates[index])
         }
         let networks = try configuration.networks.enumerated().map { (index, network) throws(DeviceAttachError) in
-            try manager.attachNetwork(network, index: index)
+            try manager.attachNetwork(network, index: index, state: saved?.networkStates[index])
         }
-        let rng = configuration.rng ? try manager.attachRNG() : nil
+        let rng = configuration.rng ? try manager.attachRNG(state: saved?.rngState) : nil
         return Devices(
             manager: manager, eventLoop: eventLoop, control: control, terminal: terminal, consoleWriter: consoleWriter,
-            consoleInput: consoleInput, serial: serial, bootTimer: bootTimer, exitStatus: exitStatus, disks: disks,
+            consoleInput: consoleInput, serial: serial, i8042: i8042, bootTimer: bootTimer, exitStatus: exitStatus, disks: disks,
             networks: networks, rng: rng)
     }
 }

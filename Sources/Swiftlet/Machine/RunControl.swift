@@ -51,6 +51,20 @@ final class RunControl: Sendable {
         gate.waitUntil { parked in parked >= threads.count || self.isStopping || !self.isPaused }
     }
 
+    /// Asks every vCPU to park, without waiting for it (callable from a vCPU thread, which parks
+    /// after its current exit). `pause()` then waits for them.
+    func requestPause() {
+        paused.store(true, ordering: .sequentiallyConsistent)
+        let threads = state.withLock { $0.threads }
+        for vcpu in vcpus { vcpu.requestImmediateExit(true) }
+        for thread in threads { _ = pthread_kill(thread, VCPUKick.signal) }
+        gate.wakeAll()
+    }
+
+    /// Waits until `condition()` holds; re-checked whenever a vCPU parks, the machine ends or
+    /// `requestPause()` is called.
+    func waitUntil(_ condition: () -> Bool) { gate.waitUntil { _ in condition() } }
+
     /// Lets parked vCPUs run again.
     func resume() {
         paused.store(false, ordering: .sequentiallyConsistent)
@@ -183,6 +197,14 @@ final class ParkingGate: @unchecked Sendable {
     func waitUntil(_ done: (Int) -> Bool) {
         pthread_mutex_lock(mutex)
         while !done(parked) { pthread_cond_wait(condition, mutex) }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Runs `change` with the gate's mutex held, then wakes every waiting thread.
+    func wakeAll(after change: () -> Void) {
+        pthread_mutex_lock(mutex)
+        change()
+        pthread_cond_broadcast(condition)
         pthread_mutex_unlock(mutex)
     }
 

@@ -138,10 +138,9 @@ enum MachineBuilder {
         }
     }
 
-    private static func buildParts(
-        _ configuration: MachineConfiguration, steps: Steps, rollback: BuildRollback
-    ) throws(MachineError) -> MachineParts {
-        try steps.run(.validateConfiguration) { () throws(ConfigurationError) in try configuration.validate() }
+    /// Steps 2-4: opens `/dev/kvm` (checking the capabilities Swiftlet needs), creates the VM and
+    /// sets up its identity map, TSS, in-kernel irqchip and PIT. Shared by building and restoring.
+    static func createVM(_ steps: Steps) throws(MachineError) -> (KVM, VirtualMachine) {
         let kvm = try steps.run(.openKVM) { () throws in
             let kvm = try KVM()
             try kvm.require([
@@ -158,6 +157,14 @@ enum MachineBuilder {
             try vm.createIRQChip()
             try vm.createPIT2()
         }
+        return (kvm, vm)
+    }
+
+    private static func buildParts(
+        _ configuration: MachineConfiguration, steps: Steps, rollback: BuildRollback
+    ) throws(MachineError) -> MachineParts {
+        try steps.run(.validateConfiguration) { () throws(ConfigurationError) in try configuration.validate() }
+        let (kvm, vm) = try createVM(steps)
         let memory = try steps.run(.allocateMemory) { () throws in
             try GuestMemory(regions: X86MemoryMap.ramRegions(size: configuration.memorySize))
         }

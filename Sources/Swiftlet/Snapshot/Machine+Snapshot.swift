@@ -221,22 +221,7 @@ extension MachineBuilder {
                 }
             }
         }
-        let kvm = try steps.run(.openKVM) { () throws in
-            let kvm = try KVM()
-            try kvm.require([
-                (KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"), (KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"),
-                (KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"), (KVM_CAP_PIT2, "KVM_CAP_PIT2"),
-                (KVM_CAP_IRQFD, "KVM_CAP_IRQFD"), (KVM_CAP_IOEVENTFD, "KVM_CAP_IOEVENTFD"),
-            ])
-            return kvm
-        }
-        let vm = try steps.run(.createVM) { () throws(SystemError) in try kvm.createVirtualMachine() }
-        try steps.run(.configureVM) { () throws(SystemError) in
-            try vm.setIdentityMapAddress(X86Layout.identityMapPageAddress)
-            try vm.setTSSAddress(X86Layout.tssAddress)
-            try vm.createIRQChip()
-            try vm.createPIT2()
-        }
+        let (kvm, vm) = try createVM(steps)
         let memory = try steps.run(.allocateMemory) { () throws in
             try GuestMemory(
                 mappingPrivately: memoryFile.rawValue, regions: X86MemoryMap.ramRegions(size: configuration.memorySize))

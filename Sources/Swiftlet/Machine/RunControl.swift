@@ -43,22 +43,22 @@ final class RunControl: Sendable {
     /// parked (or the machine has ended). vCPU threads that start later park before they run
     /// any guest code, because `immediate_exit` is already set for them.
     func pause() {
-        paused.store(true, ordering: .sequentiallyConsistent)
-        let threads = state.withLock { $0.threads }
-        for vcpu in vcpus { vcpu.requestImmediateExit(true) }
-        for thread in threads { _ = pthread_kill(thread, VCPUKick.signal) }
+        let kicked = requestPause()
         // A resume() racing with this pause releases the wait too (nobody will park then).
-        gate.waitUntil { parked in parked >= threads.count || self.isStopping || !self.isPaused }
+        gate.waitUntil { parked in parked >= kicked || self.isStopping || !self.isPaused }
     }
 
     /// Asks every vCPU to park, without waiting for it (callable from a vCPU thread, which parks
     /// after its current exit). `pause()` then waits for them.
-    func requestPause() {
+    /// Returns how many vCPU threads were kicked (the ones started so far).
+    @discardableResult
+    func requestPause() -> Int {
         paused.store(true, ordering: .sequentiallyConsistent)
         let threads = state.withLock { $0.threads }
         for vcpu in vcpus { vcpu.requestImmediateExit(true) }
         for thread in threads { _ = pthread_kill(thread, VCPUKick.signal) }
         gate.wakeAll()
+        return threads.count
     }
 
     /// Waits until `condition()` holds; re-checked whenever a vCPU parks, the machine ends or

@@ -1,10 +1,12 @@
 import Swiftlet
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// `swiftlet boot`'s snapshot options: `--snapshot-when-ready DIR` and `--continue-after-snapshot`.
+/// `swiftlet boot`'s snapshot options: `--snapshot-when-ready DIR`, `--snapshot-on-signal DIR`
+/// and `--continue-after-snapshot`.
 extension CommandOption where Settings == Boot {
     static var snapshotWhenReady: Self {
         CommandOption(
@@ -17,10 +19,97 @@ extension CommandOption where Settings == Boot {
         }
     }
 
+    static var snapshotOnSignal: Self {
+        CommandOption(
+            "--snapshot-on-signal", value: "dir",
+            help: "Snapshot the running VM into this directory when swiftlet receives SIGUSR1, then stop."
+        ) { boot, text throws(UsageError) in
+            guard !text.isEmpty else { throw UsageError("needs a directory") }
+            boot.signalSnapshotDirectory = text
+        }
+    }
+
     static var continueAfterSnapshot: Self {
-        CommandOption(flag: "--continue-after-snapshot", help: "Let the guest run on after --snapshot-when-ready.") {
+        CommandOption(
+            flag: "--continue-after-snapshot",
+            help: "Let the guest run on after a snapshot (--snapshot-when-ready, --snapshot-on-signal)."
+        ) {
             boot in boot.continueAfterSnapshot = true
         }
+    }
+}
+
+/// `swiftlet boot --snapshot-on-signal DIR`: a thread that waits for SIGUSR1 (`kill -USR1`) and
+/// snapshots the running machine into DIR each time. Without `--continue-after-snapshot` the first
+/// snapshot also stops the machine (swiftlet then exits 0, or 1 if the snapshot failed); with it,
+/// the guest runs on and each further SIGUSR1 writes the directory again.
+///
+/// SIGUSR1 is blocked in the calling thread before the machine's threads exist (they inherit the
+/// mask), so only this thread's `sigwait` ever takes it.
+final class SignalSnapshotter: Sendable {
+    /// The signal that asks for a snapshot.
+    static let signal = SIGUSR1
+
+    private let waiter: NativeThread
+    private let shared = Shared()
+
+    /// What the waiting thread and its owner share.
+    private final class Shared: Sendable {
+        let finished = Atomic<Bool>(false)
+        let outcome = Mutex<SnapshotOutcome?>(nil)
+    }
+
+    /// What the last requested snapshot did.
+    enum SnapshotOutcome: Sendable {
+        case written
+        case failed(SnapshotError)
+    }
+
+    /// Blocks SIGUSR1 in the calling thread: call it before building the machine.
+    static func blockSignal() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, signal)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Starts waiting for SIGUSR1 on behalf of `machine`.
+    init(machine: Machine, directory: String, continueAfter: Bool) throws(SystemError) {
+        let shared = self.shared
+        waiter = try NativeThread(name: "snapshot on signal", stackSize: NativeThread.helperStackSize) {
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SignalSnapshotter.signal)
+            while true {
+                var received: Int32 = 0
+                guard sigwait(&set, &received) == 0 else { continue }
+                if shared.finished.load(ordering: .acquiring) { return }
+                do throws(SnapshotError) {
+                    try machine.snapshot(to: directory)
+                    shared.outcome.withLock { $0 = .written }
+                    writeAll("swiftlet: snapshot written to \(directory)\n", to: STDERR_FILENO)
+                    if !continueAfter {
+                        machine.stop()
+                        return
+                    }
+                } catch {
+                    shared.outcome.withLock { $0 = .failed(error) }
+                    writeAll("swiftlet: \(error)\n", to: STDERR_FILENO)
+                    machine.stop()
+                    return
+                }
+            }
+        }
+    }
+
+    /// What the last snapshot did, if one was requested.
+    var lastOutcome: SnapshotOutcome? { shared.outcome.withLock { $0 } }
+
+    /// Ends the waiting thread (after the machine has ended).
+    func cancel() {
+        if shared.finished.exchange(true, ordering: .acquiringAndReleasing) { return }
+        waiter.send(Self.signal)
+        waiter.join()
     }
 }
 

@@ -70,6 +70,8 @@ struct Boot: MachineCommand, TimedCommand {
     var reportExits = false
     /// `--snapshot-when-ready`: where to save the snapshot (Snapshot.swift).
     var snapshotDirectory: String?
+    /// `--snapshot-on-signal`: where SIGUSR1 saves the snapshot (Snapshot.swift).
+    var signalSnapshotDirectory: String?
     /// `--continue-after-snapshot`.
     var continueAfterSnapshot = false
 
@@ -114,7 +116,7 @@ struct Boot: MachineCommand, TimedCommand {
             boot in boot.reportExits = true
         },
         .timeout,
-        .disk, .net, .rng, .snapshotWhenReady, .continueAfterSnapshot,
+        .disk, .net, .rng, .snapshotWhenReady, .snapshotOnSignal, .continueAfterSnapshot,
     ])
 
     static let help = CommandHelp(
@@ -224,12 +226,18 @@ struct Boot: MachineCommand, TimedCommand {
     func run() -> Never {
         // Console output may go to a pipe that closes early: get EPIPE, not a fatal signal.
         signal(SIGPIPE, SIG_IGN)
+        if signalSnapshotDirectory != nil { SignalSnapshotter.blockSignal() }
         let machine: Machine
         let signals: SignalStopper
+        var snapshotter: SignalSnapshotter?
         do {
             machine = try Machine(configuration)
             // SIGINT, SIGTERM and SIGHUP stop the VM cleanly (exit status 128 + signal).
             signals = try SignalStopper(stopping: machine, on: [SIGINT, SIGTERM, SIGHUP])
+            if let signalSnapshotDirectory {
+                snapshotter = try SignalSnapshotter(
+                    machine: machine, directory: signalSnapshotDirectory, continueAfter: continueAfterSnapshot)
+            }
             try machine.start()
         } catch {
             failToBuild(error)
@@ -238,6 +246,8 @@ struct Boot: MachineCommand, TimedCommand {
         snapshotWhenReady(machine)
         let exit = machine.wait()
         signals.cancel()
+        snapshotter?.cancel()
+        if case .failed = snapshotter?.lastOutcome { terminate(1) }
         let dropped = machine.droppedConsoleBytes
         if dropped > 0 {
             let why = machine.consoleOutputError.map { "output failed: \($0)" } ?? "output stalled"

@@ -248,6 +248,82 @@ struct SnapshotKVMTests {
         #expect(restore.stdout.hasSuffix("snapshot-counter: done at 40\n"))
     }
 
+    /// Waits until the file at `path` contains `text` (or `seconds` pass); returns its contents.
+    static func waitForText(_ text: String, in path: String, within seconds: Double) throws -> String {
+        let deadline = Subprocess.monotonicNow() + seconds
+        var contents = try Subprocess.contents(of: path)
+        while !contents.contains(text) && Subprocess.monotonicNow() < deadline {
+            usleep(20_000)
+            contents = try Subprocess.contents(of: path)
+        }
+        return contents
+    }
+
+    @Test("swiftlet boot --snapshot-on-signal: SIGUSR1 snapshots the running guest and stops; the restored guest echoes")
+    func snapshotOnSignal() throws {
+        let directory = try TemporaryDirectory()
+        let snapshot = directory.path + "/snap"
+        let output = directory.path + "/boot.out"
+        guard creat(output, 0o644) >= 0 else { throw TestFailure("cannot create \(output)") }
+        let echo = try TestSupport.guest("realmode-echo.bin")
+        let boot = try SpawnedProgram(
+            try Self.binary,
+            ["boot", "--kernel", echo, "--format", "flat-real-mode", "--snapshot-on-signal", snapshot, "--timeout", "30"],
+            stdinPath: "/dev/null", stdoutPath: output, newSession: true)
+        // The guest waits for input once it has printed its banner: snapshot it then.
+        #expect(try Self.waitForText("echo ready\n", in: output, within: 20).contains("echo ready\n"))
+        kill(boot.pid, SIGUSR1)
+        #expect(try boot.wait(within: 20) == 0)
+        #expect(boot.stderr == "swiftlet: snapshot written to \(snapshot)\n")
+
+        // Restored with its input on a FIFO: it echoes what is written and ends at 'q'.
+        let fifo = directory.path + "/input"
+        guard mkfifo(fifo, 0o600) == 0 else { throw TestFailure("mkfifo failed: errno \(errno)") }
+        let restoredOutput = directory.path + "/restore.out"
+        guard creat(restoredOutput, 0o644) >= 0 else { throw TestFailure("cannot create \(restoredOutput)") }
+        let restore = try SpawnedProgram(
+            try Self.binary, ["restore", snapshot, "--timeout", "30"], stdinPath: fifo, stdoutPath: restoredOutput,
+            newSession: true)
+        let writer = open(fifo, O_WRONLY)
+        guard writer >= 0 else { throw TestFailure("open \(fifo) failed: errno \(errno)") }
+        defer { close(writer) }
+        let typed: [UInt8] = Array("restored-echo q".utf8)
+        #expect(typed.withUnsafeBytes { write(writer, $0.baseAddress, $0.count) } == typed.count)
+        #expect(try restore.wait(within: 20) == 0)
+        let echoed = try Subprocess.contents(of: restoredOutput)
+        #expect(echoed.hasPrefix("restored-echo"), "restored output: \(echoed.debugDescription)")
+        #expect(!echoed.contains("echo ready"), "the restored guest started again: \(echoed.debugDescription)")
+    }
+
+    @Test("--snapshot-on-signal with --continue-after-snapshot: each SIGUSR1 writes the snapshot and the guest runs on")
+    func snapshotOnSignalContinues() throws {
+        let directory = try TemporaryDirectory()
+        let snapshot = directory.path + "/snap"
+        let output = directory.path + "/boot.out"
+        guard creat(output, 0o644) >= 0 else { throw TestFailure("cannot create \(output)") }
+        let boot = try SpawnedProgram(
+            try Self.binary,
+            [
+                "boot", "--kernel", try TestSupport.guest("realmode-echo.bin"), "--format", "flat-real-mode",
+                "--snapshot-on-signal", snapshot, "--continue-after-snapshot", "--timeout", "30",
+            ],
+            stdinPath: "/dev/null", stdoutPath: output, newSession: true)
+        #expect(try Self.waitForText("echo ready\n", in: output, within: 20).contains("echo ready\n"))
+        let line = "swiftlet: snapshot written to \(snapshot)\n"
+        for count in 1...2 {
+            kill(boot.pid, SIGUSR1)
+            let deadline = Subprocess.monotonicNow() + 20
+            while boot.stderr.split(separator: "\n").count < count && Subprocess.monotonicNow() < deadline {
+                usleep(20_000)
+            }
+        }
+        #expect(boot.stderr == line + line)
+        #expect(access(snapshot + "/state", R_OK) == 0)
+        // Still running: SIGTERM stops it as usual.
+        kill(boot.pid, SIGTERM)
+        #expect(try boot.wait(within: 20) == 128 + SIGTERM)
+    }
+
     /// Copies the snapshot `source` to a new directory in `parent` and applies `damage` to it.
     static func damaged(_ source: String, in parent: String, _ name: String, _ command: String) throws -> String {
         let target = parent + "/" + name

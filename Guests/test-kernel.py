@@ -21,6 +21,10 @@ a "--" there would hide them from the kernel; the 4-vCPU boot below uses the "--
     processes on different CPUs exchange a line through a pipe,
   - the script's exit status (7) reaches the host as swiftlet's exit status, and the
     read-only images are unchanged.
+Snapshot and restore: the initramfs's busybox shell at its prompt (1 vCPU, on the tap) is
+snapshotted on SIGUSR1 (`swiftlet boot --snapshot-on-signal`) and restored twice from that one
+snapshot; each restored shell runs a command typed at it and ends with its `exit N` status, and
+the first restored guest answers ping.
 A second, short boot from the initramfs on 4 vCPUs runs `sh -c "exit $(nproc)"`: exit status 4.
 Then the first boot's kernel, images, command line and checks under QEMU's microvm machine,
 timed side by side (reported, not counted), and both timings go to .build-bench/kernel-e2e.json
@@ -29,7 +33,7 @@ timed side by side (reported, not counted), and both timings go to .build-bench/
 All traffic stays inside the namespace. A panic, emulation failure or deadline prints the
 serial log's last lines and the exit reason, and fails the check.
 
-Usage: Guests/test-kernel.py SWIFTLET VMLINUX INITRAMFS [--emulated] [--skip-qemu] [--cpus=N]
+Usage: Guests/test-kernel.py SWIFTLET VMLINUX INITRAMFS [--emulated] [--skip-qemu] [--only-snapshot] [--cpus=N]
 """
 import hashlib
 import json
@@ -154,9 +158,9 @@ class Namespace:
 class SerialWatcher:
     """Runs a VMM, keeps its console output, and times when patterns first appear."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, stdin=subprocess.DEVNULL):
         self.start = time.monotonic()
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.lines = []
         self.partial = b""
@@ -227,6 +231,11 @@ class SerialWatcher:
             return None
         finally:
             self.pump(0)
+
+    def type(self, text):
+        """Writes `text` to the VMM's stdin (its serial console input), as if typed."""
+        self.process.stdin.write(text.encode())
+        self.process.stdin.flush()
 
     def tail(self, count=20):
         return "\n".join("  | " + line for line in self.lines[-count:])
@@ -335,6 +344,12 @@ def main():
         data, rw = build_data_images(workdir)
         blocks = os.path.getsize(image) // 512
         before, data_sha = sha256(image), sha256(data)
+        if "--only-snapshot" in flags:  # while working on snapshots: that boot alone
+            with Namespace() as namespace:
+                snapshot_restore(namespace, swiftlet, vmlinux, initramfs, base, cpuid, workdir)
+            passed = sum(1 for _, ok, _ in results if ok)
+            print(f"test-kernel: {passed} passed, {len(results) - passed} failed", flush=True)
+            return 0 if passed == len(results) else 1
         with Namespace() as namespace:
             argv = namespace.command(swiftlet, "boot", "--kernel", vmlinux, "--memory", "128M", "--cpus", str(cpus),
                                      *cpuid,
@@ -364,6 +379,8 @@ def main():
             if "--skip-qemu" not in flags and shutil.which("qemu-system-x86_64"):
                 summary["qemu"] = run_qemu(namespace, vmlinux, image, data, rw, cmdline, blocks, cpus, data_sha)
 
+            summary["snapshot"] = snapshot_restore(namespace, swiftlet, vmlinux, initramfs, base, cpuid, workdir)
+
         summary["swiftlet_4cpu"] = boot_four(swiftlet, vmlinux, initramfs, base, cpuid)
     os.makedirs(os.path.join(REPO, ".build-bench"), exist_ok=True)
     summary["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -383,6 +400,60 @@ def main():
     failed = len(results) - passed
     print(f"test-kernel: {passed} passed, {failed} failed", flush=True)
     return 0 if failed == 0 else 1
+
+
+def snapshot_restore(namespace, swiftlet, vmlinux, initramfs, base, cpuid, workdir):
+    """The busybox shell at its prompt, snapshotted on SIGUSR1 (`--snapshot-on-signal`), then restored
+    twice from that one snapshot: each restored guest runs a command typed at it and ends with the
+    status of the shell's `exit`; the first also answers ping on its tap."""
+    snapshot = os.path.join(workdir, "linux-snapshot")
+    cmdline = f"{base} ip={GUEST_IP}::{HOST_IP}:255.255.255.0:guest:eth0:off"
+    argv = namespace.command(swiftlet, "boot", "--kernel", vmlinux, "--initrd", initramfs, "--memory", "128M",
+                             *cpuid, "--net", f"tap={TAP},mac={MAC}", "--cmdline", cmdline,
+                             "--snapshot-on-signal", snapshot, "--timeout", "300")
+    log("booting the shell to snapshot it: " + " ".join(argv[4:]))
+    timings = {}
+    watcher = SerialWatcher(argv, stdin=subprocess.PIPE)
+    # Bytes typed before the guest's tty is open are lost: type once the shell has started.
+    watcher.wait_for("shell", r"Enter 'help' for a list of built-in commands", DEADLINES["init"] + 60)
+    watcher.type("echo at-the-prompt-$((2+3))\n")
+    found = watcher.wait_for("prompt", r"^at-the-prompt-5", DEADLINES["init"] + 90)
+    check("snapshot: the busybox shell runs a command before the snapshot", found is not None,
+          f"after {found[0]:.1f}s" if found else "not seen")
+    if found is None:
+        watcher.stop()
+        log("serial log (last lines):\n" + watcher.tail(30))
+        return timings
+    os.kill(watcher.process.pid, signal.SIGUSR1)
+    status = watcher.wait_exit(60)
+    written = os.path.exists(os.path.join(snapshot, "state")) and os.path.exists(os.path.join(snapshot, "memory"))
+    check("snapshot: SIGUSR1 writes the snapshot and swiftlet exits 0", status == 0 and written,
+          f"exit status {status}, files {'written' if written else 'missing'}")
+    if not written:
+        log("serial log (last lines):\n" + watcher.tail(30))
+        return timings
+    for round_, (word, product, exit_status) in enumerate((("restored", "6*7", 5), ("again", "7*7", 6))):
+        argv = namespace.command(swiftlet, "restore", snapshot, "--timeout", "120")
+        log("restoring: " + " ".join(argv[4:]))
+        restored = SerialWatcher(argv, stdin=subprocess.PIPE)
+        restored.type(f"echo {word}-$(({product}))\n")
+        expected = f"{word}-{eval(product)}"
+        found = restored.wait_for("command", rf"^{expected}", 60)
+        check(f"snapshot: restore {round_ + 1} runs a command typed at the restored shell", found is not None,
+              f"'{expected}' after {found[0]:.2f}s" if found else "not seen")
+        if found:
+            timings.setdefault("restore_to_command_output_seconds", []).append(round(found[0], 3))
+        if round_ == 0:
+            received, rtt, output = ping(namespace) if restored.process.poll() is None else (0, None, "not running")
+            check("snapshot: the restored guest's network answers ping", received > 0,
+                  f"{received}/3 replies, average {rtt} ms" if received else output.strip()[-200:])
+        restored.type(f"exit {exit_status}\n")
+        status = restored.wait_exit(60)
+        check(f"snapshot: restore {round_ + 1} ends with the shell's exit status ({exit_status})",
+              status == exit_status, f"exit status {status}")
+        if status != exit_status or found is None:
+            log("serial log (last lines):\n" + restored.tail(30))
+    return timings
 
 
 def boot_four(swiftlet, vmlinux, initramfs, base, cpuid):

@@ -129,11 +129,19 @@ check-linux: build guest-kernel guest-initramfs
 # missing, builds both release variants, the bench guests and the C floor, runs everything side
 # by side and rewrites Docs/BENCHMARKS.md and Docs/benchmarks.svg. `make bench LINUX=1` also
 # boots the guest kernel and initramfs to the init banner (minutes on an emulating KVM) and runs
-# `make test-kernel` first, whose Swiftlet/QEMU times to init and ping round trips it reports.
+# `make test-kernel` first, whose Swiftlet/QEMU times to init and ping round trips it reports,
+# and then Benchmarks/workloads.py with the release build (`make release`): the same OCI bundle
+# under `runc run` and `swiftlet run`, snapshot restore against cold boot, and N idle instances
+# of each (WORKLOAD_ROUNDS interleaved rounds, WORKLOAD_DENSITY instances; tens of minutes here).
+WORKLOAD_ROUNDS ?= 3
+WORKLOAD_DENSITY ?= 10
 bench: deps $(if $(LINUX),guest-kernel guest-initramfs test-kernel)
-	@$(call apt-install,qemu-system-x86 runc busybox-static util-linux)
+	@$(call apt-install,qemu-system-x86 runc busybox-static util-linux e2fsprogs)
 	SWIFT=$(SWIFT) python3 Benchmarks/run.py $(if $(LINUX),--linux --kernel $(KERNEL_DIR)/vmlinux \
 	  --initrd $(INITRAMFS) --linux-cmdline "$(LINUX_ARGS)" --linux-flags="$(LINUX_CPUID_MASK)")
+	$(if $(LINUX),$(SWIFT) build -c release --static-swift-stdlib && python3 Benchmarks/workloads.py \
+	  --swiftlet .build/release/swiftlet --kernel $(KERNEL_DIR)/vmlinux --initrd $(INITRAMFS) \
+	  --rounds $(WORKLOAD_ROUNDS) --density $(WORKLOAD_DENSITY))
 
 # Fuzzing (Sources/SwiftletFuzz, Docs/VIRTIO.md): the virtqueue walker and the virtio-mmio
 # transport with a virtio-blk device, built with libFuzzer and AddressSanitizer in its own scratch

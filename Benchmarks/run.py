@@ -603,6 +603,20 @@ def render_markdown_table(header, rows, text_columns=1):
     return "\n".join(out)
 
 
+WORKLOADS_BEGIN = "<!-- workloads:begin"
+WORKLOADS_END = "<!-- workloads:end -->"
+
+
+def existing_workloads_block(path):
+    """The workloads block of the current Docs/BENCHMARKS.md (Benchmarks/workloads.py), or None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        doc = f.read()
+    start, end = doc.find(WORKLOADS_BEGIN), doc.find(WORKLOADS_END)
+    return doc[start:end + len(WORKLOADS_END)] if 0 <= start < end else None
+
+
 def write_markdown(r, tables, path):
     m, b = r["machine"], r["build"]
     lines = [
@@ -622,6 +636,11 @@ def write_markdown(r, tables, path):
     for title, header, rows, notes in tables:
         lines += [f"## {title}", "", render_markdown_table(header, rows), ""]
         lines += [f"- {note}" for note in notes] + [""]
+    # Benchmarks/workloads.py's block (containers versus microVMs on one bundle, Linux guests)
+    # is measured by its own run (`make bench LINUX=1`): kept as it is.
+    workloads = existing_workloads_block(path)
+    if workloads:
+        lines += [workloads, ""]
     lines += ["## Reading the results", ""] + [f"- {point}" for point in reading(r)] + [""]
     lines += [
         "## The release build",

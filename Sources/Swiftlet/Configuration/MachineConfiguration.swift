@@ -137,6 +137,12 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
     case macNotUnicast(MACAddress)
     /// Two network interfaces would have this MAC address (configured or generated from the tap name).
     case duplicateMAC(MACAddress)
+    /// A rate-limit bucket (`bucket`: `bw` or `ops`) of the disk at `path` cannot be used: `reason`
+    /// says why (`TokenBucketLimit.problem`).
+    case badDiskRateLimit(path: String, bucket: String, reason: String)
+    /// A rate-limit bucket (`bucket`: `rx-bw`, `rx-ops`, `tx-bw` or `tx-ops`) of the interface on
+    /// tap `tap` cannot be used: `reason` says why.
+    case badNetworkRateLimit(tap: String, bucket: String, reason: String)
 
     /// A one-line explanation, with the supported range where there is one.
     public var description: String {
@@ -156,6 +162,8 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
         case .badTapName(let name): "'\(name)' is not an interface name (1-15 bytes, no '/', ':' or spaces)"
         case .macNotUnicast(let mac): "MAC address \(mac) is a multicast or zero address"
         case .duplicateMAC(let mac): "two network interfaces have the MAC address \(mac)"
+        case .badDiskRateLimit(let path, let bucket, let reason): "disk \(path): \(bucket): \(reason)"
+        case .badNetworkRateLimit(let tap, let bucket, let reason): "tap \(tap): \(bucket): \(reason)"
         }
     }
 }

@@ -47,9 +47,14 @@ extension Machine {
                 disks: zip(configuration.disks, disks).map { disk, transport in
                     SavedDisk(
                         path: disk.path, readOnly: disk.readOnly, id: disk.id, directIO: disk.directIO,
-                        size: transport.saveState().device.settings.capacity * VirtioBlock.sectorSize)
+                        size: transport.saveState().device.settings.capacity * VirtioBlock.sectorSize,
+                        rateLimit: disk.rateLimit)
                 },
-                networks: configuration.networks.map { SavedNetwork(tap: $0.tap, mac: $0.mac?.rawValue, offloads: $0.offloads) },
+                networks: configuration.networks.map {
+                    SavedNetwork(
+                        tap: $0.tap, mac: $0.mac?.rawValue, offloads: $0.offloads, receiveRateLimit: $0.receiveRateLimit,
+                        transmitRateLimit: $0.transmitRateLimit)
+                },
                 devices: devices.map { SavedDevice(kind: $0.kind.rawValue, name: $0.name) },
                 vcpus: savedVCPUs, vm: try SavedVM(vm), serial: serial.saveState(), i8042: i8042.saveState(),
                 bootTimerState: bootTimer?.saveState(), exitStatus: exitStatus.saveState(),
@@ -194,10 +199,12 @@ extension MachineBuilder {
             memorySize: state.memorySize, vcpuCount: state.vcpuCount, console: console, rng: state.rng,
             bootTimer: state.bootTimer)
         configuration.disks = state.disks.map {
-            DiskConfiguration(path: $0.path, readOnly: $0.readOnly, id: $0.id, directIO: $0.directIO)
+            DiskConfiguration(path: $0.path, readOnly: $0.readOnly, id: $0.id, directIO: $0.directIO, rateLimit: $0.rateLimit)
         }
         configuration.networks = state.networks.map {
-            NetworkConfiguration(tap: $0.tap, mac: $0.mac.map(MACAddress.init(rawValue:)), offloads: $0.offloads)
+            NetworkConfiguration(
+                tap: $0.tap, mac: $0.mac.map(MACAddress.init(rawValue:)), offloads: $0.offloads,
+                receiveRateLimit: $0.receiveRateLimit, transmitRateLimit: $0.transmitRateLimit)
         }
         try steps.run(.validateConfiguration) { () throws(SnapshotError) in
             guard diskPaths.count <= state.disks.count else {

@@ -26,13 +26,20 @@ struct OptionKey: Sendable {
     let placeholder: String
     /// The option cannot do without it (`path` of `--disk`).
     let required: Bool
+    /// Shown in the grammar's one-line `synopsis`; the others (the rate limits) are listed apart
+    /// (`otherKeys`), so the synopsis fits the help's column.
+    let inSynopsis: Bool
 
-    init(_ name: String, aliases: [String] = [], _ kind: Kind, placeholder: String, required: Bool = false) {
+    init(
+        _ name: String, aliases: [String] = [], _ kind: Kind, placeholder: String, required: Bool = false,
+        inSynopsis: Bool = true
+    ) {
         self.name = name
         self.aliases = aliases
         self.kind = kind
         self.placeholder = placeholder
         self.required = required
+        self.inSynopsis = inSynopsis
     }
 }
 
@@ -58,8 +65,14 @@ struct KeyValueGrammar: Sendable {
     /// e.g. `path=FILE[,readonly=on][,id=NAME][,direct=on]`.
     var synopsis: String {
         let required = keys.filter(\.required).map { "\($0.name)=\($0.placeholder)" }.joined(separator: ",")
-        let optional = keys.filter { !$0.required }.map { "[,\($0.name)=\($0.placeholder)]" }.joined()
+        let optional = keys.filter { !$0.required && $0.inSynopsis }.map { "[,\($0.name)=\($0.placeholder)]" }.joined()
         return required + optional
+    }
+
+    /// The optional keys the synopsis leaves out, as `key=PLACEHOLDER` separated by `, `
+    /// (`bw=SIZE/MS[/BURST], ops=N/MS[/BURST]`); empty when there are none.
+    var otherKeys: String {
+        keys.filter { !$0.inSynopsis }.map { "\($0.name)=\($0.placeholder)" }.joined(separator: ", ")
     }
 
     /// Reads `text`, checking every value against its key's kind.
@@ -205,7 +218,9 @@ struct KeyValueError: Error, Equatable, Sendable, CustomStringConvertible {
             case .badValue(let key, let value, let expected): "key '\(key)' is '\(value)'; \(expected)"
             case .badTokenBucket(let key, let value, let bytes):
                 "key '\(key)' is '\(value)'; use "
-                    + (bytes ? "SIZE/REFILL_MS[/BURST], e.g. 4M/1000 (4 MiB per second)" : "COUNT/REFILL_MS[/BURST], e.g. 100/1000 (100 per second)")
+                    + (bytes
+                        ? "SIZE/REFILL_MS[/BURST], e.g. 4M/1000 (4 MiB per second)"
+                        : "COUNT/REFILL_MS[/BURST], e.g. 100/1000 (100 per second)")
             }
         }
     }

@@ -36,7 +36,10 @@ extension CommandOption where Settings: MachineCommand {
     }
 
     static var disk: Self {
-        CommandOption("--disk", value: "disk", help: "A virtio-blk disk: \(DeviceOptions.disk.synopsis) (repeatable).") {
+        CommandOption(
+            "--disk", value: "disk",
+            help: "A virtio-blk disk: \(DeviceOptions.disk.synopsis) (repeatable); rate limits: \(DeviceOptions.disk.otherKeys)."
+        ) {
             settings, text throws(UsageError) in
             do throws(KeyValueError) { settings.configuration.disks.append(try DeviceOptions.diskConfiguration(text)) } catch {
                 throw UsageError(error.problem.description)
@@ -46,7 +49,9 @@ extension CommandOption where Settings: MachineCommand {
 
     static var net: Self {
         CommandOption(
-            "--net", value: "net", help: "A virtio-net interface over a host tap: \(DeviceOptions.network.synopsis) (repeatable)."
+            "--net", value: "net",
+            help:
+                "A virtio-net interface over a host tap: \(DeviceOptions.network.synopsis) (repeatable); rate limits: \(DeviceOptions.network.otherKeys)."
         ) { settings, text throws(UsageError) in
             do throws(KeyValueError) {
                 settings.configuration.networks.append(try DeviceOptions.networkConfiguration(text))
@@ -89,8 +94,8 @@ enum DeviceOptions {
             OptionKey("readonly", aliases: ["ro"], .toggle, placeholder: "on"),
             OptionKey("id", aliases: ["serial"], .text, placeholder: "NAME"),
             OptionKey("direct", .toggle, placeholder: "on"),
-            OptionKey("bw", .tokenBucket(bytes: true), placeholder: "SIZE/MS[/BURST]"),
-            OptionKey("ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]"),
+            OptionKey("bw", .tokenBucket(bytes: true), placeholder: "SIZE/MS[/BURST]", inSynopsis: false),
+            OptionKey("ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]", inSynopsis: false),
         ])
 
     /// `--net tap=NAME[,mac=MAC][,offload=off][,rx-bw=…][,rx-ops=…][,tx-bw=…][,tx-ops=…]`; a bare
@@ -102,10 +107,10 @@ enum DeviceOptions {
             OptionKey("tap", aliases: ["ifname"], .text, placeholder: "NAME", required: true),
             OptionKey("mac", .text, placeholder: "MAC"),
             OptionKey("offload", aliases: ["offloads"], .toggle, placeholder: "off"),
-            OptionKey("rx-bw", .tokenBucket(bytes: true), placeholder: "SIZE/MS[/BURST]"),
-            OptionKey("rx-ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]"),
-            OptionKey("tx-bw", .tokenBucket(bytes: true), placeholder: "SIZE/MS[/BURST]"),
-            OptionKey("tx-ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]"),
+            OptionKey("rx-bw", .tokenBucket(bytes: true), placeholder: "SIZE/MS[/BURST]", inSynopsis: false),
+            OptionKey("rx-ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]", inSynopsis: false),
+            OptionKey("tx-bw", .tokenBucket(bytes: true), placeholder: "SIZE/MS[/BURST]", inSynopsis: false),
+            OptionKey("tx-ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]", inSynopsis: false),
         ])
 
     /// The rate limit of buckets `bandwidth` and `operations` (keys of `values`), nil when neither

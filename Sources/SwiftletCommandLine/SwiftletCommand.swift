@@ -171,6 +171,15 @@ struct Boot: MachineCommand, TimedCommand {
             give it an address with ip=ADDRESS::GATEWAY:NETMASK::eth0:off on --cmdline
             (Docs/NETWORKING.md). A tap that cannot be opened ends with exit status 1.
 
+            Rate limits (Firecracker's token buckets, Docs/RATE-LIMITS.md): on --disk
+              bw=SIZE/MS[/BURST]   bytes: a bucket of SIZE (512K, 4M, ...) refilled in MS ms
+              ops=N/MS[/BURST]     requests: a bucket of N refilled in MS ms
+            and on --net the same per direction: rx-bw=, rx-ops= (to the guest), tx-bw=,
+            tx-ops= (from the guest). bw=4M/1000 is 4 MiB per second; BURST is an extra
+            one-time budget spent first. A request larger than the bucket is served and the
+            bucket owes the difference. A throttled queue waits (the guest sees slower I/O) and
+            is served again from a timer. Sizes and times must be at least 1.
+
             Entropy (--rng): a virtio-rng device fed by the host's getrandom(2); Linux uses it
             as /dev/hwrng.
 

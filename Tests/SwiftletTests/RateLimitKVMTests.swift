@@ -11,7 +11,9 @@ import Testing
 /// host serves them at: the device's read counter is sampled while the guest streams, and the
 /// rate between 1 MiB and 7 MiB (leaving out the full bucket at the start) must be within 10 %
 /// of the limit.
-@Suite("KVM: rate-limited virtio-blk", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized, .timeLimit(.minutes(2)))
+@Suite(
+    "KVM: rate-limited virtio-blk", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .serialized,
+    .timeLimit(.minutes(2)))
 struct RateLimitKVMTests {
     static let streamBytes: UInt64 = 8 << 20
     static let limitBytesPerSecond = 4.0 * 1024 * 1024

@@ -26,7 +26,8 @@ struct RateLimitedDeviceTests {
             try memory.write((UInt64(i) * UInt64(length) / 512).littleEndian, at: GuestAddress(header + 8))
             try memory.write(UInt8(0xEE), at: GuestAddress(status))
             try ring.setDescriptor(3 * i, address: header, length: 16, flags: Flag.next, next: UInt16(3 * i + 1))
-            try ring.setDescriptor(3 * i + 1, address: data, length: length, flags: Flag.write | Flag.next, next: UInt16(3 * i + 2))
+            try ring.setDescriptor(
+                3 * i + 1, address: data, length: length, flags: Flag.write | Flag.next, next: UInt16(3 * i + 2))
             try ring.setDescriptor(3 * i + 2, address: status, length: 1, flags: Flag.write)
             try ring.publish(UInt16(3 * i))
         }

@@ -86,7 +86,8 @@ struct SnapshotFormatTests {
         let wrong = #expect(throws: SnapshotError.self) { try SnapshotFile.payload(of: version, path: "s") }
         #expect(
             wrong?.description
-                == "snapshot state file s has format version \(SnapshotFile.version + 1); this Swiftlet reads version \(SnapshotFile.version)")
+                == "snapshot state file s has format version \(SnapshotFile.version + 1); this Swiftlet reads version \(SnapshotFile.version)"
+        )
         let short = #expect(throws: SnapshotError.self) { try SnapshotFile.payload(of: Array(file[0..<60]), path: "s") }
         #expect(short?.description == "snapshot state file s is truncated: 60 bytes, expected 124")
         var magic = file

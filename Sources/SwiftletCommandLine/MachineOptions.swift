@@ -159,6 +159,7 @@ extension ConfigurationError {
             case .tooManyDisks, .diskWithoutPath, .diskIdentifierTooLong, .badDiskRateLimit: "--disk"
             case .tooManyVirtioDevices: "--disk, --net and --rng"
             case .badTapName, .macNotUnicast, .duplicateMAC, .badNetworkRateLimit: "--net"
+            case .badPrivilegeDrop: "--uid, --gid and --chroot"
             }
         return UsageError("\(option): \(self)")
     }

@@ -84,4 +84,41 @@ struct RateLimitKVMTests {
         print("rate limit none: 8 MiB in \(elapsed) s")
         #expect(elapsed < Double(Self.streamBytes) / Self.limitBytesPerSecond / 2)
     }
+
+    @Test("a snapshot keeps the disk's limit (not its bucket): the restored guest finishes its stream under it")
+    func snapshotKeepsTheLimit() throws {
+        let limit = RateLimit(bandwidth: TokenBucketLimit(size: 512 << 10, refillTimeMilliseconds: 125, oneTimeBurst: 1))
+        let image = try TemporaryFile(contents: [UInt8](repeating: 0x5A, count: Int(Self.streamBytes)))
+        let directory = try TemporaryDirectory()
+        let console = BufferSerialOutput()
+        let machine = try Machine(
+            MachineConfiguration(
+                kernelPath: try TestSupport.guest("virtio-blk-stream.elf"), memorySize: 64 << 20, console: .output(console),
+                disks: [DiskConfiguration(path: image.path, rateLimit: limit)]))
+        machine.setDeadline(after: TestSupport.guestDeadline)
+        try machine.start()
+        try TestSupport.waitUntil("2 MiB streamed", within: TestSupport.guestDeadline) {
+            machine.disks[0].withDevice { $0.statistics.bytesRead } >= 2 << 20
+        }
+        machine.pause()
+        try machine.snapshot(to: directory.path)
+        machine.stop()
+        _ = machine.wait()
+        let left = Self.streamBytes - machine.disks[0].withDevice { $0.statistics.bytesRead }
+
+        let restoredConsole = BufferSerialOutput()
+        let restored = try Machine(restoringFrom: directory.path, console: .output(restoredConsole))
+        #expect(restored.configuration.disks[0].rateLimit == limit)
+        #expect(restored.disks[0].withDevice { $0.rateLimiter?.limit } == limit)
+        #expect(restored.disks[0].withDevice { $0.rateLimiter?.bandwidth?.burstRemaining } == 1, "buckets start full")
+        restored.setDeadline(after: TestSupport.guestDeadline)
+        let started = monotonicNanoseconds()
+        try restored.start()
+        #expect(restored.wait() == .reset)
+        let seconds = Double(monotonicNanoseconds() - started) / 1e9
+        #expect(restoredConsole.text.hasSuffix("stream: requests=128 bytes=\(Self.streamBytes) failures=0\ndone\n"))
+        // What was left, less the full bucket, at 4 MiB/s (less 10 %).
+        let limited = Double(left - (512 << 10)) / Self.limitBytesPerSecond
+        #expect(seconds > 0.9 * limited, "\(left) bytes in \(seconds) s")
+    }
 }

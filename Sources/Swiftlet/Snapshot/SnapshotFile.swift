@@ -61,8 +61,8 @@ public enum SnapshotError: Error, Sendable, CustomStringConvertible {
 enum SnapshotFile {
     /// `SWLTSNAP`.
     static let magic: [UInt8] = Array("SWLTSNAP".utf8)
-    /// The format this build writes and reads (2: disks and interfaces carry their rate limits).
-    static let version: UInt32 = 2
+    /// The format this build writes and reads.
+    static let version: UInt32 = 1
     /// Magic, version, length, checksum.
     static let headerSize = 8 + 4 + 8 + 4
     /// The state file's name in a snapshot directory.

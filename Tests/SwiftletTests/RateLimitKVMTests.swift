@@ -122,3 +122,88 @@ struct RateLimitKVMTests {
         #expect(seconds > 0.9 * limited, "\(left) bytes in \(seconds) s")
     }
 }
+
+/// Boots Guests/build/virtio-net-test.elf (it echoes every frame it receives) over a tap in a
+/// network namespace, with a receive or transmit limit, sends it a burst of frames and measures,
+/// from the device's counters sampled every millisecond, the rate at which frames reach the
+/// guest or leave it: within 10 % of the limit, past the bucket's initial contents.
+@Suite(
+    "KVM: rate-limited virtio-net", .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason),
+    .enabled(if: NetworkTestSupport.isRoot, NetworkTestSupport.notRootReason), .serialized, .timeLimit(.minutes(2)))
+struct RateLimitNetworkKVMTests {
+    static let frames = 40
+    static let frameLength = 500
+
+    @Test(
+        "a burst of frames to an echoing guest is held to the interface's limit within 10 %",
+        arguments: [
+            // 5 frames per 250 ms to the guest: 20 frames per second, counted in frames received.
+            ("rx-ops=5/250", true, 20.0),
+            // 2500 bytes per 250 ms from the guest: 10000 bytes per second, counted in bytes sent.
+            ("tx-bw=2500/250", false, 10_000.0),
+        ])
+    func burstIsLimited(_ name: String, _ receive: Bool, _ perSecond: Double) throws {
+        let limit =
+            receive
+            ? RateLimit(operations: TokenBucketLimit(size: 5, refillTimeMilliseconds: 250))
+            : RateLimit(bandwidth: TokenBucketLimit(size: 2500, refillTimeMilliseconds: 250))
+        let namespace = try TestNetworkNamespace()
+        defer { namespace.delete() }
+        let tapName = "swr\(getpid() % 100_000)"
+        let guestMAC = MACAddress.generated(from: tapName).octets
+        let console = BufferSerialOutput()
+        let configuration = MachineConfiguration(
+            kernelPath: try TestSupport.guest("virtio-net-test.elf"), memorySize: 64 << 20, console: .output(console),
+            networks: [
+                NetworkConfiguration(
+                    tap: tapName, receiveRateLimit: receive ? limit : nil, transmitRateLimit: receive ? nil : limit)
+            ])
+        let (machine, socket) = try namespace.run { () throws -> (Machine, PacketSocket) in
+            (try Machine(configuration), try PacketSocket(interface: tapName))
+        }
+        try namespace.ip("link", "set", "dev", tapName, "up")
+        machine.setDeadline(after: 60)
+        try machine.start()
+        defer {
+            machine.stop()
+            _ = machine.wait()
+        }
+        // The guest's hello first: its receive buffers are ready then.
+        let started = monotonicNanoseconds()
+        var hello = false
+        while !hello, monotonicNanoseconds() - started < 30_000_000_000 {
+            if let frame = socket.receive(timeout: 0.5), frame.count >= 14, Array(frame[6..<12]) == guestMAC { hello = true }
+        }
+        try #require(hello, "no hello from the guest; console: \(console.text)")
+        for index in 0..<Self.frames {
+            try socket.send(
+                VirtioNetKVMTests.frame(to: guestMAC, length: Self.frameLength, label: "frame \(index) ", seed: index))
+        }
+        try socket.send(VirtioNetKVMTests.frame(to: guestMAC, length: 60, label: "BYE", seed: 0))
+
+        // The counted quantity: frames received, or bytes of echoes sent (after the 78-byte hello).
+        func count() -> Double {
+            let statistics = machine.networkInterfaces[0].networkStatistics
+            return receive ? Double(statistics.receivedFrames) : Double(statistics.transmittedBytes)
+        }
+        let unit = receive ? 1.0 : Double(Self.frameLength)
+        let (low, high) = (10 * unit, 35 * unit)
+        var first: (Double, UInt64)?
+        var last: (Double, UInt64)?
+        while last == nil, monotonicNanoseconds() - started < 60_000_000_000 {
+            let now = monotonicNanoseconds()
+            let value = count()
+            if first == nil && value >= low { first = (value, now) }
+            if value >= high { last = (value, now) }
+            usleep(1000)
+        }
+        let (a, b) = (try #require(first), try #require(last))
+        let rate = (b.0 - a.0) / (Double(b.1 - a.1) / 1e9)
+        print("rate limit \(name): measured \(rate) per second, \(rate / perSecond * 100) % of the limit")
+        #expect(rate > 0.9 * perSecond && rate < 1.1 * perSecond, "\(name): \(rate) per second")
+        #expect(machine.wait() == .reset)
+        #expect(console.text.contains("done: echoed=\(Self.frames) ignored="), "\(console.text)")
+        let statistics = machine.networkInterfaces[0].statistics
+        #expect(statistics.throttled > 0 && statistics.failedChains == 0)
+    }
+}

@@ -29,12 +29,6 @@ final class LoopTimer: Sendable {
         _ = timerfd_settime(descriptor.rawValue, 0, &spec, nil)
     }
 
-    /// Stops a pending expiry.
-    func disarm() {
-        var spec = itimerspec()
-        _ = timerfd_settime(descriptor.rawValue, 0, &spec, nil)
-    }
-
     /// Reads the expiry count, so the descriptor is no longer readable (nothing to read: fine).
     func consume() {
         var expirations: UInt64 = 0

@@ -207,3 +207,32 @@ struct RateLimitNetworkKVMTests {
         #expect(statistics.throttled > 0 && statistics.failedChains == 0)
     }
 }
+
+/// The rate limits in the snapshot's configuration records.
+@Suite("Rate limiter: snapshot configuration")
+struct RateLimitSnapshotFormatTests {
+    /// A disk record as format 1 wrote it before rate limits existed.
+    struct DiskBeforeRateLimits: Codable {
+        var path: String
+        var readOnly: Bool
+        var id: String?
+        var directIO: Bool
+        var size: UInt64
+    }
+
+    @Test("a disk record without a rate limit (older state files) reads as unlimited; one with a limit keeps it")
+    func olderRecordsRead() throws {
+        let old = DiskBeforeRateLimits(path: "/d", readOnly: true, id: nil, directIO: false, size: 4096)
+        let decoded = try BinaryDecoder.decode(SavedDisk.self, from: try BinaryEncoder.encode(old))
+        #expect(decoded.path == "/d" && decoded.readOnly && decoded.size == 4096)
+        #expect(decoded.rateLimit == nil)
+        let limit = RateLimit(
+            bandwidth: TokenBucketLimit(size: 1 << 20, refillTimeMilliseconds: 10, oneTimeBurst: 7),
+            operations: TokenBucketLimit(size: 3, refillTimeMilliseconds: 1))
+        let saved = SavedDisk(path: "/d", readOnly: false, id: "x", directIO: true, size: 512, rateLimit: limit)
+        #expect(try BinaryDecoder.decode(SavedDisk.self, from: try BinaryEncoder.encode(saved)).rateLimit == limit)
+        let network = SavedNetwork(tap: "t", mac: nil, offloads: true, receiveRateLimit: nil, transmitRateLimit: limit)
+        let again = try BinaryDecoder.decode(SavedNetwork.self, from: try BinaryEncoder.encode(network))
+        #expect(again.receiveRateLimit == nil && again.transmitRateLimit == limit)
+    }
+}

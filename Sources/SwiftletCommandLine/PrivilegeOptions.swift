@@ -5,7 +5,7 @@ import Swiftlet
 #endif
 
 /// A command that can run its guest unprivileged (`boot`): `--uid`, `--gid` and `--chroot`
-/// collect here, and `privilegeDrop()` turns them into the configuration's `PrivilegeDrop`.
+/// collect here, and `parsedPrivilegeDrop()` turns them into the configuration's `PrivilegeDrop`.
 protocol PrivilegeDroppingCommand: Sendable {
     var userID: UInt32? { get set }
     var groupID: UInt32? { get set }
@@ -15,7 +15,7 @@ protocol PrivilegeDroppingCommand: Sendable {
 extension PrivilegeDroppingCommand {
     /// The drop the options ask for: nil when none was given; `--uid` and `--gid` go together
     /// (`--chroot` needs them too: a chroot alone would leave the VMM root).
-    func privilegeDrop() throws(UsageError) -> PrivilegeDrop? {
+    func parsedPrivilegeDrop() throws(UsageError) -> PrivilegeDrop? {
         switch (userID, groupID) {
         case (nil, nil):
             guard rootDirectory == nil else { throw UsageError("--chroot: needs --uid and --gid (the user to run as)") }

@@ -234,7 +234,7 @@ struct Boot: MachineCommand, TimedCommand, PrivilegeDroppingCommand {
     static func parse(_ arguments: some Sequence<String>) throws(UsageError) -> Boot {
         var boot = Boot()
         try syntax.parse(arguments, into: &boot)
-        boot.configuration.privilegeDrop = try boot.privilegeDrop()
+        boot.configuration.privilegeDrop = try boot.parsedPrivilegeDrop()
         do { try boot.configuration.validate() } catch { throw error.usageError }
         return boot
     }

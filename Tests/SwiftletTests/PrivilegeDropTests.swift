@@ -75,6 +75,33 @@ struct PrivilegeDropTests {
     }
 
     @Test(
+        "swiftlet restore --uid 65534 --gid 65534 goes on from the snapshot as that user",
+        .enabled(if: TestSupport.hasKVM, TestSupport.noKVMReason), .enabled(if: isRoot, "needs root"))
+    func restoreDrops() throws {
+        let parsed = try Restore.parse(["/snap", "--uid", "7", "--gid", "8"])
+        #expect(parsed.privilegeDrop == PrivilegeDrop(userID: 7, groupID: 8))
+        #expect(throws: UsageError("--gid: needs --uid as well")) { try Restore.parse(["/snap", "--gid", "8"]) }
+        let directory = try TemporaryDirectory()
+        let snapshot = directory.path + "/snap"
+        let boot = try Subprocess.run(
+            Self.binary,
+            [
+                "boot", "--kernel", try TestSupport.guest("snapshot-counter.elf"), "--snapshot-when-ready", snapshot, "--timeout",
+                "20",
+            ])
+        #expect(boot.status == 0, "\(boot.stderr)")
+        var rootLink: String?
+        var identity: [String] = []
+        let restore = try Subprocess.run(
+            Self.binary, ["restore", snapshot, "--uid", "65534", "--gid", "65534", "--timeout", "20"], timeout: 60
+        ) { pid in identity = try Self.identity(of: pid, rootLink: &rootLink) }
+        #expect(restore.status == 40, "\(restore.stderr)")
+        #expect(restore.stdout.hasPrefix("ready\ncount 21\n"))
+        #expect(restore.stdout.hasSuffix("snapshot-counter: done at 40\n"))
+        #expect(identity.first.map { $0.split(separator: "\t").dropFirst().allSatisfy { $0 == "65534" } } == true, "\(identity)")
+    }
+
+    @Test(
         "not root: a clear one-line error before anything is built, exit status 1",
         .enabled(if: isRoot && access("/usr/bin/setpriv", X_OK) == 0, "needs root and setpriv to become another user"))
     func notRoot() throws {

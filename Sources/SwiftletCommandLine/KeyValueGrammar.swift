@@ -1,3 +1,5 @@
+import Swiftlet
+
 /// One key of a device option's `key=value` list (`readonly` of `--disk path=FILE,readonly=on`),
 /// declared once: the parser, its errors and the option's help all come from it.
 struct OptionKey: Sendable {
@@ -9,6 +11,10 @@ struct OptionKey: Sendable {
         case toggle
         /// A byte count: digits with an optional binary unit `K`, `M` or `G` (`ValueSyntax.byteSize`).
         case byteSize
+        /// A token bucket, `SIZE/REFILL_MS[/BURST]`: the size and burst are byte sizes when
+        /// `bytes` (`4M/1000`), plain counts otherwise (`100/1000/500`); the refill time is whole
+        /// milliseconds.
+        case tokenBucket(bytes: Bool)
     }
 
     /// The name `KeyValues` knows the key by, and the one help and errors show.
@@ -20,13 +26,20 @@ struct OptionKey: Sendable {
     let placeholder: String
     /// The option cannot do without it (`path` of `--disk`).
     let required: Bool
+    /// Shown in the grammar's one-line `synopsis`; the others (the rate limits) are listed apart
+    /// (`otherKeys`), so the synopsis fits the help's column.
+    let inSynopsis: Bool
 
-    init(_ name: String, aliases: [String] = [], _ kind: Kind, placeholder: String, required: Bool = false) {
+    init(
+        _ name: String, aliases: [String] = [], _ kind: Kind, placeholder: String, required: Bool = false,
+        inSynopsis: Bool = true
+    ) {
         self.name = name
         self.aliases = aliases
         self.kind = kind
         self.placeholder = placeholder
         self.required = required
+        self.inSynopsis = inSynopsis
     }
 }
 
@@ -52,8 +65,14 @@ struct KeyValueGrammar: Sendable {
     /// e.g. `path=FILE[,readonly=on][,id=NAME][,direct=on]`.
     var synopsis: String {
         let required = keys.filter(\.required).map { "\($0.name)=\($0.placeholder)" }.joined(separator: ",")
-        let optional = keys.filter { !$0.required }.map { "[,\($0.name)=\($0.placeholder)]" }.joined()
+        let optional = keys.filter { !$0.required && $0.inSynopsis }.map { "[,\($0.name)=\($0.placeholder)]" }.joined()
         return required + optional
+    }
+
+    /// The optional keys the synopsis leaves out, as `key=PLACEHOLDER` separated by `, `
+    /// (`bw=SIZE/MS[/BURST], ops=N/MS[/BURST]`); empty when there are none.
+    var otherKeys: String {
+        keys.filter { !$0.inSynopsis }.map { "\($0.name)=\($0.placeholder)" }.joined(separator: ", ")
     }
 
     /// Reads `text`, checking every value against its key's kind.
@@ -86,12 +105,36 @@ struct KeyValueGrammar: Sendable {
             case .byteSize:
                 guard let size = ValueSyntax.byteSize(value) else { throw error(.badByteSize(key: written, value: value)) }
                 values[key.name] = .byteSize(size)
+            case .tokenBucket(let bytes):
+                guard let bucket = Self.tokenBucket(value, bytes: bytes) else {
+                    throw error(.badTokenBucket(key: written, value: value, bytes: bytes))
+                }
+                values[key.name] = .tokenBucket(bucket)
             }
         }
         for key in keys where key.required && values[key.name] == nil {
             throw error(.missingKey(key.name, placeholder: key.placeholder))
         }
         return KeyValues(values: values)
+    }
+
+    /// `SIZE/REFILL_MS[/BURST]` as a bucket (sizes with units when `bytes`), or nil. Zero values
+    /// are read here and refused by the configuration's validation.
+    static func tokenBucket(_ text: String, bytes: Bool) -> TokenBucketLimit? {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 2 || parts.count == 3 else { return nil }
+        func count(_ part: String) -> UInt64? {
+            guard !part.isEmpty, part.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+            return UInt64(part)
+        }
+        let amount: (String) -> UInt64? = bytes ? { ValueSyntax.byteSize($0) } : count
+        guard let size = amount(parts[0]), let refill = count(parts[1]) else { return nil }
+        var burst: UInt64 = 0
+        if parts.count == 3 {
+            guard let given = amount(parts[2]) else { return nil }
+            burst = given
+        }
+        return TokenBucketLimit(size: size, refillTimeMilliseconds: refill, oneTimeBurst: burst)
     }
 
     /// An error about `text` (the whole value) for this grammar's option; device options use it
@@ -108,6 +151,7 @@ struct KeyValues: Equatable, Sendable {
         case text(String)
         case toggle(Bool)
         case byteSize(UInt64)
+        case tokenBucket(TokenBucketLimit)
     }
 
     let values: [String: Value]
@@ -125,6 +169,11 @@ struct KeyValues: Equatable, Sendable {
     /// The byte count of a `.byteSize` key, or nil if it was not given.
     func byteSize(_ key: String) -> UInt64? {
         if case .byteSize(let size) = values[key] { size } else { nil }
+    }
+
+    /// The bucket of a `.tokenBucket` key, or nil if it was not given.
+    func tokenBucket(_ key: String) -> TokenBucketLimit? {
+        if case .tokenBucket(let bucket) = values[key] { bucket } else { nil }
     }
 }
 
@@ -150,6 +199,8 @@ struct KeyValueError: Error, Equatable, Sendable, CustomStringConvertible {
         case badToggle(key: String, value: String)
         /// A size `ValueSyntax.byteSize` cannot read.
         case badByteSize(key: String, value: String)
+        /// A token bucket that is not `SIZE/REFILL_MS[/BURST]` (sizes in bytes when `bytes`).
+        case badTokenBucket(key: String, value: String, bytes: Bool)
         /// A text value the device option cannot read; `expected` says what it should be.
         case badValue(key: String, value: String, expected: String)
 
@@ -165,6 +216,11 @@ struct KeyValueError: Error, Equatable, Sendable, CustomStringConvertible {
             case .badToggle(let key, let value): "key '\(key)' is '\(value)'; use on or off"
             case .badByteSize(let key, let value): "key '\(key)' is '\(value)'; use a size such as 512K, 128M or 1G"
             case .badValue(let key, let value, let expected): "key '\(key)' is '\(value)'; \(expected)"
+            case .badTokenBucket(let key, let value, let bytes):
+                "key '\(key)' is '\(value)'; use "
+                    + (bytes
+                        ? "SIZE/REFILL_MS[/BURST], e.g. 4M/1000 (4 MiB per second)"
+                        : "COUNT/REFILL_MS[/BURST], e.g. 100/1000 (100 per second)")
             }
         }
     }

@@ -36,7 +36,10 @@ extension CommandOption where Settings: MachineCommand {
     }
 
     static var disk: Self {
-        CommandOption("--disk", value: "disk", help: "A virtio-blk disk: \(DeviceOptions.disk.synopsis) (repeatable).") {
+        CommandOption(
+            "--disk", value: "disk",
+            help: "A virtio-blk disk: \(DeviceOptions.disk.synopsis) (repeatable); rate limits: \(DeviceOptions.disk.otherKeys)."
+        ) {
             settings, text throws(UsageError) in
             do throws(KeyValueError) { settings.configuration.disks.append(try DeviceOptions.diskConfiguration(text)) } catch {
                 throw UsageError(error.problem.description)
@@ -46,7 +49,9 @@ extension CommandOption where Settings: MachineCommand {
 
     static var net: Self {
         CommandOption(
-            "--net", value: "net", help: "A virtio-net interface over a host tap: \(DeviceOptions.network.synopsis) (repeatable)."
+            "--net", value: "net",
+            help:
+                "A virtio-net interface over a host tap: \(DeviceOptions.network.synopsis) (repeatable); rate limits: \(DeviceOptions.network.otherKeys)."
         ) { settings, text throws(UsageError) in
             do throws(KeyValueError) {
                 settings.configuration.networks.append(try DeviceOptions.networkConfiguration(text))
@@ -80,7 +85,8 @@ extension CommandOption where Settings: TimedCommand {
 /// Only the syntax is checked here; values (an id's length, a tap name, a unicast MAC) are
 /// checked by `MachineConfiguration.validate()` with everything else.
 enum DeviceOptions {
-    /// `--disk path=FILE[,readonly=on][,id=NAME][,direct=on]`; a bare value is the path.
+    /// `--disk path=FILE[,readonly=on][,id=NAME][,direct=on][,bw=SIZE/MS[/BURST]][,ops=N/MS[/BURST]]`;
+    /// a bare value is the path. `bw` and `ops` are token buckets (Docs/RATE-LIMITS.md).
     static let disk = KeyValueGrammar(
         option: "--disk", bareKey: "path",
         keys: [
@@ -88,23 +94,39 @@ enum DeviceOptions {
             OptionKey("readonly", aliases: ["ro"], .toggle, placeholder: "on"),
             OptionKey("id", aliases: ["serial"], .text, placeholder: "NAME"),
             OptionKey("direct", .toggle, placeholder: "on"),
+            OptionKey("bw", .tokenBucket(bytes: true), placeholder: "SIZE/MS[/BURST]", inSynopsis: false),
+            OptionKey("ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]", inSynopsis: false),
         ])
 
-    /// `--net tap=NAME[,mac=MAC][,offload=off]`; a bare value is the tap name.
+    /// `--net tap=NAME[,mac=MAC][,offload=off][,rx-bw=…][,rx-ops=…][,tx-bw=…][,tx-ops=…]`; a bare
+    /// value is the tap name. The rate limits are token buckets as for `--disk`, per direction
+    /// (rx: to the guest, tx: from it).
     static let network = KeyValueGrammar(
         option: "--net", bareKey: "tap",
         keys: [
             OptionKey("tap", aliases: ["ifname"], .text, placeholder: "NAME", required: true),
             OptionKey("mac", .text, placeholder: "MAC"),
             OptionKey("offload", aliases: ["offloads"], .toggle, placeholder: "off"),
+            OptionKey("rx-bw", .tokenBucket(bytes: true), placeholder: "SIZE/MS[/BURST]", inSynopsis: false),
+            OptionKey("rx-ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]", inSynopsis: false),
+            OptionKey("tx-bw", .tokenBucket(bytes: true), placeholder: "SIZE/MS[/BURST]", inSynopsis: false),
+            OptionKey("tx-ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]", inSynopsis: false),
         ])
 
-    /// A `--disk` value as the disk it describes (by default writable, id `diskN`, page cache).
+    /// The rate limit of buckets `bandwidth` and `operations` (keys of `values`), nil when neither
+    /// was given.
+    private static func rateLimit(_ values: KeyValues, bandwidth: String, operations: String) -> RateLimit? {
+        let limit = RateLimit(bandwidth: values.tokenBucket(bandwidth), operations: values.tokenBucket(operations))
+        return limit.isUnlimited ? nil : limit
+    }
+
+    /// A `--disk` value as the disk it describes (by default writable, id `diskN`, page cache, no
+    /// rate limit).
     static func diskConfiguration(_ text: String) throws(KeyValueError) -> DiskConfiguration {
         let values = try disk.parse(text)
         return DiskConfiguration(
             path: values.text("path") ?? "", readOnly: values.toggle("readonly") ?? false, id: values.text("id"),
-            directIO: values.toggle("direct") ?? false)
+            directIO: values.toggle("direct") ?? false, rateLimit: rateLimit(values, bandwidth: "bw", operations: "ops"))
     }
 
     /// A `--net` value as the interface it describes (by default the generated MAC, offloads on).
@@ -118,7 +140,10 @@ enum DeviceOptions {
             }
             mac = parsed
         }
-        return NetworkConfiguration(tap: values.text("tap") ?? "", mac: mac, offloads: values.toggle("offload") ?? true)
+        return NetworkConfiguration(
+            tap: values.text("tap") ?? "", mac: mac, offloads: values.toggle("offload") ?? true,
+            receiveRateLimit: rateLimit(values, bandwidth: "rx-bw", operations: "rx-ops"),
+            transmitRateLimit: rateLimit(values, bandwidth: "tx-bw", operations: "tx-ops"))
     }
 }
 
@@ -131,9 +156,10 @@ extension ConfigurationError {
             case .memoryTooSmall, .memoryTooLarge, .memoryNotPageAligned: "--memory"
             case .vcpuCount: "--cpus"
             case .missingKernel: "--kernel"
-            case .tooManyDisks, .diskWithoutPath, .diskIdentifierTooLong: "--disk"
+            case .tooManyDisks, .diskWithoutPath, .diskIdentifierTooLong, .badDiskRateLimit: "--disk"
             case .tooManyVirtioDevices: "--disk, --net and --rng"
-            case .badTapName, .macNotUnicast, .duplicateMAC: "--net"
+            case .badTapName, .macNotUnicast, .duplicateMAC, .badNetworkRateLimit: "--net"
+            case .badPrivilegeDrop: "--uid, --gid and --chroot"
             }
         return UsageError("\(option): \(self)")
     }

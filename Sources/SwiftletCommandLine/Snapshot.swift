@@ -144,11 +144,17 @@ extension Boot {
 }
 
 /// `swiftlet restore DIR`: a machine built from a snapshot, run with the terminal console.
-struct Restore: Sendable {
+struct Restore: PrivilegeDroppingCommand {
     var directory = ""
     var diskPaths: [String] = []
     var taps: [String] = []
     var timeout: Double?
+    /// `--uid`, `--gid`, `--chroot` (PrivilegeOptions.swift).
+    var userID: UInt32?
+    var groupID: UInt32?
+    var rootDirectory: String?
+    /// What they ask for, once parsed.
+    var privilegeDrop: PrivilegeDrop?
 
     static let syntax = CommandSyntax<Restore>(
         options: [
@@ -167,6 +173,7 @@ struct Restore: Sendable {
             CommandOption("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124).") {
                 restore, text throws(UsageError) in restore.timeout = try ValueSyntax.seconds(reading: text)
             },
+            .uid, .gid, .chroot,
         ],
         arguments: [
             CommandArgument(name: "<DIR>", help: "The snapshot directory (swiftlet boot --snapshot-when-ready).") {
@@ -186,7 +193,8 @@ struct Restore: Sendable {
             from their saved state, disks reopened at their saved paths (or --disk, in order) and \
             checked for their saved size, interfaces on their saved taps (or --net). Exit status \
             as for boot: 1 when the snapshot cannot be restored (a missing, truncated or \
-            corrupted file, another format version, a disk of another size), 64 for a bad value.
+            corrupted file, another format version, a disk of another size), 64 for a bad value. \
+            --uid, --gid and --chroot drop privileges once everything is open, as for boot.
             """, width: CommandHelp.width)
     )
 
@@ -194,6 +202,8 @@ struct Restore: Sendable {
     static func parse(_ arguments: some Sequence<String>) throws(UsageError) -> Restore {
         var restore = Restore()
         try syntax.parse(arguments, into: &restore)
+        restore.privilegeDrop = try restore.parsedPrivilegeDrop()
+        do { try restore.privilegeDrop?.validate() } catch { throw error.usageError }
         return restore
     }
 
@@ -204,7 +214,7 @@ struct Restore: Sendable {
         let machine: Machine
         let signals: SignalStopper
         do {
-            machine = try Machine(restoringFrom: directory, diskPaths: diskPaths, taps: taps)
+            machine = try Machine(restoringFrom: directory, diskPaths: diskPaths, taps: taps, privilegeDrop: privilegeDrop)
             signals = try SignalStopper(stopping: machine, on: [SIGINT, SIGTERM, SIGHUP])
             if let timeout { machine.setDeadline(after: timeout) }
             try machine.start()

@@ -62,8 +62,12 @@ public enum SwiftletCommand {
 }
 
 /// `swiftlet boot`: its settings, as read from the command line and checked by the library.
-struct Boot: MachineCommand, TimedCommand {
+struct Boot: MachineCommand, TimedCommand, PrivilegeDroppingCommand {
     var configuration = MachineConfiguration(kernelPath: "")
+    /// `--uid`, `--gid`, `--chroot` (PrivilegeOptions.swift), combined in `parse`.
+    var userID: UInt32?
+    var groupID: UInt32?
+    var rootDirectory: String?
     var timeout: Double?
     var reportBootTime = false
     var reportMemory = false
@@ -116,7 +120,7 @@ struct Boot: MachineCommand, TimedCommand {
             boot in boot.reportExits = true
         },
         .timeout,
-        .disk, .net, .rng, .snapshotWhenReady, .snapshotOnSignal, .continueAfterSnapshot,
+        .disk, .net, .rng, .snapshotWhenReady, .snapshotOnSignal, .continueAfterSnapshot, .uid, .gid, .chroot,
     ])
 
     static let help = CommandHelp(
@@ -173,6 +177,21 @@ struct Boot: MachineCommand, TimedCommand {
             give it an address with ip=ADDRESS::GATEWAY:NETMASK::eth0:off on --cmdline
             (Docs/NETWORKING.md). A tap that cannot be opened ends with exit status 1.
 
+            Rate limits (Firecracker's token buckets, Docs/RATE-LIMITS.md): on --disk
+              bw=SIZE/MS[/BURST]   bytes: a bucket of SIZE (512K, 4M, ...) refilled in MS ms
+              ops=N/MS[/BURST]     requests: a bucket of N refilled in MS ms
+            and on --net the same per direction: rx-bw=, rx-ops= (to the guest), tx-bw=,
+            tx-ops= (from the guest). bw=4M/1000 is 4 MiB per second; BURST is an extra
+            one-time budget spent first. A request larger than the bucket is served and the
+            bucket owes the difference. A throttled queue waits (the guest sees slower I/O) and
+            is served again from a timer. Sizes and times must be at least 1.
+
+            Privileges (--uid USER --gid GROUP [--chroot DIR], as root): once /dev/kvm, guest
+            memory, the disks, the taps and the console are open, and before the vCPUs run,
+            swiftlet chroots (if asked), drops its supplementary groups, then sets its group and
+            user, and checks that root cannot be regained. The guest then runs with that user's
+            rights only. Snapshots are written with them too.
+
             Entropy (--rng): a virtio-rng device fed by the host's getrandom(2); Linux uses it
             as /dev/hwrng.
 
@@ -217,6 +236,7 @@ struct Boot: MachineCommand, TimedCommand {
     static func parse(_ arguments: some Sequence<String>) throws(UsageError) -> Boot {
         var boot = Boot()
         try syntax.parse(arguments, into: &boot)
+        boot.configuration.privilegeDrop = try boot.parsedPrivilegeDrop()
         do { try boot.configuration.validate() } catch { throw error.usageError }
         return boot
     }

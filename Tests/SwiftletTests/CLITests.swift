@@ -112,7 +112,7 @@ struct CLITests {
         ),
         (
             ["boot", "--disk", "path=KERNEL,colour=red"],
-            "swiftlet: --disk 'path=KERNEL,colour=red': unknown key 'colour'; use path, readonly, id or direct"
+            "swiftlet: --disk 'path=KERNEL,colour=red': unknown key 'colour'; use path, readonly, id, direct, bw or ops"
         ),
         (
             ["boot", "--disk", "path=KERNEL,readonly=yes"],
@@ -121,6 +121,14 @@ struct CLITests {
         (
             ["boot", "--disk", "KERNEL,id=123456789012345678901"],
             "swiftlet: --disk: disk id '123456789012345678901' is longer than 20 bytes"
+        ),
+        (
+            ["boot", "--disk", "KERNEL,bw=4M/0"],
+            "swiftlet: --disk: disk KERNEL: bw: the refill time must be at least 1 ms"
+        ),
+        (
+            ["boot", "--disk", "KERNEL,ops=lots"],
+            "swiftlet: --disk 'KERNEL,ops=lots': key 'ops' is 'lots'; use COUNT/REFILL_MS[/BURST], e.g. 100/1000 (100 per second)"
         ),
         (["dump-dtb", "--cpus", "zz"], "swiftlet: --cpus 'zz': not a whole number"),
         (["dump-dtb", "--cpus", "0"], "swiftlet: --cpus: 0 vCPUs requested; between 1 and 512 are supported on aarch64"),

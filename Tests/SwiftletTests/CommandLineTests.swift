@@ -30,6 +30,25 @@ private let goodDisks: [(String, DiskConfiguration)] = [
     ("path=/img,id=a=b", DiskConfiguration(path: "/img", id: "a=b")),
     // The grammar reads any id; its length is the configuration's to check (validation below).
     ("path=/img,id=123456789012345678901", DiskConfiguration(path: "/img", id: "123456789012345678901")),
+    // Rate limits: SIZE/MS[/BURST] in bytes for bw, counts for ops.
+    (
+        "/img,bw=4M/1000",
+        DiskConfiguration(
+            path: "/img", rateLimit: RateLimit(bandwidth: TokenBucketLimit(size: 4 << 20, refillTimeMilliseconds: 1000)))
+    ),
+    (
+        "/img,ops=100/1000/500,bw=512K/125/16M",
+        DiskConfiguration(
+            path: "/img",
+            rateLimit: RateLimit(
+                bandwidth: TokenBucketLimit(size: 512 << 10, refillTimeMilliseconds: 125, oneTimeBurst: 16 << 20),
+                operations: TokenBucketLimit(size: 100, refillTimeMilliseconds: 1000, oneTimeBurst: 500)))
+    ),
+    // Zero values are read; validation refuses them (below).
+    (
+        "/img,ops=0/10",
+        DiskConfiguration(path: "/img", rateLimit: RateLimit(operations: TokenBucketLimit(size: 0, refillTimeMilliseconds: 10)))
+    ),
 ]
 
 private let goodNetworks: [(String, NetworkConfiguration)] = [
@@ -42,6 +61,24 @@ private let goodNetworks: [(String, NetworkConfiguration)] = [
     ),
     ("ifname=t,offloads=on", NetworkConfiguration(tap: "t")),
     ("tap=a/b", NetworkConfiguration(tap: "a/b")),
+    (
+        "tap=t,rx-bw=1M/100,tx-ops=1000/1000/100",
+        NetworkConfiguration(
+            tap: "t", receiveRateLimit: RateLimit(bandwidth: TokenBucketLimit(size: 1 << 20, refillTimeMilliseconds: 100)),
+            transmitRateLimit: RateLimit(
+                operations: TokenBucketLimit(size: 1000, refillTimeMilliseconds: 1000, oneTimeBurst: 100)))
+    ),
+    (
+        "tap=t,rx-ops=10/10,tx-bw=64K/10,rx-bw=2M/20,tx-ops=5/5",
+        NetworkConfiguration(
+            tap: "t",
+            receiveRateLimit: RateLimit(
+                bandwidth: TokenBucketLimit(size: 2 << 20, refillTimeMilliseconds: 20),
+                operations: TokenBucketLimit(size: 10, refillTimeMilliseconds: 10)),
+            transmitRateLimit: RateLimit(
+                bandwidth: TokenBucketLimit(size: 64 << 10, refillTimeMilliseconds: 10),
+                operations: TokenBucketLimit(size: 5, refillTimeMilliseconds: 5)))
+    ),
 ]
 
 /// Values that do not follow their grammar, with the exact error.
@@ -61,7 +98,7 @@ private let badValues: [(KeyValueGrammar, String, String)] = [
     (DeviceOptions.disk, "/a,/b", "--disk '/a,/b': '/b' is not key=value"),
     (
         DeviceOptions.disk, "path=/a,cache=none",
-        "--disk 'path=/a,cache=none': unknown key 'cache'; use path, readonly, id or direct"
+        "--disk 'path=/a,cache=none': unknown key 'cache'; use path, readonly, id, direct, bw or ops"
     ),
     (DeviceOptions.disk, "path=/a,readonly=maybe", "--disk 'path=/a,readonly=maybe': key 'readonly' is 'maybe'; use on or off"),
     (DeviceOptions.disk, "path=/a,ro=yes", "--disk 'path=/a,ro=yes': key 'ro' is 'yes'; use on or off"),
@@ -70,7 +107,10 @@ private let badValues: [(KeyValueGrammar, String, String)] = [
     (DeviceOptions.network, "mac=02:00:00:00:00:01", "--net 'mac=02:00:00:00:00:01': missing key 'tap' (tap=NAME)"),
     (DeviceOptions.network, "tap=a,tap=b", "--net 'tap=a,tap=b': key 'tap' given twice"),
     (DeviceOptions.network, "a,b", "--net 'a,b': 'b' is not key=value"),
-    (DeviceOptions.network, "tap=a,speed=10G", "--net 'tap=a,speed=10G': unknown key 'speed'; use tap, mac or offload"),
+    (
+        DeviceOptions.network, "tap=a,speed=10G",
+        "--net 'tap=a,speed=10G': unknown key 'speed'; use tap, mac, offload, rx-bw, rx-ops, tx-bw or tx-ops"
+    ),
     (
         DeviceOptions.network, "tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02",
         "--net 'tap=a,mac=02:00:00:00:00:01,mac=02:00:00:00:00:02': key 'mac' given twice"
@@ -79,6 +119,43 @@ private let badValues: [(KeyValueGrammar, String, String)] = [
     (
         DeviceOptions.network, "tap=a,mac=02:00:00:00:00",
         "--net 'tap=a,mac=02:00:00:00:00': key 'mac' is '02:00:00:00:00'; use six hex octets, e.g. 02:00:00:00:00:01"
+    ),
+    (
+        DeviceOptions.disk, "/a,bw=4M",
+        "--disk '/a,bw=4M': key 'bw' is '4M'; use SIZE/REFILL_MS[/BURST], e.g. 4M/1000 (4 MiB per second)"
+    ),
+    (
+        DeviceOptions.disk, "/a,bw=4M/1s",
+        "--disk '/a,bw=4M/1s': key 'bw' is '4M/1s'; use SIZE/REFILL_MS[/BURST], e.g. 4M/1000 (4 MiB per second)"
+    ),
+    (
+        DeviceOptions.disk, "/a,bw=4M/1000/1M/2",
+        "--disk '/a,bw=4M/1000/1M/2': key 'bw' is '4M/1000/1M/2'; use SIZE/REFILL_MS[/BURST], e.g. 4M/1000 (4 MiB per second)"
+    ),
+    (
+        DeviceOptions.disk, "/a,bw=/1000",
+        "--disk '/a,bw=/1000': key 'bw' is '/1000'; use SIZE/REFILL_MS[/BURST], e.g. 4M/1000 (4 MiB per second)"
+    ),
+    (
+        DeviceOptions.disk, "/a,ops=1K/1000",
+        "--disk '/a,ops=1K/1000': key 'ops' is '1K/1000'; use COUNT/REFILL_MS[/BURST], e.g. 100/1000 (100 per second)"
+    ),
+    (
+        DeviceOptions.disk, "/a,ops=-1/1000",
+        "--disk '/a,ops=-1/1000': key 'ops' is '-1/1000'; use COUNT/REFILL_MS[/BURST], e.g. 100/1000 (100 per second)"
+    ),
+    (
+        DeviceOptions.disk, "/a,ops=1/99999999999999999999",
+        "--disk '/a,ops=1/99999999999999999999': key 'ops' is '1/99999999999999999999'; use COUNT/REFILL_MS[/BURST], e.g. 100/1000 (100 per second)"
+    ),
+    (DeviceOptions.disk, "/a,ops=1/1,ops=2/2", "--disk '/a,ops=1/1,ops=2/2': key 'ops' given twice"),
+    (
+        DeviceOptions.network, "tap=a,rx-bw=1M/x",
+        "--net 'tap=a,rx-bw=1M/x': key 'rx-bw' is '1M/x'; use SIZE/REFILL_MS[/BURST], e.g. 4M/1000 (4 MiB per second)"
+    ),
+    (
+        DeviceOptions.network, "tap=a,bw=1M/10",
+        "--net 'tap=a,bw=1M/10': unknown key 'bw'; use tap, mac, offload, rx-bw, rx-ops, tx-bw or tx-ops"
     ),
     (sizedGrammar, "size=12Q", "--test 'size=12Q': key 'size' is '12Q'; use a size such as 512K, 128M or 1G"),
     (sizedGrammar, "size=1.5G", "--test 'size=1.5G': key 'size' is '1.5G'; use a size such as 512K, 128M or 1G"),
@@ -105,8 +182,27 @@ private let badBootLines: [([String], String)] = [
     (["--timeout", "0"], "--timeout '0': not a positive number of seconds"),
     (["--format", "pe"], "--format 'pe': unknown format; use one of: auto, elf, bzimage, flat-real-mode"),
     (["--kernel", ""], "--kernel: no kernel image given"),
-    (["--disk", "path=/d,colour=red"], "--disk 'path=/d,colour=red': unknown key 'colour'; use path, readonly, id or direct"),
+    (
+        ["--disk", "path=/d,colour=red"],
+        "--disk 'path=/d,colour=red': unknown key 'colour'; use path, readonly, id, direct, bw or ops"
+    ),
     (["--disk", "/d,id=123456789012345678901"], "--disk: disk id '123456789012345678901' is longer than 20 bytes"),
+    (["--disk", "/d,bw=0/1000"], "--disk: disk /d: bw: the bucket size must be at least 1"),
+    (["--disk", "/d,ops=10/0"], "--disk: disk /d: ops: the refill time must be at least 1 ms"),
+    (
+        ["--disk", "/d,ops=10/9223372036855"],
+        "--disk: disk /d: ops: the refill time must be at most 9223372036854 ms"
+    ),
+    (["--net", "tap=t,tx-ops=0/10"], "--net: tap t: tx-ops: the bucket size must be at least 1"),
+    (["--net", "tap=t,rx-bw=1M/0"], "--net: tap t: rx-bw: the refill time must be at least 1 ms"),
+    (["--uid", "5"], "--uid: needs --gid as well"),
+    (["--gid", "5"], "--gid: needs --uid as well"),
+    (["--chroot", "/srv/vm"], "--chroot: needs --uid and --gid (the user to run as)"),
+    (["--uid", "no-such-user-here", "--gid", "1"], "--uid 'no-such-user-here': no such user"),
+    (["--uid", "1", "--gid", "no-such-group-here"], "--gid 'no-such-group-here': no such group"),
+    (["--uid", "4294967295", "--gid", "1"], "--uid '4294967295': not a user id (0-4294967294) or name"),
+    (["--uid", "1", "--gid", "99999999999"], "--gid '99999999999': not a group id (0-4294967294) or name"),
+    (["--uid", "1", "--gid", "1", "--chroot", "relative/dir"], "--chroot 'relative/dir': not an absolute path"),
     (["--net", "tap=a/b"], "--net: 'a/b' is not an interface name (1-15 bytes, no '/', ':' or spaces)"),
     (["--net", "tap=t,mac=01:00:00:00:00:01"], "--net: MAC address 01:00:00:00:00:01 is a multicast or zero address"),
     (
@@ -174,6 +270,11 @@ struct CommandLineTests {
     func synopsis() {
         #expect(DeviceOptions.disk.synopsis == "path=FILE[,readonly=on][,id=NAME][,direct=on]")
         #expect(DeviceOptions.network.synopsis == "tap=NAME[,mac=MAC][,offload=off]")
+        #expect(DeviceOptions.disk.otherKeys == "bw=SIZE/MS[/BURST], ops=N/MS[/BURST]")
+        #expect(
+            DeviceOptions.network.otherKeys
+                == "rx-bw=SIZE/MS[/BURST], rx-ops=N/MS[/BURST], tx-bw=SIZE/MS[/BURST], tx-ops=N/MS[/BURST]")
+        #expect(sizedGrammar.otherKeys == "")
         #expect(sizedGrammar.synopsis == "size=SIZE[,name=NAME][,shared=on]")
     }
 

@@ -33,7 +33,7 @@ struct MachineBuilderTests {
 
         static let kinds = [
             "/dev/kvm", "anon_inode:kvm-vm", "anon_inode:kvm-vcpu", "anon_inode:[eventfd]", "anon_inode:[eventpoll]",
-            "/dev/net/tun",
+            "/dev/net/tun", "anon_inode:[timerfd]",
         ]
 
         init(paths: [String]) throws {
@@ -95,14 +95,19 @@ struct MachineBuilderTests {
         let kernel = try TestSupport.guest("virtio-net-test.elf")
         let (firstPath, secondPath) = (first.path, second.path)
         try namespace.run {
+            // Rate limits on the first disk and both directions of the interface: their retry
+            // timers (timerfds) must go with a failed build too.
+            let limit = RateLimit(bandwidth: TokenBucketLimit(size: 1 << 20, refillTimeMilliseconds: 100))
             var configuration = MachineConfiguration(
                 kernelPath: kernel, memorySize: Self.memorySize, vcpuCount: 2, console: .output(BufferSerialOutput()),
-                disks: [DiskConfiguration(path: firstPath), DiskConfiguration(path: secondPath, readOnly: true)],
-                networks: [NetworkConfiguration(tap: "swl-leak0")], rng: true)
+                disks: [
+                    DiskConfiguration(path: firstPath, rateLimit: limit), DiskConfiguration(path: secondPath, readOnly: true),
+                ],
+                networks: [NetworkConfiguration(tap: "swl-leak0", receiveRateLimit: limit, transmitRateLimit: limit)], rng: true)
             configuration.bootTimer = true
             configuration.mmioTestDevice = true
             // Building runs every step but the restore-only ones (SnapshotTests covers those).
-            for step in BuildStep.allCases where ![.startThreads, .readSnapshot, .restoreState].contains(step) {
+            for step in BuildStep.allCases where ![.startThreads, .readSnapshot, .restoreState, .dropPrivileges].contains(step) {
                 try Self.expectNoLeak(configuration, failingAfter: step, paths: [firstPath, secondPath], expectedStep: step)
             }
         }

@@ -214,6 +214,26 @@ struct PublicAPITests {
                 MachineConfiguration(kernelPath: kernel, console: .none, commandLine: String(repeating: "x", count: 70_000)),
                 .writeBootStructures, "command line"
             ),
+            (
+                MachineConfiguration(
+                    kernelPath: kernel, console: .none,
+                    disks: [
+                        DiskConfiguration(
+                            path: kernel,
+                            rateLimit: RateLimit(bandwidth: TokenBucketLimit(size: 1 << 20, refillTimeMilliseconds: 0)))
+                    ]),
+                .validateConfiguration, "bw: the refill time must be at least 1 ms"
+            ),
+            (
+                MachineConfiguration(
+                    kernelPath: kernel, console: .none,
+                    networks: [
+                        NetworkConfiguration(
+                            tap: "tap0",
+                            transmitRateLimit: RateLimit(operations: TokenBucketLimit(size: 0, refillTimeMilliseconds: 5)))
+                    ]),
+                .validateConfiguration, "tx-ops: the bucket size must be at least 1"
+            ),
         ]
         for (configuration, step, words) in cases {
             do {
@@ -225,6 +245,28 @@ struct PublicAPITests {
                 #expect(!"\(error)".contains("\n"))
             }
         }
+    }
+
+    @Test("a disk's rate limit and the privilege drop are plain configuration values")
+    func rateLimitAndPrivilegeDropConfiguration() throws {
+        let limit = RateLimit(
+            bandwidth: TokenBucketLimit(size: 4 << 20, refillTimeMilliseconds: 1000, oneTimeBurst: 16 << 20),
+            operations: TokenBucketLimit(size: 100, refillTimeMilliseconds: 1000))
+        var configuration = MachineConfiguration(
+            kernelPath: try TestSupport.guest("longmode-hello.elf"), console: .none,
+            disks: [DiskConfiguration(path: "/nonexistent.img", rateLimit: limit)])
+        configuration.privilegeDrop = PrivilegeDrop(userID: 65534, groupID: 65534)
+        try configuration.validate()
+        configuration.privilegeDrop = PrivilegeDrop(userID: 65534, groupID: 65534, rootDirectory: "relative")
+        #expect(throws: ConfigurationError.self) { try configuration.validate() }
+        // A limiter is usable on its own, with any clock.
+        var limiter = RateLimiter(limit)
+        #expect(limiter.consume(bytes: 20 << 20) == .allowed)
+        guard case .throttled(let nanoseconds) = limiter.consume(bytes: 1 << 20) else {
+            Issue.record("a spent bucket allowed more")
+            return
+        }
+        #expect(nanoseconds > 0 && nanoseconds <= 1_000_000_000)
     }
 
     @Test("devices may not overlap on a bus")

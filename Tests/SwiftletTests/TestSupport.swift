@@ -82,7 +82,10 @@ enum Subprocess {
     }
 
     /// Runs `path` with `arguments` (argv[0] is `path`); kills it after `timeout` seconds.
-    static func run(_ path: String, _ arguments: [String], timeout: Double = 60) throws -> Result {
+    /// `whileRunning` is called with the child's pid right after it was spawned.
+    static func run(
+        _ path: String, _ arguments: [String], timeout: Double = 60, whileRunning: ((pid_t) throws -> Void)? = nil
+    ) throws -> Result {
         let output = try TemporaryFile(contents: [])
         let errors = try TemporaryFile(contents: [])
         var actions = posix_spawn_file_actions_t()
@@ -97,6 +100,11 @@ enum Subprocess {
         let spawned = posix_spawn(&pid, path, &actions, nil, argv, environ)
         guard spawned == 0 else { throw TestFailure("posix_spawn \(path) failed: errno \(spawned)") }
         var status: Int32 = 0
+        do { try whileRunning?(pid) } catch {
+            kill(pid, SIGKILL)
+            _ = waitpid(pid, &status, 0)
+            throw error
+        }
         guard try waitForExit(pid, status: &status, within: timeout) else {
             kill(pid, SIGKILL)
             _ = waitpid(pid, &status, 0)

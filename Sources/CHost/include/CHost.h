@@ -15,6 +15,7 @@
 // Re-exported for Swift: Glibc's module map does not cover these headers.
 #include <sys/epoll.h>
 #include <sys/random.h>  // getrandom(2), for virtio-rng
+#include <sys/timerfd.h>  // timerfd_create(2), the event loop's retry timers (rate limits)
 
 // ---- tun/tap requests (on a /dev/net/tun descriptor) ----
 /// Attach to (or create) an interface; the argument is a struct ifreq: use swl_tun_set_iff.

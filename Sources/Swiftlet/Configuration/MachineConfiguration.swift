@@ -37,6 +37,9 @@ public struct MachineConfiguration: Sendable {
     /// Attach the MMIO test device (`X86Layout.mmioTestDeviceAddress`) of the tiny test guests.
     /// For tests only; production guests never see it.
     package var mmioTestDevice: Bool = false
+    /// Who the VMM runs the guest as once every host resource is open (`--uid`, `--gid`,
+    /// `--chroot`); nil: it keeps the privileges it was started with.
+    public var privilegeDrop: PrivilegeDrop?
 
     /// Guest RAM when none is given: 128 MiB.
     public static let defaultMemorySize: UInt64 = 128 << 20
@@ -85,6 +88,7 @@ public struct MachineConfiguration: Sendable {
         let virtioDevices = disks.count + networks.count + (rng ? 1 : 0)
         guard virtioDevices <= X86Layout.virtioMMIOSlotCount else { throw .tooManyVirtioDevices(virtioDevices) }
         try validateDevices()
+        try privilegeDrop?.validate()
     }
 
     /// The checks of `validate()` that hold on every architecture (`swiftlet dump-dtb` uses them
@@ -137,6 +141,14 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
     case macNotUnicast(MACAddress)
     /// Two network interfaces would have this MAC address (configured or generated from the tap name).
     case duplicateMAC(MACAddress)
+    /// A rate-limit bucket (`bucket`: `bw` or `ops`) of the disk at `path` cannot be used: `reason`
+    /// says why (`TokenBucketLimit.problem`).
+    case badDiskRateLimit(path: String, bucket: String, reason: String)
+    /// A rate-limit bucket (`bucket`: `rx-bw`, `rx-ops`, `tx-bw` or `tx-ops`) of the interface on
+    /// tap `tap` cannot be used: `reason` says why.
+    case badNetworkRateLimit(tap: String, bucket: String, reason: String)
+    /// The privilege drop's ids or chroot directory cannot be used; the text says why.
+    case badPrivilegeDrop(String)
 
     /// A one-line explanation, with the supported range where there is one.
     public var description: String {
@@ -156,6 +168,9 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
         case .badTapName(let name): "'\(name)' is not an interface name (1-15 bytes, no '/', ':' or spaces)"
         case .macNotUnicast(let mac): "MAC address \(mac) is a multicast or zero address"
         case .duplicateMAC(let mac): "two network interfaces have the MAC address \(mac)"
+        case .badDiskRateLimit(let path, let bucket, let reason): "disk \(path): \(bucket): \(reason)"
+        case .badNetworkRateLimit(let tap, let bucket, let reason): "tap \(tap): \(bucket): \(reason)"
+        case .badPrivilegeDrop(let reason): reason
         }
     }
 }

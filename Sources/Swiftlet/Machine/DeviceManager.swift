@@ -188,13 +188,24 @@ final class DeviceManager {
             throw .disk(index: index, error)
         }
         let name = "virtio-blk \(index) (\(disk.path))"
+        let limit = disk.rateLimit.flatMap { $0.isUnlimited ? nil : $0 }
+        let retry = try limit.map { (_) throws(DeviceAttachError) in [0: try makeRetryTimer()] } ?? [:]
         if let state {
-            return try attachVirtio(
+            let transport = try attachVirtio(
                 queueCount: state.transport.queues.count, kind: .virtioBlock, name: name,
-                restoring: state, resources: image)
+                restoring: state, resources: image, retryTimers: retry)
+            // The limiter is configuration, not saved state: it starts again with full buckets.
+            if let limit { transport.updateDevice { $0.rateLimiter = RateLimiter(limit) } }
+            return transport
         }
-        let device = VirtioBlock(backend: image, readOnly: disk.readOnly, identifier: disk.id ?? "disk\(index)")
-        return try attachVirtio(device, kind: .virtioBlock, name: name)
+        var device = VirtioBlock(backend: image, readOnly: disk.readOnly, identifier: disk.id ?? "disk\(index)")
+        device.rateLimiter = limit.map { RateLimiter($0) }
+        return try attachVirtio(device, kind: .virtioBlock, name: name, retryTimers: retry)
+    }
+
+    /// A timer for a rate-limited queue (served again when it expires).
+    private func makeRetryTimer() throws(DeviceAttachError) -> LoopTimer {
+        do { return try LoopTimer() } catch { throw .host(error) }
     }
 
     /// Opens the tap and attaches a virtio-net device for it in the next slot. Besides the
@@ -205,22 +216,41 @@ final class DeviceManager {
     ) throws(DeviceAttachError) -> VirtioNetTransport {
         let tap: TapDevice
         do { tap = try TapDevice(name: network.tap) } catch { throw .network(index: index, error) }
-        let pump = TapReceivePump(tapDescriptor: tap.fileDescriptor, eventLoop: eventLoop)
+        let receiveLimit = network.receiveRateLimit.flatMap { $0.isUnlimited ? nil : $0 }
+        let transmitLimit = network.transmitRateLimit.flatMap { $0.isUnlimited ? nil : $0 }
+        // The receive queue's timer belongs to the pump, which is served from the tap as well.
+        let receiveRetry = try receiveLimit.map { (_) throws(DeviceAttachError) in try makeRetryTimer() }
+        let transmitRetry =
+            try transmitLimit.map { (_) throws(DeviceAttachError) in [VirtioNet.transmitQueue: try makeRetryTimer()] } ?? [:]
+        let pump = TapReceivePump(tapDescriptor: tap.fileDescriptor, eventLoop: eventLoop, retry: receiveRetry)
         let name = "virtio-net \(index) (\(tap.name))"
-        let serve: @Sendable (VirtioNetTransport, Int) -> Void = { transport, queue in
-            if queue == VirtioNet.receiveQueue { pump.serve(transport) } else { transport.processQueue(queue) }
+        let serve: @Sendable (VirtioNetTransport, Int) -> VirtioQueueService = { transport, queue in
+            queue == VirtioNet.receiveQueue ? pump.serve(transport) : transport.processQueue(queue)
         }
         let transport: VirtioNetTransport
         if let state {
             transport = try attachVirtio(
                 queueCount: state.transport.queues.count, kind: .virtioNet, name: name, restoring: state, resources: tap,
-                serve: serve)
+                serve: serve, retryTimers: transmitRetry)
+            // The limiters are configuration, not saved state: they start again with full buckets.
+            transport.updateDevice { device in
+                device.receiveLimiter = receiveLimit.map { RateLimiter($0) }
+                device.transmitLimiter = transmitLimit.map { RateLimiter($0) }
+            }
         } else {
-            let device = VirtioNet(backend: tap, mac: network.effectiveMAC, offloads: network.offloads)
-            transport = try attachVirtio(device, kind: .virtioNet, name: name, serve: serve)
+            var device = VirtioNet(backend: tap, mac: network.effectiveMAC, offloads: network.offloads)
+            device.receiveLimiter = receiveLimit.map { RateLimiter($0) }
+            device.transmitLimiter = transmitLimit.map { RateLimiter($0) }
+            transport = try attachVirtio(device, kind: .virtioNet, name: name, serve: serve, retryTimers: transmitRetry)
         }
         // Not watched until the driver offers receive buffers.
         try watch(tap.fileDescriptor, events: 0) { events in pump.tapReady(events, transport: transport) }
+        if let receiveRetry {
+            try watch(receiveRetry.fileDescriptor, events: EPOLLIN.rawValue) { _ in
+                receiveRetry.consume()
+                pump.serve(transport)
+            }
+        }
         return transport
     }
 
@@ -240,14 +270,15 @@ final class DeviceManager {
     func attachVirtio<Device: VirtioDevice & PersistentDevice>(
         queueCount: Int, kind: AttachedDevice.Kind, name: String, restoring state: VirtioDeviceState<Device>,
         resources: Device.Resources,
-        serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> Void = { $0.processQueue($1) }
+        serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> VirtioQueueService = { $0.processQueue($1) },
+        retryTimers: [Int: LoopTimer] = [:]
     ) throws(DeviceAttachError) -> VirtioMMIOTransport<Device> {
         // A notification the guest made just before the snapshot may not have been served yet; the
         // new ioeventfds never saw it, so each queue is looked at once when the loop starts (a
         // queue with nothing new is left as it is).
         var kicks: [any VirtioSignal] = []
         defer { for kick in kicks { kick.signal() } }
-        return try attachVirtio(queueCount: queueCount, kind: kind, name: name, serve: serve) {
+        return try attachVirtio(queueCount: queueCount, kind: kind, name: name, serve: serve, retryTimers: retryTimers) {
             (notifiers, interrupt) throws(DeviceAttachError) in
             if state.transport.isActive { kicks = notifiers }
             do throws(DeviceRestoreError) {
@@ -261,15 +292,18 @@ final class DeviceManager {
     /// Puts `device` in the next free virtio-mmio slot: its window on the MMIO bus, its
     /// interrupt an irqfd on the slot's GSI, each queue's notification an ioeventfd on
     /// QueueNotify (datamatch = queue index) served on the event loop by `serve(transport, queue)`
-    /// (by default `processQueue(queue)`).
+    /// (by default `processQueue(queue)`). A queue with a timer in `retryTimers` (a rate-limited
+    /// one) that ends `.throttled` is armed for the wait and served again when it expires.
     func attachVirtio<Device: VirtioDevice>(
         _ device: sending Device, kind: AttachedDevice.Kind, name: String,
-        serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> Void = { $0.processQueue($1) }
+        serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> VirtioQueueService = { $0.processQueue($1) },
+        retryTimers: [Int: LoopTimer] = [:]
     ) throws(DeviceAttachError) -> VirtioMMIOTransport<Device> {
         let memory = self.memory
         // Handed on to the transport once, inside the wiring below, and used nowhere else.
         nonisolated(unsafe) let device = device
-        return try attachVirtio(queueCount: device.queueCount, kind: kind, name: name, serve: serve) { notifiers, interrupt in
+        return try attachVirtio(queueCount: device.queueCount, kind: kind, name: name, serve: serve, retryTimers: retryTimers) {
+            notifiers, interrupt in
             VirtioMMIOTransport(device: device, memory: memory, notifiers: notifiers, interrupt: interrupt)
         }
     }
@@ -278,7 +312,8 @@ final class DeviceManager {
     /// and interrupt signal this creates.
     private func attachVirtio<Device: VirtioDevice>(
         queueCount: Int, kind: AttachedDevice.Kind, name: String,
-        serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> Void,
+        serve: @escaping @Sendable (VirtioMMIOTransport<Device>, Int) -> VirtioQueueService,
+        retryTimers: [Int: LoopTimer],
         make: ([any VirtioSignal], any VirtioSignal) throws(DeviceAttachError) -> VirtioMMIOTransport<Device>
     ) throws(DeviceAttachError) -> VirtioMMIOTransport<Device> {
         guard let slot = X86Layout.virtioSlot(nextVirtioSlot) else {
@@ -302,9 +337,20 @@ final class DeviceManager {
             } catch {
                 throw .host(error)
             }
+            // A queue whose limiter refused a request is served again when its timer expires.
+            let retry = retryTimers[queue]
+            let serveQueue: @Sendable () -> Void = {
+                if case .throttled(let nanoseconds) = serve(transport, queue) { retry?.arm(afterNanoseconds: nanoseconds) }
+            }
             try watch(notifier.rawValue, events: EPOLLIN.rawValue) { _ in
                 _ = try? notifier.consume()
-                serve(transport, queue)
+                serveQueue()
+            }
+            if let retry {
+                try watch(retry.fileDescriptor, events: EPOLLIN.rawValue) { _ in
+                    retry.consume()
+                    serveQueue()
+                }
             }
         }
         do throws(BusError) {

@@ -131,6 +131,11 @@ public final class Machine: @unchecked Sendable {
             try consoleInput.attach()
             if case .stream(let stream) = configuration.console { try stream.attach(to: eventLoop) }
         }
+        // Every host resource is open now (KVM, memory, disks, taps, the console): the guest runs
+        // with the configured user's privileges only.
+        if let drop = configuration.privilegeDrop {
+            try MachineBuilder.Steps(failingAfter: nil).run(.dropPrivileges) { () throws(PrivilegeDropError) in try drop.apply() }
+        }
         let loop = eventLoop
         try MachineBuilder.Steps(failingAfter: nil).run(.startThreads) { () throws(SystemError) in
             let thread = try NativeThread(name: "event loop") { loop.run() }

@@ -41,6 +41,10 @@ public enum BuildStep: String, Sendable, CaseIterable {
     /// Attaching the console to the event loop and starting the event-loop and vCPU threads
     /// (`Machine.start()`, not part of building).
     case startThreads = "start the VMM threads"
+    /// Changing to the configured user and group (`PrivilegeDrop`): checked before building
+    /// (`PrivilegeDrop.checkPermitted()`), done in `Machine.start()` before the vCPU threads
+    /// start, after every host resource is open.
+    case dropPrivileges = "drop privileges"
 }
 
 /// Building or starting a machine failed.
@@ -164,6 +168,10 @@ enum MachineBuilder {
         _ configuration: MachineConfiguration, steps: Steps, rollback: BuildRollback
     ) throws(MachineError) -> MachineParts {
         try steps.run(.validateConfiguration) { () throws(ConfigurationError) in try configuration.validate() }
+        // Fail before building anything when the drop cannot be made later.
+        if let drop = configuration.privilegeDrop {
+            try steps.run(.dropPrivileges) { () throws(PrivilegeDropError) in try drop.checkPermitted() }
+        }
         let (kvm, vm) = try createVM(steps)
         let memory = try steps.run(.allocateMemory) { () throws in
             try GuestMemory(regions: X86MemoryMap.ramRegions(size: configuration.memorySize))

@@ -47,9 +47,14 @@ extension Machine {
                 disks: zip(configuration.disks, disks).map { disk, transport in
                     SavedDisk(
                         path: disk.path, readOnly: disk.readOnly, id: disk.id, directIO: disk.directIO,
-                        size: transport.saveState().device.settings.capacity * VirtioBlock.sectorSize)
+                        size: transport.saveState().device.settings.capacity * VirtioBlock.sectorSize,
+                        rateLimit: disk.rateLimit)
                 },
-                networks: configuration.networks.map { SavedNetwork(tap: $0.tap, mac: $0.mac?.rawValue, offloads: $0.offloads) },
+                networks: configuration.networks.map {
+                    SavedNetwork(
+                        tap: $0.tap, mac: $0.mac?.rawValue, offloads: $0.offloads, receiveRateLimit: $0.receiveRateLimit,
+                        transmitRateLimit: $0.transmitRateLimit)
+                },
                 devices: devices.map { SavedDevice(kind: $0.kind.rawValue, name: $0.name) },
                 vcpus: savedVCPUs, vm: try SavedVM(vm), serial: serial.saveState(), i8042: i8042.saveState(),
                 bootTimerState: bootTimer?.saveState(), exitStatus: exitStatus.saveState(),
@@ -113,15 +118,17 @@ extension Machine {
     /// the snapshot never changes and may be restored many times at once); devices are rebuilt
     /// from their saved state, with their host resources opened again: disk `i` from
     /// `diskPaths[i]` if given, else its saved path (and it must have its saved size); network
-    /// interface `i` on `taps[i]` if given, else its saved tap. Fails, rolling back like any
-    /// build, with a `MachineError` whose underlying error is a `SnapshotError` for a missing,
-    /// truncated, corrupted or wrong-version file.
+    /// interface `i` on `taps[i]` if given, else its saved tap. With `privilegeDrop`, `start()`
+    /// changes to that user once everything is open, as for a booted machine (it is not part of
+    /// the snapshot). Fails, rolling back like any build, with a `MachineError` whose underlying
+    /// error is a `SnapshotError` for a missing, truncated, corrupted or wrong-version file.
     public convenience init(
         restoringFrom directory: String, console: ConsoleConfiguration = .terminal, diskPaths: [String] = [],
-        taps: [String] = []
+        taps: [String] = [], privilegeDrop: PrivilegeDrop? = nil
     ) throws(MachineError) {
         self.init(
-            parts: try MachineBuilder.restore(directory: directory, console: console, diskPaths: diskPaths, taps: taps))
+            parts: try MachineBuilder.restore(
+                directory: directory, console: console, diskPaths: diskPaths, taps: taps, privilegeDrop: privilegeDrop))
     }
 
     /// Waits until the guest writes the boot-timer port, then pauses the machine (the vCPU
@@ -144,12 +151,12 @@ extension MachineBuilder {
     /// makes the restore fail right after that step (tests of the rollback).
     static func restore(
         directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String],
-        failingAfter: BuildStep? = nil
+        privilegeDrop: PrivilegeDrop? = nil, failingAfter: BuildStep? = nil
     ) throws(MachineError) -> MachineParts {
         let rollback = BuildRollback()
         do {
             return try restoreParts(
-                directory: directory, console: console, diskPaths: diskPaths, taps: taps,
+                directory: directory, console: console, diskPaths: diskPaths, taps: taps, privilegeDrop: privilegeDrop,
                 steps: Steps(failingAfter: failingAfter),
                 rollback: rollback)
         } catch {
@@ -183,8 +190,8 @@ extension MachineBuilder {
     }
 
     private static func restoreParts(
-        directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String], steps: Steps,
-        rollback: BuildRollback
+        directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String],
+        privilegeDrop: PrivilegeDrop?, steps: Steps, rollback: BuildRollback
     ) throws(MachineError) -> MachineParts {
         let (state, memoryFile) = try steps.run(.readSnapshot) { () throws(SnapshotError) in
             try readSnapshot(directory: directory)
@@ -194,10 +201,12 @@ extension MachineBuilder {
             memorySize: state.memorySize, vcpuCount: state.vcpuCount, console: console, rng: state.rng,
             bootTimer: state.bootTimer)
         configuration.disks = state.disks.map {
-            DiskConfiguration(path: $0.path, readOnly: $0.readOnly, id: $0.id, directIO: $0.directIO)
+            DiskConfiguration(path: $0.path, readOnly: $0.readOnly, id: $0.id, directIO: $0.directIO, rateLimit: $0.rateLimit)
         }
         configuration.networks = state.networks.map {
-            NetworkConfiguration(tap: $0.tap, mac: $0.mac.map(MACAddress.init(rawValue:)), offloads: $0.offloads)
+            NetworkConfiguration(
+                tap: $0.tap, mac: $0.mac.map(MACAddress.init(rawValue:)), offloads: $0.offloads,
+                receiveRateLimit: $0.receiveRateLimit, transmitRateLimit: $0.transmitRateLimit)
         }
         try steps.run(.validateConfiguration) { () throws(SnapshotError) in
             guard diskPaths.count <= state.disks.count else {
@@ -209,7 +218,11 @@ extension MachineBuilder {
             for (index, path) in diskPaths.enumerated() { configuration.disks[index].path = path }
             for (index, tap) in taps.enumerated() { configuration.networks[index].tap = tap }
         }
+        configuration.privilegeDrop = privilegeDrop
         try steps.run(.validateConfiguration) { () throws(ConfigurationError) in try configuration.validate() }
+        if let privilegeDrop {
+            try steps.run(.dropPrivileges) { () throws(PrivilegeDropError) in try privilegeDrop.checkPermitted() }
+        }
         try steps.run(.validateConfiguration) { () throws(SnapshotError) in
             for (index, disk) in configuration.disks.enumerated() {
                 var info = stat()

@@ -62,6 +62,9 @@ struct SavedDisk: Codable {
     var id: String?
     var directIO: Bool
     var size: UInt64
+    /// The rate limit (configuration; the buckets' contents are not saved: a restored machine
+    /// starts with full buckets).
+    var rateLimit: RateLimit?
 }
 
 /// A network interface's configuration.
@@ -69,6 +72,9 @@ struct SavedNetwork: Codable {
     var tap: String
     var mac: UInt64?
     var offloads: Bool
+    /// The rate limits per direction (configuration only, as for a disk).
+    var receiveRateLimit: RateLimit?
+    var transmitRateLimit: RateLimit?
 }
 
 /// An entry of `Machine.devices`.

@@ -17,6 +17,10 @@ import SwiftletMemory
 /// - `FLUSH` (4) calls fdatasync. `GET_ID` (8) returns the device's id string (20 bytes,
 ///   NUL-padded). Other types answer `UNSUPP`.
 /// A request without a status byte cannot be answered: it is returned with length 0.
+///
+/// With a `rateLimiter`, every request costs one operation, and IN and OUT requests their data
+/// bytes as well; a request the limiter refuses is left in the ring (`.throttled`) untouched, to
+/// be served once the limiter allows it.
 public struct VirtioBlock: VirtioDevice {
     /// The virtio-blk sector in bytes: `sector`, `capacity` and IN/OUT lengths count in these whatever
     /// `blk_size` says (5.2.4, 5.2.6).
@@ -126,6 +130,9 @@ public struct VirtioBlock: VirtioDevice {
     public private(set) var statistics = Statistics()
     /// Scratch I/O vectors, reused for every request.
     private var vectors: [iovec] = []
+    /// Limits on requests and bytes; nil: none. Host configuration, not saved with the device's
+    /// state (the machine sets it again on restore, with full buckets).
+    public var rateLimiter: RateLimiter?
 
     /// A device serving `backend`'s sectors; `identifier` is the GET_ID answer (its first 20
     /// bytes).
@@ -198,20 +205,34 @@ public struct VirtioBlock: VirtioDevice {
             return .used(0)
         }
         let dataLength = chain.writableLength - 1
-        let (status, written) = serve(chain, writableData: dataLength, memory: memory)
+        var header = (UInt64(0), UInt64(0))
+        let headerRead = withUnsafeMutableBytes(of: &header) { chain.copyReadable(from: 0, into: $0, memory: memory) }
+        let type = headerRead == 16 ? UInt32(truncatingIfNeeded: UInt64(littleEndian: header.0)) : nil
+        if rateLimiter != nil {
+            let bytes: UInt64 =
+                switch type {
+                case RequestType.read: dataLength
+                case RequestType.write: chain.readableLength - 16
+                default: 0
+                }
+            if case .throttled(let nanoseconds) = rateLimiter?.consume(bytes: bytes, operations: 1) {
+                return .throttled(nanoseconds: nanoseconds)
+            }
+        }
+        let (status, written) = serve(
+            chain, type: type, sector: UInt64(littleEndian: header.1), writableData: dataLength, memory: memory)
         var byte = status
         withUnsafeBytes(of: &byte) { _ = chain.copyToWritable(at: dataLength, from: $0, memory: memory) }
         if status != Status.ok { statistics.failures += 1 }
         return .used(UInt32(truncatingIfNeeded: written + 1))
     }
 
-    /// Serves the request; returns its status and how many data bytes went into the chain.
-    private mutating func serve(_ chain: DescriptorChain, writableData: UInt64, memory: GuestMemory) -> (UInt8, UInt64) {
-        var header = (UInt64(0), UInt64(0))
-        let headerRead = withUnsafeMutableBytes(of: &header) { chain.copyReadable(from: 0, into: $0, memory: memory) }
-        guard headerRead == 16 else { return (Status.ioError, 0) }
-        let type = UInt32(truncatingIfNeeded: UInt64(littleEndian: header.0))
-        let sector = UInt64(littleEndian: header.1)
+    /// Serves the request of `type` at `sector` (nil: the header was short); returns its status
+    /// and how many data bytes went into the chain.
+    private mutating func serve(
+        _ chain: DescriptorChain, type: UInt32?, sector: UInt64, writableData: UInt64, memory: GuestMemory
+    ) -> (UInt8, UInt64) {
+        guard let type else { return (Status.ioError, 0) }
         switch type {
         case RequestType.read:
             guard transfer(chain, writing: false, sector: sector, dataOffset: 0, length: writableData, memory: memory) else {

@@ -13,7 +13,9 @@ import SwiftletMemory
 ///
 /// A device may also leave a chain for later (`.deferred`): virtio-net does when the driver
 /// offers a receive buffer and no frame is waiting. The chain stays in the available ring and
-/// the transport stops serving that queue until it is asked again (`processQueue`).
+/// the transport stops serving that queue until it is asked again (`processQueue`). A device
+/// with a rate limiter leaves a chain its limiter refuses in the same way (`.throttled`), saying
+/// when to try again.
 public protocol VirtioDevice: SendableMetatype {
     /// The virtio device type (`VirtioDeviceType`).
     var deviceType: UInt32 { get }
@@ -45,6 +47,10 @@ public enum VirtioChainResult: Equatable, Sendable {
     /// Not now: the chain stays in the available ring (its buffers untouched or to be
     /// overwritten) and the transport stops serving the queue until asked again.
     case deferred
+    /// Not yet: the device's rate limiter refused the request, which would be allowed after this
+    /// many nanoseconds. The chain stays in the available ring, untouched, and the transport stops
+    /// serving the queue; the machine serves it again from a timer.
+    case throttled(nanoseconds: UInt64)
 }
 
 /// Something that wakes another party: a queue's notification eventfd, or an irqfd that

@@ -208,6 +208,11 @@ public final class VirtioMMIOTransport<Device: VirtioDevice>: BusDevice {
                         queue.putBackLastAvailable()
                         service = .deferred
                         break serving
+                    case .throttled(let nanoseconds):
+                        queue.putBackLastAvailable()
+                        work.statistics.throttled += 1
+                        service = .throttled(nanoseconds: nanoseconds)
+                        break serving
                     }
                 }
                 try queue.addUsed(head: work.chain.head, length: length, memory: memory)
@@ -256,6 +261,10 @@ public enum VirtioQueueService: Equatable, Sendable {
     case drained
     /// The device left a chain for later (`VirtioChainResult.deferred`); chains remain.
     case deferred
+    /// The device's rate limiter refused the next chain (`VirtioChainResult.throttled`); it
+    /// remains, and the queue is to be served again after this many nanoseconds (from a timer:
+    /// the driver need not notify again).
+    case throttled(nanoseconds: UInt64)
     /// A ring's worth of chains was served and more are waiting: the queue's notifier was
     /// signalled, so the event loop comes back to this queue after its other work.
     case yielded
@@ -270,6 +279,8 @@ public struct VirtioQueueStatistics: Equatable, Sendable {
     public var requests = 0
     /// Malformed chains returned to the driver unprocessed (length 0).
     public var failedChains = 0
+    /// Times the device's rate limiter stopped the queue (not saved in a snapshot).
+    public var throttled = 0
     /// The last queue error (a malformed chain, a broken ring or a queue that did not fit).
     public var lastError: VirtqueueError?
 }

@@ -23,6 +23,13 @@ import SwiftletMemory
 ///   tap with writev, and the chain is returned with length 0. Frames that cannot be sent are
 ///   counted and returned all the same.
 ///
+/// Rate limits (`receiveLimiter`, `transmitLimiter`): a frame costs one operation and its bytes
+/// without the virtio-net header. A transmit chain the limiter refuses stays in the ring
+/// (`.throttled`). On receive the frame's size is known only once it has been read into the
+/// driver's buffers, so the device reads only while the limiter has an operation and is not in
+/// debt, and charges the frame's bytes after the read (possibly into debt, which the following
+/// frames wait for): over time the rate is the limit's all the same.
+///
 /// The receive offloads the driver accepted are applied to the tap (TUNSETOFFLOAD) on the
 /// event loop before the first read after activation: `activate` and `reset` run on a vCPU
 /// thread, which never touches the tap.
@@ -151,6 +158,12 @@ public struct VirtioNet: VirtioDevice {
     private var vectors: [iovec] = []
     /// Where the part of a received frame that does not fit the driver's chain goes.
     private let overflow = ReceiveOverflowBuffer()
+    /// Limits on frames delivered to the guest; nil: none. Host configuration, not saved with the
+    /// device's state.
+    public var receiveLimiter: RateLimiter?
+    /// Limits on frames the guest sends; nil: none. Host configuration, not saved with the
+    /// device's state.
+    public var transmitLimiter: RateLimiter?
 
     /// A device with address `mac` over `backend`; `offloads: false` offers none.
     public init(
@@ -242,6 +255,9 @@ public struct VirtioNet: VirtioDevice {
             return .used(0)
         }
         guard backendFailure == nil else { return .deferred }
+        if let wait = receiveLimiter?.waitTime(bytes: 0, operations: 1), wait > 0 {
+            return .throttled(nanoseconds: wait)
+        }
         if let offloads = pendingReceiveOffloads {
             do {
                 try backend.setReceiveOffloads(offloads)
@@ -300,6 +316,7 @@ public struct VirtioNet: VirtioDevice {
             }
             statistics.receivedFrames += 1
             statistics.receivedBytes += UInt64(length - VirtioNetHeader.size)
+            receiveLimiter?.charge(bytes: UInt64(length - VirtioNetHeader.size), operations: 1)
             return .used(UInt32(length))
         }
         // Many oversized frames in a row: give other work a turn; the tap is still readable.
@@ -315,6 +332,9 @@ public struct VirtioNet: VirtioDevice {
         else {
             statistics.transmitMalformed += 1
             return .used(0)
+        }
+        if case .throttled(let nanoseconds) = transmitLimiter?.consume(bytes: frameLength, operations: 1) {
+            return .throttled(nanoseconds: nanoseconds)
         }
         var raw = (UInt64(0), UInt32(0))
         _ = withUnsafeMutableBytes(of: &raw) { chain.copyReadable(from: 0, into: $0, memory: memory) }

@@ -215,3 +215,70 @@ struct VsockConnectionsTests {
         #expect(c.count == 0)
     }
 }
+
+@Suite("VirtioVsock: device over a virtio-mmio transport")
+struct VirtioVsockTests {
+    private typealias Flag = Virtqueue.DescriptorFlag
+
+    @Test("CID in config space; tx request, rx response; a malformed header gets a reset; restore sends a transport reset")
+    func device() throws {
+        let memory = try virtioTestMemory(size: 4 << 20)
+        let transport = VirtioMMIOTransport(
+            device: VirtioVsock(guestCID: guestCID), memory: memory,
+            notifiers: [CountingSignal(), CountingSignal(), CountingSignal()], interrupt: CountingSignal())
+        let driver = MMIODriver(transport: transport)
+        #expect(driver.read(VirtioMMIORegisters.Offset.deviceID) == 19)
+        #expect(transport.registerState.configuration == [3, 0, 0, 0, 0, 0, 0, 0])
+        #expect(driver.negotiate(VirtioFeature.version1) & VirtioDeviceStatus.featuresOK != 0)
+        var rx = RingDriver(memory: memory, size: 8, descriptorTable: 0x1_0000, availableRing: 0x1_0000 + 0x400, usedRing: 0x1_0000 + 0x800)
+        var tx = RingDriver(memory: memory, size: 8, descriptorTable: 0x2_0000, availableRing: 0x2_0000 + 0x400, usedRing: 0x2_0000 + 0x800)
+        driver.setUpQueue(0, rx)
+        driver.setUpQueue(1, tx)
+        driver.driverOK()
+
+        try memory.write(fromGuest(.request).bytes, at: GuestAddress(0x10_0000))
+        try tx.setDescriptor(0, address: 0x10_0000, length: 44)
+        try tx.publish(0)
+        var bad = fromGuest(.request, guestPort: 6000)
+        bad.operation = 42
+        try memory.write(bad.bytes, at: GuestAddress(0x10_1000))
+        try tx.setDescriptor(1, address: 0x10_1000, length: 44)
+        try tx.publish(1)
+        _ = transport.processQueue(1)
+        #expect(try tx.usedIndex() == 2)
+        let events = transport.updateDevice { $0.connections.takeEvents() }
+        #expect(events == [.guestConnects(Key(guestPort: 5000, hostPort: 80))])
+        transport.updateDevice { $0.connections.hostAccepted(Key(guestPort: 5000, hostPort: 80)) }
+
+        for i in 0..<2 {
+            try rx.setDescriptor(i, address: 0x20_0000 + UInt64(i) * 0x1000, length: 0x1000, flags: Flag.write)
+            try rx.publish(UInt16(i))
+        }
+        _ = transport.processQueue(0)
+        #expect(try rx.usedIndex() == 2)
+        let first = try VsockPacketHeader(bytes: memory.readBytes(at: GuestAddress(0x20_0000), count: 44))
+        let second = try VsockPacketHeader(bytes: memory.readBytes(at: GuestAddress(0x20_1000), count: 44))
+        #expect(first.knownOperation == .reset && first.destinationPort == 6000)
+        #expect(second.knownOperation == .response && second.destinationPort == 5000)
+        #expect(transport.withDevice { $0.connections.statistics.malformed } == 1)
+
+        let saved = transport.withDevice { $0.saveState() }
+        #expect(saved == VirtioVsock.State(guestCID: 3, queueSizeMaximum: 256))
+        var restored = try VirtioVsock.restore(from: saved, with: ())
+        #expect(restored.transportResetPending && restored.connections.count == 0)
+        #expect(throws: DeviceRestoreError.self) {
+            try VirtioVsock.restore(from: VirtioVsock.State(guestCID: 2, queueSizeMaximum: 256), with: ())
+        }
+        var ev = RingDriver(memory: memory, size: 8, descriptorTable: 0x3_0000, availableRing: 0x3_0000 + 0x400, usedRing: 0x3_0000 + 0x800)
+        try memory.write([UInt8](repeating: 0xFF, count: 4), at: GuestAddress(0x30_0000))
+        try ev.setDescriptor(0, address: 0x30_0000, length: 8, flags: Flag.write)
+        try ev.publish(0)
+        var chain = DescriptorChain()
+        var queue = try ev.queue()
+        #expect(try queue.popAvailable(from: memory, into: &chain))
+        #expect(restored.handle(chain, queue: VirtioVsock.Queue.event, memory: memory) == .used(4))
+        #expect(try memory.readBytes(at: GuestAddress(0x30_0000), count: 4) == [0, 0, 0, 0])
+        #expect(!restored.transportResetPending)
+        #expect(restored.handle(chain, queue: VirtioVsock.Queue.event, memory: memory) == .deferred)
+    }
+}

@@ -42,6 +42,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_BUILD = os.path.join(ROOT, ".build-bench")
 DOCS_FILE = os.path.join(ROOT, "Docs", "BENCHMARKS.md")
+PLOT_FILE = os.path.join(ROOT, "Docs", "workloads.svg")
 BEGIN_MARK = "<!-- workloads:begin (Benchmarks/workloads.py rewrites this block) -->"
 END_MARK = "<!-- workloads:end -->"
 CACHE = os.environ.get("SWIFTLET_CACHE", "/var/cache/swiftlet")
@@ -478,11 +479,13 @@ def main():
         results["density_vms"] = density_vms(swiftlet, snapshot, args.density)
     with open(os.path.join(BENCH_BUILD, "workloads.json"), "w") as f:
         json.dump(results, f, indent=2)
-    text = render(results)
+    text = render(results) + "\n![Spawn to command output, log scale](workloads.svg)\n"
     print(text)
     if not args.no_docs:
         write_block(text)
-        log("rewrote the workloads block of Docs/BENCHMARKS.md")
+        with open(PLOT_FILE, "w") as f:
+            f.write(plot(results))
+        log("rewrote the workloads block of Docs/BENCHMARKS.md and Docs/workloads.svg")
 
 
 def fmt(value, digits=1, unit=""):
@@ -580,6 +583,40 @@ def render(r):
         f"- Command line of the Linux guest: `{r['cmdline']}`{' with ' + ' '.join(r['flags']) if r['flags'] else ''}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def plot(r):
+    """Horizontal bars on a log scale: spawn -> the command's output (exit for `true`), per run."""
+    rows = []
+    for name, m in r["runs"].items():
+        value = m["output_ms"] if m["output_ms"] is not None else m["exit_ms"]
+        rows.append((name + ("" if m["output_ms"] is not None else " (exit)"), value))
+    floor = r.get("tiny", {}).get("C floor (kvm-floor.c): first instruction")
+    if floor:
+        rows.append(("C floor: VM created, first instruction", floor["first_instruction_ms"]))
+    import math
+    left, width, bar, gap = 330, 420, 18, 8
+    low, high = 1.0, 10 ** math.ceil(math.log10(max(v for _, v in rows)))
+    scale = lambda v: left + width * (math.log10(max(v, low)) - math.log10(low)) / (math.log10(high) - math.log10(low))
+    height = 40 + len(rows) * (bar + gap) + 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="20" font-weight="bold">Spawn → command output, ms (log scale; {r["date"]}, '
+           f'medians of {r["rounds"]} rounds)</text>']
+    decade = low
+    while decade <= high:
+        x = scale(decade)
+        out.append(f'<line x1="{x:.1f}" y1="30" x2="{x:.1f}" y2="{height - 25}" stroke="#ddd"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - 10}" text-anchor="middle">{decade:g}</text>')
+        decade *= 10
+    for i, (name, value) in enumerate(rows):
+        y = 36 + i * (bar + gap)
+        color = "#4a7ab5" if name.startswith("runc") else "#d9822b" if "floor" not in name else "#888"
+        out.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{name}</text>')
+        out.append(f'<rect x="{left}" y="{y}" width="{scale(value) - left:.1f}" height="{bar}" fill="{color}"/>')
+        out.append(f'<text x="{scale(value) + 4:.1f}" y="{y + 13}">{value:,.1f}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
 
 def write_block(text):

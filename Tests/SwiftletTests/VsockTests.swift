@@ -230,8 +230,10 @@ struct VirtioVsockTests {
         #expect(driver.read(VirtioMMIORegisters.Offset.deviceID) == 19)
         #expect(transport.registerState.configuration == [3, 0, 0, 0, 0, 0, 0, 0])
         #expect(driver.negotiate(VirtioFeature.version1) & VirtioDeviceStatus.featuresOK != 0)
-        var rx = RingDriver(memory: memory, size: 8, descriptorTable: 0x1_0000, availableRing: 0x1_0000 + 0x400, usedRing: 0x1_0000 + 0x800)
-        var tx = RingDriver(memory: memory, size: 8, descriptorTable: 0x2_0000, availableRing: 0x2_0000 + 0x400, usedRing: 0x2_0000 + 0x800)
+        var rx = RingDriver(
+            memory: memory, size: 8, descriptorTable: 0x1_0000, availableRing: 0x1_0000 + 0x400, usedRing: 0x1_0000 + 0x800)
+        var tx = RingDriver(
+            memory: memory, size: 8, descriptorTable: 0x2_0000, availableRing: 0x2_0000 + 0x400, usedRing: 0x2_0000 + 0x800)
         driver.setUpQueue(0, rx)
         driver.setUpQueue(1, tx)
         driver.driverOK()
@@ -269,7 +271,8 @@ struct VirtioVsockTests {
         #expect(throws: DeviceRestoreError.self) {
             try VirtioVsock.restore(from: VirtioVsock.State(guestCID: 2, queueSizeMaximum: 256), with: ())
         }
-        var ev = RingDriver(memory: memory, size: 8, descriptorTable: 0x3_0000, availableRing: 0x3_0000 + 0x400, usedRing: 0x3_0000 + 0x800)
+        var ev = RingDriver(
+            memory: memory, size: 8, descriptorTable: 0x3_0000, availableRing: 0x3_0000 + 0x400, usedRing: 0x3_0000 + 0x800)
         try memory.write([UInt8](repeating: 0xFF, count: 4), at: GuestAddress(0x30_0000))
         try ev.setDescriptor(0, address: 0x30_0000, length: 8, flags: Flag.write)
         try ev.publish(0)
@@ -280,5 +283,52 @@ struct VirtioVsockTests {
         #expect(try memory.readBytes(at: GuestAddress(0x30_0000), count: 4) == [0, 0, 0, 0])
         #expect(!restored.transportResetPending)
         #expect(restored.handle(chain, queue: VirtioVsock.Queue.event, memory: memory) == .deferred)
+    }
+}
+
+@Suite("VsockConnections: random hostile packets")
+struct VsockHostileTests {
+    @Test("20000 random headers (valid ops mixed with garbage) never trap and keep every bound")
+    func random() throws {
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next() -> UInt64 {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            return state
+        }
+        var c = VsockConnections(guestCID: guestCID)
+        for _ in 0..<20000 {
+            var raw = (0..<44).map { _ in UInt8(truncatingIfNeeded: next()) }
+            if next() % 2 == 0 {  // mostly plausible: right CIDs, type, small op, few ports
+                var h = try VsockPacketHeader(bytes: raw)
+                h.sourceCID = guestCID
+                h.destinationCID = next() % 8 == 0 ? 7 : 2
+                h.type = 1
+                h.operation = UInt16(next() % 9)
+                h.sourcePort = UInt32(next() % 16)
+                h.destinationPort = UInt32(next() % 4)
+                h.length = UInt32(next() % 70_000)
+                raw = h.bytes
+            }
+            let header = try VsockPacketHeader(bytes: raw)
+            let available = next() % 80_000
+            do {
+                _ = try header.validate(
+                    guestCID: guestCID, payloadBytes: available, maximumPayload: VsockConnections.maximumPayload)
+                c.receive(header, payload: [UInt8](repeating: 0, count: Int(header.length)))
+            } catch {
+                c.refuse(header)
+            }
+            for event in c.takeEvents() {
+                if case .guestConnects(let key) = event, next() % 2 == 0 { c.hostAccepted(key) }
+                if case .dataForHost(let key) = event { c.hostConsumed(key, count: Int(next() % 100_000)) }
+            }
+            if next() % 4 == 0 { _ = c.nextPacketForGuest(maximumPayload: Int(next() % 70_000)) }
+            #expect(c.count <= VsockConnections.maximumConnections)
+        }
+        _ = drain(&c)
+        #expect(c.acceptsGuestPackets)
+        #expect(c.statistics.malformed > 0)
     }
 }

@@ -168,8 +168,10 @@ def timed(argv, expect_output, expect_status=0, typed=None, env=None, deadline=B
 # Bundles and the snapshot
 
 
-def make_bundle(directory, busybox, args):
-    """An OCI bundle: busybox-static root (read-only), process `args`, no terminal."""
+def make_bundle(directory, busybox, args, dev_tmpfs=False):
+    """An OCI bundle: busybox-static root (read-only), process `args`, no terminal. With
+    `dev_tmpfs`, /dev is a tmpfs as in runc's default spec (many containers at once on one root:
+    without it each runc writes its /dev/ptmx link into the shared root and they race)."""
     root = os.path.join(directory, "rootfs")
     os.makedirs(os.path.join(root, "bin"))
     for sub in ("proc", "dev", "tmp", "sys"):
@@ -184,7 +186,9 @@ def make_bundle(directory, busybox, args):
         "root": {"path": "rootfs", "readonly": True},
         "hostname": "bench",
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
-                   {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}],
+                   {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}]
+        + ([{"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}]
+           if dev_tmpfs else []),
         "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]},
     }
     with open(os.path.join(directory, "config.json"), "w") as f:
@@ -436,7 +440,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="swiftlet-workloads-") as work:
         echo_bundle = make_bundle(os.path.join(work, "echo"), busybox, ["echo", "hello"])
         true_bundle = make_bundle(os.path.join(work, "true"), busybox, ["true"])
-        sleep_bundle = make_bundle(os.path.join(work, "sleep"), busybox, ["sleep", "100000"])
+        sleep_bundle = make_bundle(os.path.join(work, "sleep"), busybox, ["sleep", "100000"], dev_tmpfs=True)
         log("tiny guests: the C floor, first instruction, tiny restore")
         results["tiny"] = tiny_guests(swiftlet, max(11, args.rounds), work)
         snapshot = os.path.join(work, "snapshot")
@@ -473,6 +477,8 @@ def main():
         results["samples"] = samples
         log("per operation: one system call and one fork+exec in the guest (check-linux.sh) and on the host")
         results["per_operation"] = per_operation_costs(swiftlet, args.kernel, args.initrd, cmdline, flags, busybox)
+        with open(os.path.join(BENCH_BUILD, "workloads.json"), "w") as f:  # kept if density fails
+            json.dump(results, f, indent=2)
         log(f"density: {args.density} containers")
         results["density_containers"] = density_containers(runc, sleep_bundle, args.density)
         log(f"density: {args.density} restored microVMs")

@@ -20,8 +20,11 @@ public final class APILog: Sendable {
     /// Nanoseconds from process start to the socket accepting, and the CPU time then (µs).
     public let startup = Mutex<(wallMicroseconds: UInt64, cpuMicroseconds: UInt64)?>(nil)
 
-    /// No outputs yet.
-    public init() {}
+    /// Whether `logger` and `metrics` may open files (false for the fuzzer, whose paths are random).
+    public let opensFiles: Bool
+
+    /// No outputs yet; with `opensFiles` false every logger or metrics request is refused.
+    public init(opensFiles: Bool = true) { self.opensFiles = opensFiles }
 
     /// A logger configuration that cannot be applied.
     public struct ConfigurationError: Error, CustomStringConvertible {
@@ -31,7 +34,8 @@ public final class APILog: Sendable {
 
     static let levels = ["Off": 0, "Error": 1, "Warning": 2, "Info": 3, "Debug": 4, "Trace": 5]
 
-    static func openForAppending(_ path: String, what: String) throws(ConfigurationError) -> Int32 {
+    func openForAppending(_ path: String, what: String) throws(ConfigurationError) -> Int32 {
+        guard opensFiles else { throw ConfigurationError(description: "this API log opens no files") }
         let fd = open(path, O_RDWR | O_APPEND | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else {
             throw ConfigurationError(description: "Cannot open the \(what) file \(path): \(String(cString: strerror(errno)))")
@@ -46,7 +50,7 @@ public final class APILog: Sendable {
         let already = outputs.withLock { $0.logFD >= 0 }
         if already { throw ConfigurationError(description: "Reinitialization of logger not allowed.") }
         let fd =
-            try model.logPath.map { (path) throws(ConfigurationError) in try Self.openForAppending(path, what: "log") }
+            try model.logPath.map { (path) throws(ConfigurationError) in try self.openForAppending(path, what: "log") }
             ?? STDERR_FILENO
         outputs.withLock {
             $0.logFD = fd
@@ -62,7 +66,7 @@ public final class APILog: Sendable {
     public func configureMetrics(_ model: MetricsModel) throws(ConfigurationError) {
         let already = outputs.withLock { $0.metricsFD >= 0 }
         if already { throw ConfigurationError(description: "Reinitialization of metrics not allowed.") }
-        let fd = try Self.openForAppending(model.metricsPath, what: "metrics")
+        let fd = try openForAppending(model.metricsPath, what: "metrics")
         outputs.withLock { $0.metricsFD = fd }
     }
 

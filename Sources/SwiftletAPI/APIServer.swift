@@ -105,7 +105,12 @@ public final class APIServer: Sendable {
                 }
             }
         do {
-            channel = try bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).wait()
+            // The start-up figures are taken on the event-loop thread as soon as the socket listens,
+            // before that thread can serve a first request.
+            channel = try bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false).map { channel in
+                controller.log.recordStartup()
+                return channel
+            }.wait()
         } catch {
             try? group.syncShutdownGracefully()
             throw error

@@ -34,7 +34,7 @@ enum APIFuzz {
             try channel.pipeline.syncOperations.addHandler(APIHTTPHandler(controller: controller, maximumPayloadSize: 4096))
             var buffer = channel.allocator.buffer(capacity: input.count)
             buffer.writeBytes(input)
-            try? channel.writeInbound(buffer)
+            _ = try? channel.writeInbound(buffer)
             // Every response head has a status the API uses.
             var output = ByteBuffer()
             while var part = try channel.readOutbound(as: ByteBuffer.self) { output.writeBuffer(&part) }
@@ -45,7 +45,11 @@ enum APIFuzz {
                 guard let status = UInt(fields[1]) else { preconditionFailure("status in \(line)") }
                 precondition(statuses.contains(status), "unexpected status \(status)")
             }
-            _ = try? channel.finish()
+            // Close as a client going away would, so the decoder drops what it buffered.
+            channel.pipeline.fireChannelInactive()
+            channel.close(promise: nil)
+            channel.embeddedEventLoop.run()
+            _ = try? channel.finish(acceptAlreadyClosed: true)
         } catch {
             preconditionFailure("pipeline set-up failed: \(error)")
         }

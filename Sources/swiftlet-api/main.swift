@@ -70,7 +70,6 @@ if let socketPath {
     } catch {
         APIArguments.fail("cannot serve the API on \(socketPath): \(error)")
     }
-    log.recordStartup()
 }
 if let configFile = arguments.configFile {
     do { try ConfigFile.boot(configFile, controller: controller) } catch {

@@ -73,7 +73,7 @@ release: deps
 
 # swiftlet execs its helpers (swiftlet-run, ...) from its own directory: they are installed together.
 PREFIX ?= /usr/local
-INSTALLED_EXECUTABLES := swiftlet swiftlet-run
+INSTALLED_EXECUTABLES := swiftlet swiftlet-run swiftlet-api
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(addprefix .build/release/,$(INSTALLED_EXECUTABLES)) $(DESTDIR)$(PREFIX)/bin/

@@ -14,7 +14,12 @@ public enum SwiftletCommand {
         guard let first = arguments.first else { return Command.root.printHelp() }
         if first == "help" { return help(arguments.dropFirst()) }
         guard let command = Command(named: first) else {
-            // No command: only --help and --version are understood.
+            // No command: Firecracker's options select API mode (swiftlet-api, Docs/API-SOCKET.md).
+            if APIArguments.selects(arguments) && !ArgumentReader.contains("--version", in: arguments) {
+                do { _ = try APIArguments.parse(arguments) } catch { Command.root.fail(error) }
+                execSibling("swiftlet-api", arguments, needed: "swiftlet --api-sock")
+            }
+            // Otherwise only --help and --version are understood.
             if ArgumentReader.contains("-h", "--help", in: arguments) { return Command.root.printHelp() }
             if ArgumentReader.contains("--version", in: arguments) { return printVersion() }
             Command.root.fail(
@@ -56,8 +61,9 @@ public enum SwiftletCommand {
         command.printHelp()
     }
 
+    /// `Swiftlet v0.1.0`: the form Firecracker prints (`Firecracker v1.7.0`), which its tools read.
     private static func printVersion() {
-        writeAll(SwiftletVersion.string + "\n", to: STDOUT_FILENO)
+        writeAll("Swiftlet v" + SwiftletVersion.string + "\n", to: STDOUT_FILENO)
     }
 }
 

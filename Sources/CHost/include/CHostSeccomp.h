@@ -57,6 +57,8 @@ static const uint32_t SWL_TCSETS = TCSETS;
 static const uint32_t SWL_TCSETSW = TCSETSW;
 /// See SWL_TCSETS.
 static const uint32_t SWL_TCSETSF = TCSETSF;
+/// TCGETS: glibc's tcsetattr reads the mode back after setting it.
+static const uint32_t SWL_TCGETS = TCGETS;
 /// PROT_EXEC: no filtered thread maps or makes memory executable.
 static const uint64_t SWL_PROT_EXEC = PROT_EXEC;
 

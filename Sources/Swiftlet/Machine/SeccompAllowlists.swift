@@ -196,7 +196,8 @@ package enum SeccompAllowlists {
         if let terminal = context.terminalDescriptor {
             alternatives.append([
                 .argument(0, isOneOf: [UInt32(bitPattern: terminal)]),
-                .argument(1, isOneOf: [SWL_TCSETS, SWL_TCSETSW, SWL_TCSETSF]),
+                // glibc's tcsetattr reads the mode back (TCGETS) after setting it.
+                .argument(1, isOneOf: [SWL_TCSETS, SWL_TCSETSW, SWL_TCSETSF, SWL_TCGETS]),
             ])
         }
         return alternatives.isEmpty ? [] : [SeccompRule(.ioctl, whereAnyOf: alternatives)]

@@ -17,6 +17,8 @@
 #                         cwd, hostname, read-only root, uid/gid, exit status, default args
 #   make fuzz             fuzz the virtqueue walker and virtio-mmio transport (FUZZ_SECONDS=60)
 #   make build            debug build;  make release: the optimised build users install
+#   make install          make release, then install swiftlet and its helper executables into
+#                         $(DESTDIR)$(PREFIX)/bin (PREFIX=/usr/local)
 
 # The toolchain's usual place on the development machines, if it is not on PATH already.
 ifneq ($(wildcard /opt/swift/usr/bin/swift),)
@@ -28,7 +30,7 @@ SWIFTLET_RELEASE := .build/release/swiftlet
 # Debian packages the build, the guests and the tests need (e2fsprogs: swiftlet run's root images).
 APT_PACKAGES := gcc binutils make libc6-dev libfdt-dev device-tree-compiler e2fsprogs
 
-.PHONY: all deps build release guests test fmt lint run run-tiny guest-kernel guest-initramfs check-linux test-kernel test-run clean bench fuzz
+.PHONY: install all deps build release guests test fmt lint run run-tiny guest-kernel guest-initramfs check-linux test-kernel test-run clean bench fuzz
 
 # Guest kernel and initramfs are cached outside the work tree (see Guests/linux/build-kernel.sh).
 export SWIFTLET_CACHE ?= /var/cache/swiftlet
@@ -67,6 +69,13 @@ build: deps
 
 release: deps
 	$(SWIFT) build -c release --static-swift-stdlib
+
+# swiftlet execs its helpers (swiftlet-run, ...) from its own directory: they are installed together.
+PREFIX ?= /usr/local
+INSTALLED_EXECUTABLES := swiftlet swiftlet-run
+install: release
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(addprefix .build/release/,$(INSTALLED_EXECUTABLES)) $(DESTDIR)$(PREFIX)/bin/
 
 guests: deps
 	$(MAKE) -C Guests tiny

@@ -45,4 +45,6 @@ public enum VirtioDeviceType {
     public static let block: UInt32 = 2
     /// virtio-rng, the entropy device (5.4).
     public static let entropy: UInt32 = 4
+    /// virtio-vsock, the socket device (5.10).
+    public static let socket: UInt32 = 19
 }

@@ -27,15 +27,23 @@ public struct LibraryMicroVMFactory: MicroVMFactory {
     public let onExit: @Sendable (Machine, GuestExit) -> Void
     /// Called with each machine right after it is built, before it starts (signal stoppers).
     public let onBuilt: @Sendable (Machine) -> Void
+    /// Whether the machines' threads get their seccomp filters (`--no-seccomp` clears it).
+    public let seccomp: Bool
 
     /// A factory reporting to these closures.
-    public init(onBuilt: @escaping @Sendable (Machine) -> Void, onExit: @escaping @Sendable (Machine, GuestExit) -> Void) {
+    public init(
+        seccomp: Bool = true, onBuilt: @escaping @Sendable (Machine) -> Void,
+        onExit: @escaping @Sendable (Machine, GuestExit) -> Void
+    ) {
+        self.seccomp = seccomp
         self.onBuilt = onBuilt
         self.onExit = onExit
     }
 
     /// Builds and starts the machine.
     public func boot(_ configuration: MachineConfiguration) throws -> any MicroVM {
+        var configuration = configuration
+        configuration.seccomp = seccomp
         let machine = try Machine(configuration)
         onBuilt(machine)
         try machine.start()
@@ -45,7 +53,7 @@ public struct LibraryMicroVMFactory: MicroVMFactory {
 
     /// Restores the machine saved in `directory` and starts it (paused unless `resume`).
     public func restore(directory: String, resume: Bool) throws -> any MicroVM {
-        let machine = try Machine(restoringFrom: directory)
+        let machine = try Machine(restoringFrom: directory, seccomp: seccomp)
         onBuilt(machine)
         if !resume { machine.pause() }
         try machine.start()

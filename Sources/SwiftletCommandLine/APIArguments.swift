@@ -16,6 +16,8 @@ public struct APIArguments: Sendable {
     public var noAPI = false
     /// `--boot-timer`: attach the boot-timer device.
     public var bootTimer = false
+    /// Seccomp filters on the machine's threads (Docs/SECCOMP.md); `--no-seccomp` turns them off.
+    public var seccomp = true
     /// `--http-api-max-payload-size`.
     public var maximumPayloadSize = 51200
 
@@ -44,9 +46,9 @@ public struct APIArguments: Sendable {
         CommandOption(flag: "--no-api", help: "Open no API socket (needs --config-file).") { $0.noAPI = true },
         CommandOption(flag: "--boot-timer", help: "Attach the boot-timer device (port 0x440).") { $0.bootTimer = true },
         CommandOption(
-            flag: "--no-seccomp", help: "Accepted for Firecracker's tools; swiftlet-api installs no seccomp filter yet."
+            flag: "--no-seccomp", help: "No seccomp filters on the machine's threads (as swiftlet boot --seccomp off)."
         ) {
-            _ in
+            $0.seccomp = false
         },
         CommandOption("--http-api-max-payload-size", value: "bytes", default: "51200", help: "The largest request body accepted.")
         {

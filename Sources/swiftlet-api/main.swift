@@ -52,6 +52,7 @@ func finish(_ code: Int32) -> Never {
 }
 
 let factory = LibraryMicroVMFactory(
+    seccomp: arguments.seccomp,
     onBuilt: { current.machine = $0 },
     onExit: { machine, exit in
         if !exit.isClean {

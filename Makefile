@@ -144,7 +144,7 @@ check-linux: build guest-kernel guest-initramfs
 # under `runc run` and `swiftlet run`, snapshot restore against cold boot, and N idle instances
 # of each (WORKLOAD_ROUNDS interleaved rounds, WORKLOAD_DENSITY instances; tens of minutes here).
 WORKLOAD_ROUNDS ?= 3
-WORKLOAD_DENSITY ?= 10
+WORKLOAD_DENSITY ?= 100
 bench: deps $(if $(LINUX),guest-kernel guest-initramfs test-kernel)
 	@$(call apt-install,qemu-system-x86 runc busybox-static util-linux e2fsprogs)
 	SWIFT=$(SWIFT) python3 Benchmarks/run.py $(if $(LINUX),--linux --kernel $(KERNEL_DIR)/vmlinux \

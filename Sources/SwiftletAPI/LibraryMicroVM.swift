@@ -29,13 +29,16 @@ public struct LibraryMicroVMFactory: MicroVMFactory {
     public let onBuilt: @Sendable (Machine) -> Void
     /// Whether the machines' threads get their seccomp filters (`--no-seccomp` clears it).
     public let seccomp: Bool
+    /// CPUID features hidden from every guest it boots (`--cpuid-mask`; a restored guest keeps its own).
+    public let cpuidMask: [CPUIDFeature]
 
     /// A factory reporting to these closures.
     public init(
-        seccomp: Bool = true, onBuilt: @escaping @Sendable (Machine) -> Void,
+        seccomp: Bool = true, cpuidMask: [CPUIDFeature] = [], onBuilt: @escaping @Sendable (Machine) -> Void,
         onExit: @escaping @Sendable (Machine, GuestExit) -> Void
     ) {
         self.seccomp = seccomp
+        self.cpuidMask = cpuidMask
         self.onBuilt = onBuilt
         self.onExit = onExit
     }
@@ -44,6 +47,7 @@ public struct LibraryMicroVMFactory: MicroVMFactory {
     public func boot(_ configuration: MachineConfiguration) throws -> any MicroVM {
         var configuration = configuration
         configuration.seccomp = seccomp
+        configuration.cpuidMask += cpuidMask
         let machine = try Machine(configuration)
         onBuilt(machine)
         try machine.start()

@@ -1,3 +1,5 @@
+import Swiftlet
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -18,11 +20,16 @@ public struct APIArguments: Sendable {
     public var bootTimer = false
     /// Seccomp filters on the machine's threads (Docs/SECCOMP.md); `--no-seccomp` turns them off.
     public var seccomp = true
+    /// `--cpuid-mask`: CPUID features hidden from the guest (a Swiftlet option, as on `boot`:
+    /// Firecracker's CPU templates have no equivalent in its API that Swiftlet implements).
+    public var cpuidMask: [CPUIDFeature] = []
     /// `--http-api-max-payload-size`.
     public var maximumPayloadSize = 51200
 
     /// The options that select API mode: any of them on a `swiftlet` command line without a command.
-    static let modeOptions: Set<String> = ["--api-sock", "--id", "--config-file", "--no-api", "--boot-timer", "--no-seccomp"]
+    static let modeOptions: Set<String> = [
+        "--api-sock", "--id", "--config-file", "--no-api", "--boot-timer", "--no-seccomp", "--cpuid-mask",
+    ]
 
     static let syntax = CommandSyntax<APIArguments>(options: [
         CommandOption(
@@ -49,6 +56,10 @@ public struct APIArguments: Sendable {
             flag: "--no-seccomp", help: "No seccomp filters on the machine's threads (as swiftlet boot --seccomp off)."
         ) {
             $0.seccomp = false
+        },
+        CommandOption("--cpuid-mask", value: "list", help: "CPUID features to hide, as on swiftlet boot.") {
+            arguments, text throws(UsageError) in
+            do { arguments.cpuidMask = try CPUIDFeature.parseMask(text) } catch { throw UsageError("\(error)") }
         },
         CommandOption("--http-api-max-payload-size", value: "bytes", default: "51200", help: "The largest request body accepted.")
         {

@@ -52,7 +52,7 @@ func finish(_ code: Int32) -> Never {
 }
 
 let factory = LibraryMicroVMFactory(
-    seccomp: arguments.seccomp,
+    seccomp: arguments.seccomp, cpuidMask: arguments.cpuidMask,
     onBuilt: { current.machine = $0 },
     onExit: { machine, exit in
         if !exit.isClean {

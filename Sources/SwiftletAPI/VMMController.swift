@@ -547,7 +547,8 @@ enum SnapshotPaths {
         if path.hasPrefix("/") { return path }
         var buffer = [CChar](repeating: 0, count: 4097)
         guard getcwd(&buffer, 4096) != nil else { return path }
-        return String(cString: buffer) + "/" + path
+        let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        return String(decoding: bytes, as: UTF8.self) + "/" + path
     }
 
     private static func scratchDirectory(beside path: String) throws -> String {

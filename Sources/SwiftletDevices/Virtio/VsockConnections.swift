@@ -128,6 +128,9 @@ public struct VsockConnections: Sendable {
     /// Whether the device may read another packet from the tx queue: its answer has room.
     public var acceptsGuestPackets: Bool { control.count - controlHead < Self.maximumControlPackets }
 
+    /// Whether `takeEvents()` has something.
+    public var hasPendingEvents: Bool { !events.isEmpty }
+
     /// The events since the last call, oldest first.
     public mutating func takeEvents() -> [HostEvent] {
         defer { events.removeAll(keepingCapacity: true) }

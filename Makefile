@@ -15,7 +15,8 @@
 #                         virtio-net in a network namespace, ping; QEMU microvm timed beside it
 #   make test-run         swiftlet run against a busybox OCI bundle the check builds: output, env,
 #                         cwd, hostname, read-only root, uid/gid, exit status, default args
-#   make fuzz             fuzz the virtqueue walker and virtio-mmio transport (FUZZ_SECONDS=60)
+#   make fuzz             fuzz the virtqueue walker and virtio-mmio transport (FUZZ_SECONDS=60;
+#                         FUZZ_TARGET=api: the API socket's request handling)
 #   make build            debug build;  make release: the optimised build users install
 #   make install          make release, then install swiftlet and its helper executables into
 #                         $(DESTDIR)$(PREFIX)/bin (PREFIX=/usr/local)
@@ -72,7 +73,7 @@ release: deps
 
 # swiftlet execs its helpers (swiftlet-run, ...) from its own directory: they are installed together.
 PREFIX ?= /usr/local
-INSTALLED_EXECUTABLES := swiftlet swiftlet-run
+INSTALLED_EXECUTABLES := swiftlet swiftlet-run swiftlet-api
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(addprefix .build/release/,$(INSTALLED_EXECUTABLES)) $(DESTDIR)$(PREFIX)/bin/
@@ -143,7 +144,7 @@ check-linux: build guest-kernel guest-initramfs
 # under `runc run` and `swiftlet run`, snapshot restore against cold boot, and N idle instances
 # of each (WORKLOAD_ROUNDS interleaved rounds, WORKLOAD_DENSITY instances; tens of minutes here).
 WORKLOAD_ROUNDS ?= 3
-WORKLOAD_DENSITY ?= 10
+WORKLOAD_DENSITY ?= 100
 bench: deps $(if $(LINUX),guest-kernel guest-initramfs test-kernel)
 	@$(call apt-install,qemu-system-x86 runc busybox-static util-linux e2fsprogs)
 	SWIFT=$(SWIFT) python3 Benchmarks/run.py $(if $(LINUX),--linux --kernel $(KERNEL_DIR)/vmlinux \
@@ -156,14 +157,18 @@ bench: deps $(if $(LINUX),guest-kernel guest-initramfs test-kernel)
 # transport with a virtio-blk device, built with libFuzzer and AddressSanitizer in its own scratch
 # directory, run for FUZZ_SECONDS over a corpus kept in .build-fuzz/corpus. Prints how many inputs
 # ran and whether one crashed (the input is saved as .build-fuzz/crash-*; the target fails).
+# FUZZ_TARGET=api fuzzes the API's request handling instead (Sources/SwiftletAPIFuzz, its own corpus).
 FUZZ_SECONDS ?= 60
+FUZZ_TARGET ?= virtio
 FUZZ_DIR := .build-fuzz
+FUZZ_PRODUCT := $(if $(filter api,$(FUZZ_TARGET)),SwiftletAPIFuzz,SwiftletFuzz)
+FUZZ_CORPUS := $(FUZZ_DIR)/corpus$(if $(filter api,$(FUZZ_TARGET)),-api)
 fuzz: deps
-	$(SWIFT) build --scratch-path $(FUZZ_DIR) -c release --product SwiftletFuzz \
+	$(SWIFT) build --scratch-path $(FUZZ_DIR) -c release --product $(FUZZ_PRODUCT) \
 	  -Xswiftc -sanitize=fuzzer,address -Xswiftc -DSWIFTLET_FUZZ
-	@mkdir -p $(FUZZ_DIR)/corpus
-	@$(FUZZ_DIR)/release/SwiftletFuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	  -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/corpus > $(FUZZ_DIR)/fuzz.log 2>&1; status=$$?; \
+	@mkdir -p $(FUZZ_CORPUS)
+	@$(FUZZ_DIR)/release/$(FUZZ_PRODUCT) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_CORPUS) > $(FUZZ_DIR)/fuzz.log 2>&1; status=$$?; \
 	runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_DIR)/fuzz.log); \
 	if [ $$status -eq 0 ]; then \
 	  echo "fuzz: $$runs inputs in $(FUZZ_SECONDS) s, no crash (log: $(FUZZ_DIR)/fuzz.log)"; \

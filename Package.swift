@@ -18,12 +18,20 @@ import PackageDescription
 //   SwiftletTestSupport    fakes for tests and fuzzing (InMemoryDiskImage)
 //   SwiftletBundle         OCI runtime bundles as machine configurations (FoundationEssentials'
 //                          JSONDecoder; linked only by swiftlet-run)
+//   SwiftletAPI            the Firecracker-compatible API: models, the VMM state machine, the
+//                          config-file loader, the HTTP/1.1 server on a Unix socket (SwiftNIO,
+//                          FoundationEssentials' JSON; linked only by swiftlet-api)
 let package = Package(
     name: "Swiftlet",
     products: [
         .library(name: "Swiftlet", targets: ["Swiftlet"]),
         .executable(name: "swiftlet", targets: ["swiftlet"]),
         .executable(name: "swiftlet-run", targets: ["swiftlet-run"]),
+        .executable(name: "swiftlet-api", targets: ["swiftlet-api"]),
+    ],
+    dependencies: [
+        // The API socket's HTTP/1.1 server (SwiftletAPI only; `swiftlet boot` never links it).
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3")
     ],
     targets: [
         .target(name: "CHost"),
@@ -62,6 +70,17 @@ let package = Package(
             name: "SwiftletCommandLine",
             dependencies: ["Swiftlet", "SwiftletDeviceTree"]
         ),
+        // Firecracker's API (Docs/API-SOCKET.md): request models, the VMM state machine over the
+        // library's Machine, the config-file loader and the NIO HTTP/1.1 server on a Unix socket.
+        // Like SwiftletBundle it reads JSON (FoundationEssentials), and it links SwiftNIO: only
+        // `swiftlet-api`, which `swiftlet --api-sock` execs, links it.
+        .target(
+            name: "SwiftletAPI",
+            dependencies: [
+                "Swiftlet", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         // The `swiftlet` executable: a thin @main that calls SwiftletCommandLine.
         .executableTarget(
             name: "swiftlet",
@@ -73,11 +92,27 @@ let package = Package(
             name: "swiftlet-run",
             dependencies: ["Swiftlet", "SwiftletBundle", "SwiftletCommandLine"]
         ),
+        // `swiftlet --api-sock` / `--config-file`: `swiftlet` checks the command line and execs this
+        // binary, found beside it, so that NIO and JSON never load into `swiftlet boot`.
+        .executableTarget(
+            name: "swiftlet-api",
+            dependencies: ["Swiftlet", "SwiftletAPI", "SwiftletCommandLine"]
+        ),
         // libFuzzer target for the virtqueue walker and the virtio-mmio transport. A plain build
         // gets a stub; `make fuzz` builds it with -sanitize=fuzzer -DSWIFTLET_FUZZ and runs it.
         .executableTarget(
             name: "SwiftletFuzz",
             dependencies: ["SwiftletMemory", "SwiftletDevices", "SwiftletTestSupport"]
+        ),
+        // libFuzzer target for the API's request handling: raw bytes through NIO's HTTP decoder,
+        // the router, the JSON models and the VMM state machine (over a machine that is never
+        // built). `make fuzz FUZZ_TARGET=api`; a plain build gets a stub.
+        .executableTarget(
+            name: "SwiftletAPIFuzz",
+            dependencies: [
+                "SwiftletAPI", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
         ),
         // An example of embedding the library (Docs/API.md): boots a tiny guest, prints its console.
         .executableTarget(
@@ -89,7 +124,10 @@ let package = Package(
             name: "SwiftletTests",
             dependencies: [
                 "Swiftlet", "SwiftletHost", "SwiftletMemory", "SwiftletKVM", "SwiftletDevices", "SwiftletBackends",
-                "SwiftletDeviceTree", "SwiftletCommandLine", "SwiftletTestSupport", "SwiftletBundle", "CKVM", "CHost", "CLibFDT",
+                "SwiftletDeviceTree", "SwiftletCommandLine", "SwiftletTestSupport", "SwiftletBundle", "SwiftletAPI", "CKVM",
+                "CHost", "CLibFDT",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
     ],

@@ -25,7 +25,8 @@ Snapshot and restore: the initramfs's busybox shell at its prompt (1 vCPU, on th
 snapshotted on SIGUSR1 (`swiftlet boot --snapshot-on-signal`) and restored twice from that one
 snapshot; each restored shell runs a command typed at it and ends with its `exit N` status, and
 the first restored guest answers ping.
-A second, short boot from the initramfs on 4 vCPUs runs `sh -c "exit $(nproc)"`: exit status 4.
+A second, short boot from the initramfs on 4 vCPUs goes through the API socket (`swiftlet --api-sock`:
+machine-config, boot-source, InstanceStart, Paused and Resumed), then `exit $(nproc)`: exit status 4.
 Then the first boot's kernel, images, command line and checks under QEMU's microvm machine,
 timed side by side (reported, not counted), and both timings go to .build-bench/kernel-e2e.json
 (make bench reports them).
@@ -33,7 +34,7 @@ timed side by side (reported, not counted), and both timings go to .build-bench/
 All traffic stays inside the namespace. A panic, emulation failure or deadline prints the
 serial log's last lines and the exit reason, and fails the check.
 
-Usage: Guests/test-kernel.py SWIFTLET VMLINUX INITRAMFS [--emulated] [--skip-qemu] [--only-snapshot] [--cpus=N]
+Usage: Guests/test-kernel.py SWIFTLET VMLINUX INITRAMFS [--emulated] [--skip-qemu] [--only-snapshot] [--only-api] [--cpus=N]
 """
 import hashlib
 import json
@@ -344,6 +345,11 @@ def main():
         data, rw = build_data_images(workdir)
         blocks = os.path.getsize(image) // 512
         before, data_sha = sha256(image), sha256(data)
+        if "--only-api" in flags:  # while working on the API socket: its boot alone
+            boot_four(swiftlet, vmlinux, initramfs, base, cpuid, workdir)
+            passed = sum(1 for _, ok, _ in results if ok)
+            print(f"test-kernel: {passed} passed, {len(results) - passed} failed", flush=True)
+            return 0 if passed == len(results) else 1
         if "--only-snapshot" in flags:  # while working on snapshots: that boot alone
             with Namespace() as namespace:
                 snapshot_restore(namespace, swiftlet, vmlinux, initramfs, base, cpuid, workdir)
@@ -381,7 +387,7 @@ def main():
 
             summary["snapshot"] = snapshot_restore(namespace, swiftlet, vmlinux, initramfs, base, cpuid, workdir)
 
-        summary["swiftlet_4cpu"] = boot_four(swiftlet, vmlinux, initramfs, base, cpuid)
+            summary["swiftlet_4cpu"] = boot_four(swiftlet, vmlinux, initramfs, base, cpuid, workdir)
     os.makedirs(os.path.join(REPO, ".build-bench"), exist_ok=True)
     summary["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
     with open(os.path.join(REPO, ".build-bench", "kernel-e2e.json"), "w") as f:
@@ -456,16 +462,74 @@ def snapshot_restore(namespace, swiftlet, vmlinux, initramfs, base, cpuid, workd
     return timings
 
 
-def boot_four(swiftlet, vmlinux, initramfs, base, cpuid):
-    """4 vCPUs on the host's cores, from the initramfs: the shell's `exit $(nproc)` must give 4."""
-    argv = [swiftlet, "boot", "--kernel", vmlinux, "--initrd", initramfs, "--memory", "128M", "--cpus", "4",
-            *cpuid, "--cmdline", base + ' -- /bin/sh -c "exit $(nproc)"', "--timeout", "300"]
-    log("booting with Swiftlet on 4 vCPUs: " + " ".join(argv[1:]))
-    watcher = SerialWatcher(argv)
-    found = watcher.wait_for("banner", r"Swiftlet guest init: ready", DEADLINES["init"] + 30)
+class UnixHTTP:
+    """HTTP/1.1 requests over the API's Unix socket (what `curl --unix-socket` does)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def request(self, method, target, body=None):
+        import http.client
+        import socket
+
+        connection = http.client.HTTPConnection("localhost", timeout=20)
+        connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.sock.settimeout(20)
+        connection.sock.connect(self.path)
+        payload = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        connection.request(method, target, body=payload, headers=headers)
+        response = connection.getresponse()
+        text = response.read().decode(errors="replace")
+        connection.close()
+        return response.status, text
+
+
+def boot_four(swiftlet, vmlinux, initramfs, base, cpuid, workdir):
+    """4 vCPUs on the host's cores, from the initramfs, driven through the Firecracker-compatible API
+    socket (`swiftlet --api-sock`) in firecracker-go-sdk's order: machine-config, boot-source,
+    InstanceStart. The guest's command waits for a line on its console: the guest is paused at its
+    init banner, the line is typed while it is paused, and only after `Resumed` does it answer; then
+    `exit $(nproc)` must give swiftlet's exit status 4."""
+    sock = os.path.join(workdir, "api.sock")
+    argv = [swiftlet, "--api-sock", sock, "--id", "test-kernel", *cpuid]
+    log("starting the API socket for a 4-vCPU boot: " + " ".join(argv[1:]))
+    watcher = SerialWatcher(argv, stdin=subprocess.PIPE)
+    api = UnixHTTP(sock)
+    while not os.path.exists(sock) and watcher.process.poll() is None and time.monotonic() - watcher.start < 10:
+        time.sleep(0.02)
+    try:
+        status, text = api.request("GET", "/")
+        check("api: GET / answers before boot, state Not started", status == 200 and "Not started" in text, text[:120])
+        command = '/bin/sh -c "read line; echo got-$line; exit $(nproc)"'
+        calls = [
+            ("PUT", "/machine-config", {"vcpu_count": 4, "mem_size_mib": 128}),
+            ("PUT", "/boot-source", {"kernel_image_path": vmlinux, "initrd_path": initramfs,
+                                     "boot_args": f"{base} -- {command}"}),
+            ("PUT", "/actions", {"action_type": "InstanceStart"}),
+        ]
+        answers = [(target, *api.request(method, target, body)) for method, target, body in calls]
+        check("api: machine-config, boot-source and InstanceStart each answer 204",
+              all(code == 204 for _, code, _ in answers), "; ".join(f"{t} {c} {x[:80]}" for t, c, x in answers))
+        found = watcher.wait_for("banner", r"Swiftlet guest init: ready", DEADLINES["init"] + 30)
+        paused, _ = api.request("PATCH", "/vm", {"state": "Paused"})
+        _, info = api.request("GET", "/")
+        watcher.type("through-the-api\n")
+        early = watcher.wait_for("early", r"^got-through-the-api", 3 + (time.monotonic() - watcher.start))
+        check("api: PATCH /vm Paused stops the guest (GET / says Paused; a typed line is not answered)",
+              found is not None and paused == 204 and '"Paused"' in info and early is None,
+              f"banner {'seen' if found else 'missing'}, PATCH {paused}, {info[:100]}, answered while paused: {bool(early)}")
+        resumed, _ = api.request("PATCH", "/vm", {"state": "Resumed"})
+        answered = watcher.wait_for("answer", r"^got-through-the-api", DEADLINES["exit"])
+        check("api: PATCH /vm Resumed lets it run on: the line typed while paused is answered",
+              resumed == 204 and answered is not None, f"PATCH {resumed}, answer {'seen' if answered else 'missing'}")
+    except OSError as error:
+        check("api: the API socket answers", False, str(error))
+        found = None
     status = watcher.wait_exit(DEADLINES["exit"])
-    check("swiftlet 4 vCPUs: init runs and `exit $(nproc)` gives exit status 4", status == 4,
+    check("swiftlet 4 vCPUs (through the API): init runs and `exit $(nproc)` gives exit status 4", status == 4,
           f"banner after {found[0]:.1f}s, exit status {status}" if found else f"no banner, exit status {status}")
+    check("api: the socket is removed when the guest ends", not os.path.exists(sock))
     if status != 4:
         log("serial log (last lines):\n" + watcher.tail(30))
     return {"banner_seconds": round(found[0], 2)} if found else {}

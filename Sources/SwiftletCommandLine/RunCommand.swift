@@ -32,7 +32,7 @@ public struct RunArguments: MachineCommand, TimedCommand {
             ) {
                 run, text in run.bundle = text
             },
-            .memory, .cpus, .net, .disk, .vsock, .timeout,
+            .memory, .cpus, .net, .disk, .vsock, .timeout, .seccomp,
             CommandOption("--kernel", value: "file", help: "The guest kernel (default: the cache's kernel-current/vmlinux).") {
                 run, text in run.kernel = text
             },
@@ -112,18 +112,24 @@ public struct RunArguments: MachineCommand, TimedCommand {
     /// cannot be used).
     public static func fail(_ error: any Error) -> Never { failToBuild(error) }
 
-    /// Replaces this process with `swiftlet-run` from the directory of the running executable,
-    /// passing `arguments`; exits 1 with a message naming the path when it is not there.
+    /// Replaces this process with `swiftlet-run` (beside this executable), passing `arguments`.
     static func execRunner(_ arguments: ArraySlice<String>) -> Never {
-        var buffer = [CChar](repeating: 0, count: 4097)
-        let count = readlink("/proc/self/exe", &buffer, 4096)
-        let executable = count > 0 ? String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
-        let directory = executable.lastIndex(of: "/").map { String(executable[..<$0]) } ?? "."
-        let runner = directory + "/swiftlet-run"
-        let argv = (["swiftlet-run"] + arguments).map { strdup($0) } + [nil]
-        execv(runner, argv)
-        let why = String(cString: strerror(errno))
-        failToBuild(
-            UsageError("swiftlet run needs swiftlet-run beside swiftlet: \(runner): \(why) (build it with 'swift build')"))
+        execSibling("swiftlet-run", arguments, needed: "swiftlet run")
     }
+}
+
+/// Replaces this process with the executable `name` from the directory of the running one,
+/// passing `arguments`; exits 1 with a message naming the path when it is not there. `swiftlet`
+/// execs `swiftlet-run` and `swiftlet-api` this way, so that their JSON and HTTP libraries never
+/// load into `swiftlet boot`.
+func execSibling(_ name: String, _ arguments: ArraySlice<String>, needed what: String) -> Never {
+    var buffer = [CChar](repeating: 0, count: 4097)
+    let count = readlink("/proc/self/exe", &buffer, 4096)
+    let executable = count > 0 ? String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+    let directory = executable.lastIndex(of: "/").map { String(executable[..<$0]) } ?? "."
+    let path = directory + "/" + name
+    let argv = ([name] + arguments).map { strdup($0) } + [nil]
+    execv(path, argv)
+    let why = String(cString: strerror(errno))
+    failToBuild(UsageError("\(what) needs \(name) beside swiftlet: \(path): \(why) (build it with 'swift build')"))
 }

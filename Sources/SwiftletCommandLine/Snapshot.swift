@@ -51,6 +51,7 @@ final class SignalSnapshotter: Sendable {
     static let signal = SIGUSR1
 
     private let waiter: NativeThread
+    private let machine: Machine
     private let shared = Shared()
 
     /// What the waiting thread and its owner share.
@@ -76,7 +77,18 @@ final class SignalSnapshotter: Sendable {
     /// Starts waiting for SIGUSR1 on behalf of `machine`.
     init(machine: Machine, directory: String, continueAfter: Bool) throws(SystemError) {
         let shared = self.shared
+        self.machine = machine
         waiter = try NativeThread(name: "snapshot on signal", stackSize: NativeThread.helperStackSize) {
+            // Filtered once the machine has started (after the privilege drop), as the stopper.
+            machine.waitUntilStarted(unless: { shared.finished.load(ordering: .acquiring) })
+            if shared.finished.load(ordering: .acquiring) { return }
+            do throws(SystemError) {
+                try machine.installSeccompFilter(.snapshotter)
+            } catch {
+                writeAll("swiftlet: \(error)\n", to: STDERR_FILENO)
+                machine.stop()
+                return
+            }
             var set = sigset_t()
             sigemptyset(&set)
             sigaddset(&set, SignalSnapshotter.signal)
@@ -108,6 +120,7 @@ final class SignalSnapshotter: Sendable {
     /// Ends the waiting thread (after the machine has ended).
     func cancel() {
         if shared.finished.exchange(true, ordering: .acquiringAndReleasing) { return }
+        machine.wakeStartWaiters()
         waiter.send(Self.signal)
         waiter.join()
     }
@@ -144,7 +157,7 @@ extension Boot {
 }
 
 /// `swiftlet restore DIR`: a machine built from a snapshot, run with the terminal console.
-struct Restore: PrivilegeDroppingCommand {
+struct Restore: PrivilegeDroppingCommand, SeccompFilteringCommand {
     var directory = ""
     var diskPaths: [String] = []
     var taps: [String] = []
@@ -157,6 +170,8 @@ struct Restore: PrivilegeDroppingCommand {
     var rootDirectory: String?
     /// What they ask for, once parsed.
     var privilegeDrop: PrivilegeDrop?
+    /// `--seccomp` (SeccompOptions.swift).
+    var seccompFilters = true
 
     static let syntax = CommandSyntax<Restore>(
         options: [
@@ -185,7 +200,7 @@ struct Restore: PrivilegeDroppingCommand {
             CommandOption("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124).") {
                 restore, text throws(UsageError) in restore.timeout = try ValueSyntax.seconds(reading: text)
             },
-            .uid, .gid, .chroot,
+            .uid, .gid, .chroot, .seccomp,
         ],
         arguments: [
             CommandArgument(name: "<DIR>", help: "The snapshot directory (swiftlet boot --snapshot-when-ready).") {
@@ -229,13 +244,15 @@ struct Restore: PrivilegeDroppingCommand {
         let signals: SignalStopper
         do {
             machine = try Machine(
-                restoringFrom: directory, diskPaths: diskPaths, taps: taps, vsockPath: vsockPath, privilegeDrop: privilegeDrop)
+                restoringFrom: directory, diskPaths: diskPaths, taps: taps, vsockPath: vsockPath, privilegeDrop: privilegeDrop,
+                seccomp: seccompFilters)
             signals = try SignalStopper(stopping: machine, on: [SIGINT, SIGTERM, SIGHUP])
             if let timeout { machine.setDeadline(after: timeout) }
             try machine.start()
         } catch {
             failToBuild(error)
         }
+        installMainThreadFilter(machine)
         let exit = machine.wait()
         signals.cancel()
         if !exit.isClean { writeAll("swiftlet: \(exit)\n", to: STDERR_FILENO) }

@@ -13,8 +13,14 @@ public enum SwiftletCommand {
         let arguments = arguments[...]
         guard let first = arguments.first else { return Command.root.printHelp() }
         if first == "help" { return help(arguments.dropFirst()) }
+        if first == SeccompSelfTest.name { SeccompSelfTest.run(arguments.dropFirst()) }
         guard let command = Command(named: first) else {
-            // No command: only --help and --version are understood.
+            // No command: Firecracker's options select API mode (swiftlet-api, Docs/API-SOCKET.md).
+            if APIArguments.selects(arguments) && !ArgumentReader.contains("--version", in: arguments) {
+                do { _ = try APIArguments.parse(arguments) } catch { Command.root.fail(error) }
+                execSibling("swiftlet-api", arguments, needed: "swiftlet --api-sock")
+            }
+            // Otherwise only --help and --version are understood.
             if ArgumentReader.contains("-h", "--help", in: arguments) { return Command.root.printHelp() }
             if ArgumentReader.contains("--version", in: arguments) { return printVersion() }
             Command.root.fail(
@@ -56,8 +62,9 @@ public enum SwiftletCommand {
         command.printHelp()
     }
 
+    /// `Swiftlet v0.1.0`: the form Firecracker prints (`Firecracker v1.7.0`), which its tools read.
     private static func printVersion() {
-        writeAll(SwiftletVersion.string + "\n", to: STDOUT_FILENO)
+        writeAll("Swiftlet v" + SwiftletVersion.string + "\n", to: STDOUT_FILENO)
     }
 }
 
@@ -121,6 +128,7 @@ struct Boot: MachineCommand, TimedCommand, PrivilegeDroppingCommand {
         },
         .timeout,
         .disk, .net, .rng, .vsock, .snapshotWhenReady, .snapshotOnSignal, .continueAfterSnapshot, .uid, .gid, .chroot,
+        .seccomp,
     ])
 
     static let help = CommandHelp(
@@ -192,6 +200,13 @@ struct Boot: MachineCommand, TimedCommand, PrivilegeDroppingCommand {
             user, and checks that root cannot be regained. The guest then runs with that user's
             rights only. Snapshots are written with them too.
 
+            Seccomp (--seccomp on|off, default on): every swiftlet thread (vCPUs, event loop,
+            console writer, signal threads, and this main thread once the VM runs) has a
+            seccomp filter allowing only the system calls it needs (Docs/SECCOMP.md). A refused
+            call ends swiftlet with one line on stderr and exit status 159:
+              swiftlet: seccomp: <thread> thread made a forbidden system call <number> (<name>)
+            --seccomp off runs without filters, for debugging.
+
             Entropy (--rng): a virtio-rng device fed by the host's getrandom(2); Linux uses it
             as /dev/hwrng.
 
@@ -231,7 +246,7 @@ struct Boot: MachineCommand, TimedCommand, PrivilegeDroppingCommand {
             that cannot be opened, no KVM); 64 a usage error (an unknown option, a malformed or
             out-of-range value: every value is checked before anything is built); 3 triple fault;
             4 KVM internal (emulation) error; 5 VM entry failure; 6 unhandled exit; 7 a vCPU call
-            failed; 8 guest panic; 124 --timeout reached; 128 + N stopped by signal N (SIGINT,
+            failed; 8 guest panic; 124 --timeout reached; 159 a seccomp filter refused a system call; 128 + N stopped by signal N (SIGINT,
             SIGTERM and SIGHUP stop the VM cleanly; a second one while it stops ends swiftlet
             at once).
             """
@@ -269,6 +284,7 @@ struct Boot: MachineCommand, TimedCommand, PrivilegeDroppingCommand {
         } catch {
             failToBuild(error)
         }
+        installMainThreadFilter(machine)
         if let timeout { machine.setDeadline(after: timeout) }
         snapshotWhenReady(machine)
         let exit = machine.wait()

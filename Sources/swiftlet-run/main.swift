@@ -33,6 +33,7 @@ do {
     prepared.removeFiles()
     RunArguments.fail(error)
 }
+installMainThreadFilter(machine)
 let exit = machine.wait()
 signals.cancel()
 prepared.removeFiles()

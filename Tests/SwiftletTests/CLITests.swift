@@ -18,7 +18,7 @@ struct CLITests {
     func version() throws {
         let result = try Self.swiftlet("--version")
         #expect(result.status == 0)
-        #expect(result.stdout == SwiftletVersion.string + "\n")
+        #expect(result.stdout == "Swiftlet v" + SwiftletVersion.string + "\n")
     }
 
     @Test("a missing kernel is a one-line error and exit status 1")
@@ -338,7 +338,7 @@ struct CLITests {
         #expect(help.stdout.hasPrefix("Boot a kernel image"))
         let version = try Self.swiftlet("boot", "--version")
         #expect(version.status == 0)
-        #expect(version.stdout == SwiftletVersion.string + "\n")
+        #expect(version.stdout == "Swiftlet v" + SwiftletVersion.string + "\n")
     }
 
     @Test(

@@ -17,6 +17,10 @@
 #include <sys/random.h>  // getrandom(2), for virtio-rng
 #include <sys/timerfd.h>  // timerfd_create(2), the event loop's retry timers (rate limits)
 
+// Seccomp filters (Docs/SECCOMP.md): BPF constants, installing, the SIGSYS report, syscall numbers.
+#include "CHostSeccomp.h"
+#include "CHostSyscalls.h"
+
 // ---- tun/tap requests (on a /dev/net/tun descriptor) ----
 /// Attach to (or create) an interface; the argument is a struct ifreq: use swl_tun_set_iff.
 static const unsigned long SWL_TUNSETIFF = TUNSETIFF;

@@ -42,6 +42,11 @@ public struct MachineConfiguration: Sendable {
     /// Who the VMM runs the guest as once every host resource is open (`--uid`, `--gid`,
     /// `--chroot`); nil: it keeps the privileges it was started with.
     public var privilegeDrop: PrivilegeDrop?
+    /// Give every thread the machine starts a seccomp filter of its own (Docs/SECCOMP.md): a
+    /// refused system call ends the process with one line on stderr and exit status 159. On by
+    /// default; `--seccomp off` clears it (for debugging, or an `.output` sink that makes other
+    /// calls on the vCPU thread).
+    public var seccomp: Bool = true
 
     /// Guest RAM when none is given: 128 MiB.
     public static let defaultMemorySize: UInt64 = 128 << 20

@@ -127,14 +127,20 @@ final class ConsoleWriter: SerialOutput, @unchecked Sendable {
         lock.deallocate()
     }
 
-    /// Starts the console-writer thread (once).
-    func start() throws(SystemError) {
+    /// Starts the console-writer thread (once); it installs `filter` before it writes anything.
+    /// If the filter cannot be installed, nothing is written: the output counts as failed.
+    func start(filter: SeccompFilter? = nil) throws(SystemError) {
         guard thread == nil else { return }
         _ = VCPUKick.installed
         lastProgress.store(monotonicNanoseconds(), ordering: .relaxed)
         thread = try NativeThread(name: "console writer", stackSize: NativeThread.helperStackSize) { [self] in
             VCPUKick.unblock()
-            run()
+            do throws(SystemError) {
+                try filter?.install(threadKind: SeccompThreadKind.consoleWriter.name)
+                run()
+            } catch {
+                locked { failure = error.errno }
+            }
             locked {
                 writerFinished = true
                 pthread_cond_broadcast(writerEnded)

@@ -31,6 +31,8 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
     case vcpuFailed(vcpu: UInt32, error: SystemError)
     /// The host stopped the VM: `Machine.stop()`, the console escape, or a deadline.
     case stopped(HostStopReason)
+    /// A VMM thread could not start its work (its seccomp filter could not be installed).
+    case hostThreadFailed(SystemError)
 
     /// Whether the guest ended the way a guest is meant to (reset, power-off, host request).
     public var isClean: Bool {
@@ -53,6 +55,7 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
         case .guestPanic: 8
         case .stopped(.deadline): 124
         case .stopped(.signal(let number)): 128 + number
+        case .hostThreadFailed: 1
         }
     }
 
@@ -74,6 +77,7 @@ public enum GuestExit: Equatable, Sendable, CustomStringConvertible {
         case .stopped(.requested): "stopped by the host"
         case .stopped(.deadline): "stopped: deadline reached"
         case .stopped(.signal(let number)): "stopped by signal \(number)"
+        case .hostThreadFailed(let error): "\(error)"
         }
     }
 }

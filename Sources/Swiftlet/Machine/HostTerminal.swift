@@ -37,6 +37,8 @@ public final class HostTerminal: @unchecked Sendable {
         guard tcgetattr(inputDescriptor, &original) == 0 else { return }
         saved = original
         HostTerminal.signalRestore = (inputDescriptor, original)
+        // The SIGSYS handler of the seccomp filters restores it too.
+        swl_seccomp_set_terminal(inputDescriptor, &original)
         for (index, sig) in HostTerminal.restoringSignals.enumerated() {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { signal in HostTerminal.restoreAndDie(of: signal) }
@@ -62,6 +64,7 @@ public final class HostTerminal: @unchecked Sendable {
         }
         saved = nil
         HostTerminal.signalRestore = nil
+        swl_seccomp_set_terminal(inputDescriptor, nil)
     }
 
     deinit {

@@ -62,6 +62,8 @@ public final class Machine: @unchecked Sendable {
     let i8042: I8042Device
     private let threads = Mutex<[NativeThread]>([])
     private let eventThread = Mutex<NativeThread?>(nil)
+    /// Each thread kind's seccomp filter, compiled by `start()` when `configuration.seccomp`.
+    private let seccompFilters = Mutex<[SeccompThreadKind: SeccompFilter]>([:])
     private let waiting = Mutex<Void>(())
     /// Where the machine is in its life: `start()` runs once; `wait()` waits for it.
     private let lifecycle = Mutex(Lifecycle.built)
@@ -131,31 +133,80 @@ public final class Machine: @unchecked Sendable {
         _ = VCPUKick.installed
         let control = self.control
         let dispatcher = self.dispatcher
+        if configuration.seccomp {
+            // Compiled here, before any thread starts; each thread installs its own (below).
+            let context = SeccompAllowlists.Context(
+                terminalDescriptor: terminal.flatMap { $0.isTerminal ? $0.inputDescriptor : nil })
+            let filters = try MachineBuilder.Steps(failingAfter: nil).run(.seccompFilters) {
+                () throws(SeccompSetupError) in
+                do throws(SystemError) { try SeccompFilter.prepareProcess() } catch { throw .unavailable(error) }
+                do throws(SeccompCompileError) { return try SeccompAllowlists.filters(context) } catch {
+                    throw .allowlist(error.description)
+                }
+            }
+            seccompFilters.withLock { $0 = filters }
+        }
         terminal?.enterRawMode()
         try MachineBuilder.Steps(failingAfter: nil).run(.startThreads) { () throws(SystemError) in
-            try consoleWriter?.start()
             try consoleInput.attach()
             if case .stream(let stream) = configuration.console { try stream.attach(to: eventLoop) }
         }
         // Every host resource is open now (KVM, memory, disks, taps, the console): the guest runs
-        // with the configured user's privileges only.
+        // with the configured user's privileges only. No thread has a filter yet (glibc makes
+        // every thread call setuid itself), and every thread started from here on installs its
+        // filter first.
         if let drop = configuration.privilegeDrop {
             try MachineBuilder.Steps(failingAfter: nil).run(.dropPrivileges) { () throws(PrivilegeDropError) in try drop.apply() }
         }
+        let filters = seccompFilters.withLock { $0 }
         let loop = eventLoop
         try MachineBuilder.Steps(failingAfter: nil).run(.startThreads) { () throws(SystemError) in
-            let thread = try NativeThread(name: "event loop") { loop.run() }
+            try consoleWriter?.start(filter: filters[.consoleWriter])
+            let eventLoopFilter = filters[.eventLoop]
+            let thread = try NativeThread(name: "event loop") {
+                do throws(SystemError) {
+                    try eventLoopFilter?.install(threadKind: SeccompThreadKind.eventLoop.name)
+                } catch {
+                    control.finish(.hostThreadFailed(error))
+                    return
+                }
+                loop.run()
+            }
             eventThread.withLock { $0 = thread }
+            let vcpuFilter = filters[.vcpu]
             for vcpu in vcpus {
                 let thread = try NativeThread(name: "vcpu \(vcpu.id)") {
                     VCPUKick.unblock()
                     control.register(thread: pthread_self())
+                    do throws(SystemError) {
+                        try vcpuFilter?.install(threadKind: SeccompThreadKind.vcpu.name)
+                    } catch {
+                        control.finish(.vcpuFailed(vcpu: vcpu.id, error: error))
+                        return
+                    }
                     VCPULoop.run(vcpu, dispatcher: dispatcher, control: control)
                 }
                 threads.withLock { $0.append(thread) }
             }
         }
     }
+
+    /// Installs `kind`'s seccomp filter on the calling thread (the CLI's main thread after
+    /// `start()`, the signal threads once the machine has started); does nothing when
+    /// `configuration.seccomp` is off or `start()` did not get as far as compiling the filters.
+    package func installSeccompFilter(_ kind: SeccompThreadKind) throws(SystemError) {
+        guard let filter = seccompFilters.withLock({ $0[kind] }) else { return }
+        try filter.install(threadKind: kind.name)
+    }
+
+    /// Waits until `start()` has returned (successfully or not), or `cancelled()` holds
+    /// (re-checked when `wakeStartWaiters()` is called).
+    package func waitUntilStarted(unless cancelled: () -> Bool) {
+        lifecycleChanged.waitUntil { _ in cancelled() || lifecycle.withLock { $0 } == .started }
+    }
+
+    /// Makes `waitUntilStarted(unless:)` re-check its condition.
+    package func wakeStartWaiters() { lifecycleChanged.wakeAll() }
 
     /// Waits for the guest to end; returns how it ended. Joins every thread and restores the
     /// terminal before returning. A reset or power-off after the guest reported an exit status
@@ -239,6 +290,23 @@ public enum X86MemoryMap {
         var regions = [(start: GuestAddress(0), size: below)]
         if size > below { regions.append((start: X86Layout.ramAbove4GStart, size: size - below)) }
         return regions
+    }
+}
+
+/// Why `start()` could not prepare the seccomp filters.
+public enum SeccompSetupError: Error, CustomStringConvertible, Sendable {
+    /// The kernel does not take seccomp filters with SECCOMP_RET_TRAP, or SIGSYS's handler
+    /// could not be installed.
+    case unavailable(SystemError)
+    /// An allowlist does not compile (a bug in `SeccompAllowlists`).
+    case allowlist(String)
+
+    /// One line saying what failed.
+    public var description: String {
+        switch self {
+        case .unavailable(let error): "\(error) (run with --seccomp off on a kernel without seccomp filters)"
+        case .allowlist(let why): why
+        }
     }
 }
 

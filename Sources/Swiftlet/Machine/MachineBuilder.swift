@@ -45,6 +45,10 @@ public enum BuildStep: String, Sendable, CaseIterable {
     /// (`PrivilegeDrop.checkPermitted()`), done in `Machine.start()` before the vCPU threads
     /// start, after every host resource is open.
     case dropPrivileges = "drop privileges"
+    /// Checking that the kernel takes seccomp filters, installing the SIGSYS handler and
+    /// compiling each thread kind's filter (`SeccompAllowlists`), in `Machine.start()` before any
+    /// thread starts; each thread installs its own.
+    case seccompFilters = "prepare the seccomp filters"
 }
 
 /// Building or starting a machine failed.

@@ -22,6 +22,7 @@ import Synchronization
 /// the usual "press Ctrl-C again to force" behaviour.
 public final class SignalStopper: Sendable {
     let waiter: NativeThread
+    private let machine: Machine
     private let finished = CancellationFlag()
     private let wakeSignal: Int32
 
@@ -34,9 +35,21 @@ public final class SignalStopper: Sendable {
         let blocked = pthread_sigmask(SIG_BLOCK, &set, nil)
         if blocked != 0 { throw SystemError("pthread_sigmask", errno: blocked) }
         wakeSignal = signals[0]
+        self.machine = machine
         let mask = set
         let finished = self.finished
         waiter = try NativeThread(name: "signal stopper", stackSize: NativeThread.helperStackSize) {
+            // The filter goes on once the machine has started: after the privilege drop, which
+            // makes every thread call setuid and setgid itself (glibc's setxid broadcast). A
+            // signal that comes meanwhile stays pending (blocked) until sigwait takes it.
+            machine.waitUntilStarted(unless: { finished.isSet })
+            if finished.isSet { return }
+            do throws(SystemError) {
+                try machine.installSeccompFilter(.signalStopper)
+            } catch {
+                machine.control.finish(.hostThreadFailed(error))
+                return
+            }
             var waitSet = mask
             var stopping = false
             while true {
@@ -56,6 +69,7 @@ public final class SignalStopper: Sendable {
     /// Ends the waiting thread (after the machine has ended).
     public func cancel() {
         if finished.set() { return }
+        machine.wakeStartWaiters()
         waiter.send(wakeSignal)
         waiter.join()
     }

@@ -123,16 +123,16 @@ extension Machine {
     /// interface `i` on `taps[i]` if given, else its saved tap; the vsock socket at `vsockPath` if
     /// given, else its saved path (listened on again; the guest gets a transport reset). With `privilegeDrop`, `start()`
     /// changes to that user once everything is open, as for a booted machine (it is not part of
-    /// the snapshot). Fails, rolling back like any build, with a `MachineError` whose underlying
+    /// the snapshot); `seccomp` is `MachineConfiguration.seccomp`. Fails, rolling back like any build, with a `MachineError` whose underlying
     /// error is a `SnapshotError` for a missing, truncated, corrupted or wrong-version file.
     public convenience init(
         restoringFrom directory: String, console: ConsoleConfiguration = .terminal, diskPaths: [String] = [],
-        taps: [String] = [], vsockPath: String? = nil, privilegeDrop: PrivilegeDrop? = nil
+        taps: [String] = [], vsockPath: String? = nil, privilegeDrop: PrivilegeDrop? = nil, seccomp: Bool = true
     ) throws(MachineError) {
         self.init(
             parts: try MachineBuilder.restore(
                 directory: directory, console: console, diskPaths: diskPaths, taps: taps, vsockPath: vsockPath,
-                privilegeDrop: privilegeDrop))
+                privilegeDrop: privilegeDrop, seccomp: seccomp))
     }
 
     /// Waits until the guest writes the boot-timer port, then pauses the machine (the vCPU
@@ -155,13 +155,13 @@ extension MachineBuilder {
     /// makes the restore fail right after that step (tests of the rollback).
     static func restore(
         directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String],
-        vsockPath: String? = nil, privilegeDrop: PrivilegeDrop? = nil, failingAfter: BuildStep? = nil
+        vsockPath: String? = nil, privilegeDrop: PrivilegeDrop? = nil, seccomp: Bool = true, failingAfter: BuildStep? = nil
     ) throws(MachineError) -> MachineParts {
         let rollback = BuildRollback()
         do {
             return try restoreParts(
                 directory: directory, console: console, diskPaths: diskPaths, taps: taps, vsockPath: vsockPath,
-                privilegeDrop: privilegeDrop, steps: Steps(failingAfter: failingAfter),
+                privilegeDrop: privilegeDrop, seccomp: seccomp, steps: Steps(failingAfter: failingAfter),
                 rollback: rollback)
         } catch {
             rollback.run()
@@ -196,7 +196,7 @@ extension MachineBuilder {
 
     private static func restoreParts(
         directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String], vsockPath: String?,
-        privilegeDrop: PrivilegeDrop?, steps: Steps, rollback: BuildRollback
+        privilegeDrop: PrivilegeDrop?, seccomp: Bool, steps: Steps, rollback: BuildRollback
     ) throws(MachineError) -> MachineParts {
         let (state, memoryFile) = try steps.run(.readSnapshot) { () throws(SnapshotError) in
             try readSnapshot(directory: directory)
@@ -229,6 +229,7 @@ extension MachineBuilder {
                 step: .validateConfiguration, underlying: SnapshotError.tooManyOverrides(kind: "--vsock", given: 1, saved: 0))
         }
         configuration.privilegeDrop = privilegeDrop
+        configuration.seccomp = seccomp
         try steps.run(.validateConfiguration) { () throws(ConfigurationError) in try configuration.validate() }
         if let privilegeDrop {
             try steps.run(.dropPrivileges) { () throws(PrivilegeDropError) in try privilegeDrop.checkPermitted() }

@@ -206,4 +206,54 @@ struct VsockKVMTests {
         #expect(access(path, F_OK) != 0, "the socket file is removed when the machine ends")
         passed = true
     }
+
+    @Test("a restored machine listens again on its (new) socket, the guest gets a transport reset, and echo works")
+    func restore() throws {
+        var template = Array("/tmp/swiftlet-vsock-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw TestFailure("mkdtemp: errno \(errno)") }
+        let directory = String(cString: made)
+        let snapshot = directory + "/snapshot"
+        defer {
+            for name in ["state", "memory"] { unlink(snapshot + "/" + name) }
+            rmdir(snapshot)
+            rmdir(directory)
+        }
+        let first = BufferSerialOutput()
+        let machine = try Machine(
+            MachineConfiguration(
+                kernelPath: try TestSupport.guest("virtio-vsock-test.elf"), memorySize: 64 << 20, console: .output(first),
+                vsock: VsockConfiguration(guestCID: 7, udsPath: directory + "/a.sock")))
+        machine.setDeadline(after: 60)
+        try machine.start()
+        try TestSupport.waitUntil("the guest listens", within: 30) { first.text.contains("listening on 5000") }
+        // Nobody listened on PATH_1234: the guest's own connection was refused.
+        #expect(first.text.contains("vsock-test: host port 1234 refused\n"))
+        try machine.snapshot(to: snapshot)
+        machine.stop()
+        _ = machine.wait()
+        #expect(access(directory + "/a.sock", F_OK) != 0)
+
+        let second = BufferSerialOutput()
+        let restored = try Machine(restoringFrom: snapshot, console: .output(second), vsockPath: directory + "/b.sock")
+        restored.setDeadline(after: 60)
+        try restored.start()
+        defer {
+            restored.stop()
+            _ = restored.wait()
+        }
+        try TestSupport.waitUntil("the transport reset event", within: 30) {
+            second.text.contains("vsock-test: event id=0\n")
+        }
+        let echo = try TestUnixSocket.connecting(to: directory + "/b.sock")
+        try echo.write(Array("CONNECT 5000\n".utf8))
+        #expect(try echo.readLine()?.hasPrefix("OK ") == true)
+        var stream = TestByteStream(state: 99)
+        let data = stream.next(4096)
+        try echo.write(data)
+        #expect(try echo.read(4096) == data)
+        echo.hangUp()
+        restored.stop()
+        _ = restored.wait()
+        #expect(access(directory + "/b.sock", F_OK) != 0)
+    }
 }

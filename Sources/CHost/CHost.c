@@ -1,5 +1,5 @@
 // Fixed-signature wrappers declared in include/CHost.h.
-#define _GNU_SOURCE  // setns(2), ptsname_r(3), POSIX_SPAWN_SETSID
+#define _GNU_SOURCE  // setns(2), ptsname_r(3), POSIX_SPAWN_SETSID, accept4(2)
 #include "CHost.h"
 
 #include <errno.h>
@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -79,5 +80,7 @@ int swl_open_pty(char *path, unsigned long length) {
 }
 
 int swl_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int swl_accept_nonblocking(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
 
 const short SWL_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;

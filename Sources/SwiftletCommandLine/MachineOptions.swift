@@ -61,6 +61,17 @@ extension CommandOption where Settings: MachineCommand {
         }
     }
 
+    static var vsock: Self {
+        CommandOption(
+            "--vsock", value: "vsock",
+            help: "A virtio-vsock device over host Unix sockets: \(DeviceOptions.vsock.synopsis) (Docs/VSOCK.md)."
+        ) { settings, text throws(UsageError) in
+            do throws(KeyValueError) { settings.configuration.vsock = try DeviceOptions.vsockConfiguration(text) } catch {
+                throw UsageError(error.problem.description)
+            }
+        }
+    }
+
     static var rng: Self {
         CommandOption(flag: "--rng", help: "Add a virtio-rng entropy device (backed by getrandom).") { settings in
             settings.configuration.rng = true
@@ -113,6 +124,31 @@ enum DeviceOptions {
             OptionKey("tx-ops", .tokenBucket(bytes: false), placeholder: "N/MS[/BURST]", inSynopsis: false),
         ])
 
+    /// `--vsock cid=N,uds=PATH`: the guest's CID and the Unix socket Swiftlet listens on
+    /// (Firecracker's hybrid vsock; guest connections to host port P go to `PATH_P`).
+    static let vsock = KeyValueGrammar(
+        option: "--vsock",
+        keys: [
+            OptionKey("cid", aliases: ["guest-cid"], .text, placeholder: "N", required: true),
+            OptionKey("uds", aliases: ["path", "uds-path"], .text, placeholder: "PATH", required: true),
+        ])
+
+    /// `swiftlet restore --vsock uds=PATH` (a bare value is the path): the CID is the saved one.
+    static let restoredVsock = KeyValueGrammar(
+        option: "--vsock", bareKey: "uds",
+        keys: [OptionKey("uds", aliases: ["path", "uds-path"], .text, placeholder: "PATH", required: true)])
+
+    /// A `--vsock` value as the device it describes (the CID a decimal number; its range is
+    /// checked with the configuration).
+    static func vsockConfiguration(_ text: String) throws(KeyValueError) -> VsockConfiguration {
+        let values = try vsock.parse(text)
+        let cidText = values.text("cid") ?? ""
+        guard cidText.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let cid = UInt64(cidText) else {
+            throw vsock.error(.badValue(key: "cid", value: cidText, expected: "use a decimal number from 3"), in: text)
+        }
+        return VsockConfiguration(guestCID: cid, udsPath: values.text("uds") ?? "")
+    }
+
     /// The rate limit of buckets `bandwidth` and `operations` (keys of `values`), nil when neither
     /// was given.
     private static func rateLimit(_ values: KeyValues, bandwidth: String, operations: String) -> RateLimit? {
@@ -151,13 +187,15 @@ extension ConfigurationError {
     /// The configuration error as a usage error naming the option at fault:
     /// `--cpus: 0 vCPUs requested; between 1 and 254 are supported`.
     var usageError: UsageError {
+        if case .badVsock(let reason) = self { return UsageError("--vsock: \(reason)") }
         let option =
             switch self {
             case .memoryTooSmall, .memoryTooLarge, .memoryNotPageAligned: "--memory"
             case .vcpuCount: "--cpus"
             case .missingKernel: "--kernel"
             case .tooManyDisks, .diskWithoutPath, .diskIdentifierTooLong, .badDiskRateLimit: "--disk"
-            case .tooManyVirtioDevices: "--disk, --net and --rng"
+            case .tooManyVirtioDevices: "--disk, --net, --rng and --vsock"
+            case .badVsock: "--vsock"
             case .badTapName, .macNotUnicast, .duplicateMAC, .badNetworkRateLimit: "--net"
             case .badPrivilegeDrop: "--uid, --gid and --chroot"
             }

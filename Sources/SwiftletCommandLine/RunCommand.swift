@@ -32,7 +32,7 @@ public struct RunArguments: MachineCommand, TimedCommand {
             ) {
                 run, text in run.bundle = text
             },
-            .memory, .cpus, .net, .disk, .timeout, .seccomp,
+            .memory, .cpus, .net, .disk, .vsock, .timeout, .seccomp,
             CommandOption("--kernel", value: "file", help: "The guest kernel (default: the cache's kernel-current/vmlinux).") {
                 run, text in run.kernel = text
             },

@@ -161,6 +161,8 @@ struct Restore: PrivilegeDroppingCommand, SeccompFilteringCommand {
     var directory = ""
     var diskPaths: [String] = []
     var taps: [String] = []
+    /// `--vsock uds=PATH`: where the saved vsock device listens now (default: its saved path).
+    var vsockPath: String?
     var timeout: Double?
     /// `--uid`, `--gid`, `--chroot` (PrivilegeOptions.swift).
     var userID: UInt32?
@@ -185,6 +187,16 @@ struct Restore: PrivilegeDroppingCommand, SeccompFilteringCommand {
                 guard !text.isEmpty else { throw UsageError("needs a tap name") }
                 restore.taps.append(text)
             },
+            CommandOption(
+                "--vsock", value: "vsock",
+                help: "uds=PATH: the Unix socket of the saved vsock device (default: its saved path)."
+            ) { restore, text throws(UsageError) in
+                do throws(KeyValueError) {
+                    restore.vsockPath = try DeviceOptions.restoredVsock.parse(text).text("uds")
+                } catch {
+                    throw UsageError(error.problem.description)
+                }
+            },
             CommandOption("--timeout", value: "seconds", help: "Stop the VM after this many seconds (exit status 124).") {
                 restore, text throws(UsageError) in restore.timeout = try ValueSyntax.seconds(reading: text)
             },
@@ -206,7 +218,9 @@ struct Restore: PrivilegeDroppingCommand, SeccompFilteringCommand {
             privately (copy on write: the snapshot never changes, and any number of VMs may be \
             restored from it at once). The vCPUs go on where they stopped; devices are rebuilt \
             from their saved state, disks reopened at their saved paths (or --disk, in order) and \
-            checked for their saved size, interfaces on their saved taps (or --net). Exit status \
+            checked for their saved size, interfaces on their saved taps (or --net), the vsock \
+            device listening again at its saved path (or --vsock uds=PATH; the guest's connections \
+            are reset: it gets VIRTIO_VSOCK_EVENT_TRANSPORT_RESET). Exit status \
             as for boot: 1 when the snapshot cannot be restored (a missing, truncated or \
             corrupted file, another format version, a disk of another size), 64 for a bad value. \
             --uid, --gid and --chroot drop privileges once everything is open, as for boot.
@@ -230,7 +244,7 @@ struct Restore: PrivilegeDroppingCommand, SeccompFilteringCommand {
         let signals: SignalStopper
         do {
             machine = try Machine(
-                restoringFrom: directory, diskPaths: diskPaths, taps: taps, privilegeDrop: privilegeDrop,
+                restoringFrom: directory, diskPaths: diskPaths, taps: taps, vsockPath: vsockPath, privilegeDrop: privilegeDrop,
                 seccomp: seccompFilters)
             signals = try SignalStopper(stopping: machine, on: [SIGINT, SIGTERM, SIGHUP])
             if let timeout { machine.setDeadline(after: timeout) }

@@ -127,7 +127,8 @@ struct Boot: MachineCommand, TimedCommand, PrivilegeDroppingCommand {
             boot in boot.reportExits = true
         },
         .timeout,
-        .disk, .net, .rng, .snapshotWhenReady, .snapshotOnSignal, .continueAfterSnapshot, .uid, .gid, .chroot, .seccomp,
+        .disk, .net, .rng, .vsock, .snapshotWhenReady, .snapshotOnSignal, .continueAfterSnapshot, .uid, .gid, .chroot,
+        .seccomp,
     ])
 
     static let help = CommandHelp(
@@ -209,8 +210,15 @@ struct Boot: MachineCommand, TimedCommand, PrivilegeDroppingCommand {
             Entropy (--rng): a virtio-rng device fed by the host's getrandom(2); Linux uses it
             as /dev/hwrng.
 
+            Host-guest sockets (--vsock \(DeviceOptions.vsock.synopsis)): a virtio-vsock device for
+            guest CID N; swiftlet listens on the Unix socket PATH (which must not exist; it is
+            removed at the end). A host program connects to PATH and writes "CONNECT <port>\\n"
+            to reach that guest port, and reads "OK <host port>\\n" once the guest accepts (or
+            the socket closes). A guest connecting to CID 2 port P is connected to the Unix
+            socket PATH_P (Firecracker's hybrid vsock, Docs/VSOCK.md).
+
             Virtio devices share one sequence of slots: disks, then network interfaces, then the
-            rng. Slot N sits at 0xd0000000 + N * 0x1000 with IRQ 5 + N (at most 19 devices), and
+            rng, then vsock. Slot N sits at 0xd0000000 + N * 0x1000 with IRQ 5 + N (at most 19 devices), and
             virtio_mmio.device=4K@ADDRESS:IRQ is added to the command line for it.
 
             Boot timer (--boot-timer, off by default as in Firecracker): a device at port 0x440;

@@ -101,6 +101,18 @@ struct CLITests {
 
     /// A command line with one bad value (syntax or range), and the error's first line.
     static let badValues: [([String], String)] = [
+        (
+            ["boot", "--vsock", "cid=2,uds=/tmp/swiftlet-unused.sock"],
+            "swiftlet: --vsock: cid 2 is reserved or too large; use 3 to 4294967294"
+        ),
+        (
+            ["boot", "--vsock", "uds=/tmp/swiftlet-unused.sock"],
+            "swiftlet: --vsock 'uds=/tmp/swiftlet-unused.sock': missing key 'cid' (cid=N)"
+        ),
+        (
+            ["boot", "--vsock", "cid=-3,uds=/tmp/x"],
+            "swiftlet: --vsock 'cid=-3,uds=/tmp/x': key 'cid' is '-3'; use a decimal number from 3"
+        ),
         (["boot", "--cpus", "abc"], "swiftlet: --cpus 'abc': not a whole number"),
         (["boot", "--cpus", "0"], "swiftlet: --cpus: 0 vCPUs requested; between 1 and 254 are supported"),
         (["boot", "--cpus", "255"], "swiftlet: --cpus: 255 vCPUs requested; between 1 and 254 are supported"),

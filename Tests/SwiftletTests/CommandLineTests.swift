@@ -211,7 +211,7 @@ private let badBootLines: [([String], String)] = [
     ),
     (
         Array(repeating: ["--disk", "/d"], count: 19).flatMap { $0 } + ["--rng"],
-        "--disk, --net and --rng: 20 virtio devices (disks, network interfaces, rng) requested; at most 19 are supported"
+        "--disk, --net, --rng and --vsock: 20 virtio devices (disks, network interfaces, rng, vsock) requested; at most 19 are supported"
     ),
     (["--rng=on"], "'--rng' takes no value"),
     (["--boot-timer=off"], "'--boot-timer' takes no value"),

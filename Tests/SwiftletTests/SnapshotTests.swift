@@ -82,9 +82,9 @@ struct SnapshotFormatTests {
         corrupted[SnapshotFile.headerSize + 50] ^= 0x10
         #expect(throws: SnapshotError.self) { try SnapshotFile.payload(of: corrupted, path: "s") }
         var version = file
-        version[8] = 2
+        version[8] = 9
         let wrong = #expect(throws: SnapshotError.self) { try SnapshotFile.payload(of: version, path: "s") }
-        #expect(wrong?.description == "snapshot state file s has format version 2; this Swiftlet reads version 1")
+        #expect(wrong?.description == "snapshot state file s has format version 9; this Swiftlet reads version 2")
         let short = #expect(throws: SnapshotError.self) { try SnapshotFile.payload(of: Array(file[0..<60]), path: "s") }
         #expect(short?.description == "snapshot state file s is truncated: 60 bytes, expected 124")
         var magic = file

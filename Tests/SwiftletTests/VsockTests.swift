@@ -105,6 +105,28 @@ struct VsockConnectionsTests {
         #expect(c.count == 0)
     }
 
+    @Test("a guest that closes (SHUTDOWN both) right after its data: the host still gets the data, then the reset")
+    func closeAfterData() throws {
+        var c = VsockConnections(guestCID: guestCID)
+        let key = Key(guestPort: 5000, hostPort: 80)
+        c.receive(fromGuest(.request), payload: [])
+        c.hostAccepted(key)
+        _ = c.takeEvents()
+        _ = drain(&c)
+        c.receive(fromGuest(.readWrite, length: 4), payload: [1, 2, 3, 4])
+        c.receive(fromGuest(.shutdown, flags: 3), payload: [])
+        #expect(c.takeEvents() == [.dataForHost(key), .guestShutdownSend(key)])
+        #expect(c.contains(key))
+        #expect(drain(&c).isEmpty)
+        #expect(Array(c.pendingForHost(key, maximum: 10)) == [1, 2, 3, 4])
+        c.hostConsumed(key, count: 2)
+        #expect(c.contains(key) && c.takeEvents().isEmpty)
+        c.hostConsumed(key, count: 2)
+        #expect(c.takeEvents() == [.closed(key)])
+        #expect(drain(&c).map(\.0.knownOperation) == [.reset])
+        #expect(c.count == 0)
+    }
+
     @Test("host-initiated: request, guest responds, accepted; a reset closes; no answer times out")
     func hostInitiated() throws {
         var c = VsockConnections(guestCID: guestCID)

@@ -71,6 +71,10 @@ int swl_open_pty(char *path, unsigned long length);
 /// set). Used by the tests to wait for a child with a deadline instead of polling waitpid.
 int swl_pidfd_open(int pid);
 
+/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC and no peer address (glibc declares accept4
+/// only with _GNU_SOURCE): the vsock host side's listener. Returns the descriptor, or -1 (errno set).
+int swl_accept_nonblocking(int fd);
+
 /// POSIX_SPAWN_SETSID (glibc 2.26+): the spawned child calls setsid(2) first, so opening a
 /// terminal makes it the child's controlling terminal.
 extern const short SWL_POSIX_SPAWN_SETSID;

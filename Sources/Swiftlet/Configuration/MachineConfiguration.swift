@@ -25,12 +25,14 @@ public struct MachineConfiguration: Sendable {
     /// CPUID features hidden from the guest (see `CPUIDFeature.parseMask`).
     public var cpuidMask: [CPUIDFeature]
     /// Virtio-blk disks. Virtio devices share one sequence of virtio-mmio slots
-    /// (`X86Layout.virtioMMIOBase`): disks first, then network interfaces, then the rng.
+    /// (`X86Layout.virtioMMIOBase`): disks first, then network interfaces, then the rng, then vsock.
     public var disks: [DiskConfiguration]
     /// Virtio-net interfaces, each over a host tap, in slot order after the disks.
     public var networks: [NetworkConfiguration]
     /// A virtio-rng device (entropy from the host's getrandom), in the slot after the networks.
     public var rng: Bool
+    /// A virtio-vsock device over host Unix sockets, in the slot after the rng; nil: none.
+    public var vsock: VsockConfiguration?
     /// Attach the boot-timer device (port `X86Layout.bootTimerPort`); off by default, as in
     /// Firecracker. `swiftlet boot --boot-timer` (or `--report-boot-time`) sets it.
     public var bootTimer: Bool
@@ -63,8 +65,10 @@ public struct MachineConfiguration: Sendable {
         kernelPath: String, kernelFormat: KernelFormat = .automatic, memorySize: UInt64 = defaultMemorySize,
         vcpuCount: Int = 1, console: ConsoleConfiguration = .terminal, commandLine: String? = nil,
         initrdPath: String? = nil, cpuidMask: [CPUIDFeature] = [], disks: [DiskConfiguration] = [],
-        networks: [NetworkConfiguration] = [], rng: Bool = false, bootTimer: Bool = false
+        networks: [NetworkConfiguration] = [], rng: Bool = false, bootTimer: Bool = false,
+        vsock: VsockConfiguration? = nil
     ) {
+        self.vsock = vsock
         self.disks = disks
         self.networks = networks
         self.rng = rng
@@ -90,7 +94,7 @@ public struct MachineConfiguration: Sendable {
         guard (1...Self.maximumVCPUs).contains(vcpuCount) else { throw .vcpuCount(vcpuCount) }
         guard !kernelPath.isEmpty else { throw .missingKernel }
         guard disks.count <= X86Layout.virtioMMIOSlotCount else { throw .tooManyDisks(disks.count) }
-        let virtioDevices = disks.count + networks.count + (rng ? 1 : 0)
+        let virtioDevices = disks.count + networks.count + (rng ? 1 : 0) + (vsock != nil ? 1 : 0)
         guard virtioDevices <= X86Layout.virtioMMIOSlotCount else { throw .tooManyVirtioDevices(virtioDevices) }
         try validateDevices()
         try privilegeDrop?.validate()
@@ -101,6 +105,7 @@ public struct MachineConfiguration: Sendable {
     /// `validate()`, and no two interfaces with the same MAC address.
     public func validateDevices() throws(ConfigurationError) {
         for disk in disks { try disk.validate() }
+        try vsock?.validate()
         for network in networks { try network.validate() }
         var macs = Set<MACAddress>()
         for network in networks where !macs.insert(network.effectiveMAC).inserted { throw .duplicateMAC(network.effectiveMAC) }
@@ -154,6 +159,8 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
     case badNetworkRateLimit(tap: String, bucket: String, reason: String)
     /// The privilege drop's ids or chroot directory cannot be used; the text says why.
     case badPrivilegeDrop(String)
+    /// The vsock device's CID or socket path cannot be used; the text says why.
+    case badVsock(String)
 
     /// A one-line explanation, with the supported range where there is one.
     public var description: String {
@@ -169,13 +176,14 @@ public enum ConfigurationError: Error, Equatable, CustomStringConvertible, Senda
         case .diskWithoutPath: "a disk has no image path"
         case .diskIdentifierTooLong(let id): "disk id '\(id)' is longer than \(VirtioBlock.identifierLength) bytes"
         case .tooManyVirtioDevices(let count):
-            "\(count) virtio devices (disks, network interfaces, rng) requested; at most \(X86Layout.virtioMMIOSlotCount) are supported"
+            "\(count) virtio devices (disks, network interfaces, rng, vsock) requested; at most \(X86Layout.virtioMMIOSlotCount) are supported"
         case .badTapName(let name): "'\(name)' is not an interface name (1-15 bytes, no '/', ':' or spaces)"
         case .macNotUnicast(let mac): "MAC address \(mac) is a multicast or zero address"
         case .duplicateMAC(let mac): "two network interfaces have the MAC address \(mac)"
         case .badDiskRateLimit(let path, let bucket, let reason): "disk \(path): \(bucket): \(reason)"
         case .badNetworkRateLimit(let tap, let bucket, let reason): "tap \(tap): \(bucket): \(reason)"
         case .badPrivilegeDrop(let reason): reason
+        case .badVsock(let reason): "vsock: \(reason)"
         }
     }
 }

@@ -29,6 +29,8 @@ public struct AttachedDevice: Sendable, Equatable {
         case virtioNet = "virtio-net"
         /// The virtio-rng entropy device.
         case virtioRNG = "virtio-rng"
+        /// The virtio-vsock device over host Unix sockets.
+        case virtioVsock = "virtio-vsock"
     }
 
     /// Where a device's registers are.
@@ -265,6 +267,35 @@ final class DeviceManager {
         return try attachVirtio(VirtioRNG(), kind: .virtioRNG, name: name)
     }
 
+    /// Attaches the virtio-vsock device in the next slot, with its host side (`VsockUnixHost`)
+    /// listening at `vsock.udsPath`. With `state`, the device is restored (no connections, a
+    /// transport reset for the guest) and the socket listened on again.
+    func attachVsock(
+        _ vsock: VsockConfiguration, state: VirtioDeviceState<VirtioVsock>? = nil
+    ) throws(DeviceAttachError) -> (VirtioVsockTransport, VsockUnixHost) {
+        let host: VsockUnixHost
+        do { host = try VsockUnixHost(path: vsock.udsPath, eventLoop: eventLoop) } catch {
+            throw .vsock(path: vsock.udsPath, error)
+        }
+        let name = "\(AttachedDevice.Kind.virtioVsock.rawValue) (cid \(vsock.guestCID), \(vsock.udsPath))"
+        let serve: @Sendable (VirtioVsockTransport, Int) -> VirtioQueueService = { host.serve($0, queue: $1) }
+        do throws(DeviceAttachError) {
+            let transport: VirtioVsockTransport
+            if let state {
+                transport = try attachVirtio(
+                    queueCount: state.transport.queues.count, kind: .virtioVsock, name: name, restoring: state,
+                    resources: (), serve: serve)
+            } else {
+                transport = try attachVirtio(VirtioVsock(guestCID: vsock.guestCID), kind: .virtioVsock, name: name, serve: serve)
+            }
+            do { try host.attach(transport) } catch { throw DeviceAttachError.host(error) }
+            return (transport, host)
+        } catch {
+            host.shutdown()
+            throw error
+        }
+    }
+
     /// Restores a virtio device and its transport from `state` over `resources` (the device
     /// model's) in the next free slot, wired as `attachVirtio(_:kind:name:serve:)` wires a new one.
     func attachVirtio<Device: VirtioDevice & PersistentDevice>(
@@ -406,6 +437,9 @@ public enum DeviceAttachError: Error, Sendable, CustomStringConvertible {
     case noFreeSlot(name: String, slots: Int)
     /// A device's saved state (a snapshot's) cannot be restored.
     case restore(DeviceRestoreError)
+    /// The vsock device's Unix socket at `path` cannot be listened on (it exists, or its
+    /// directory does not).
+    case vsock(path: String, SystemError)
 
     /// A one-line explanation naming the disk or interface by index, when there is one.
     public var description: String {
@@ -416,6 +450,7 @@ public enum DeviceAttachError: Error, Sendable, CustomStringConvertible {
         case .bus(let error): "device: \(error)"
         case .noFreeSlot(let name, let slots): "\(name): all \(slots) virtio-mmio slots are taken"
         case .restore(let error): "\(error)"
+        case .vsock(let path, let error): "vsock socket \(path): \(error)"
         }
     }
 }

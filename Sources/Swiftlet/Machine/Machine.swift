@@ -40,6 +40,10 @@ public final class Machine: @unchecked Sendable {
     public let networkInterfaces: [VirtioNetTransport]
     /// The virtio-rng device, if `configuration.rng`.
     public let rng: VirtioRNGTransport?
+    /// The virtio-vsock device, if `configuration.vsock`.
+    public let vsock: VirtioVsockTransport?
+    /// Its host side (the listening socket and the connections' sockets).
+    let vsockHost: VsockUnixHost?
     /// Every device the device manager attached, in attach order: kind, name, window, interrupt
     /// and the command-line word it gave the kernel.
     public let devices: [AttachedDevice]
@@ -96,6 +100,8 @@ public final class Machine: @unchecked Sendable {
         disks = parts.disks
         networkInterfaces = parts.networkInterfaces
         rng = parts.rng
+        vsock = parts.vsock
+        vsockHost = parts.vsockHost
         devices = parts.devices
         dispatcher = parts.dispatcher
     }
@@ -218,6 +224,7 @@ public final class Machine: @unchecked Sendable {
             // The handlers hold the devices (and the devices' taps and files); dropping them
             // breaks the reference cycles through the loop so everything is released.
             eventLoop.removeAllHandlers()
+            vsockHost?.shutdown()
             // Output first (still raw, as the guest wrote it), within a bounded time; then the mode.
             consoleWriter?.close()
             terminal?.restore()
@@ -266,6 +273,7 @@ public final class Machine: @unchecked Sendable {
         if lifecycle.withLock({ $0 }) == .built {
             // Never started: no threads to join, only the handlers' reference cycles to break.
             eventLoop.removeAllHandlers()
+            vsockHost?.shutdown()
         } else {
             _ = wait()
         }

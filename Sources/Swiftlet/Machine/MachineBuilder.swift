@@ -92,6 +92,8 @@ struct MachineParts {
     let disks: [VirtioBlockTransport]
     let networkInterfaces: [VirtioNetTransport]
     let rng: VirtioRNGTransport?
+    let vsock: VirtioVsockTransport?
+    let vsockHost: VsockUnixHost?
     let devices: [AttachedDevice]
     let dispatcher: ExitDispatcher
 }
@@ -218,7 +220,8 @@ enum MachineBuilder {
             bootParams: bootParams, eventLoop: devices.eventLoop, control: devices.control, terminal: devices.terminal,
             consoleWriter: devices.consoleWriter, consoleInput: devices.consoleInput, serial: devices.serial,
             i8042: devices.i8042, bootTimer: devices.bootTimer, exitStatus: devices.exitStatus, disks: devices.disks,
-            networkInterfaces: devices.networks, rng: devices.rng, devices: devices.manager.attached,
+            networkInterfaces: devices.networks, rng: devices.rng, vsock: devices.vsock?.0, vsockHost: devices.vsock?.1,
+            devices: devices.manager.attached,
             dispatcher: ExitDispatcher(portIO: devices.manager.portIO, mmio: devices.manager.mmio))
     }
 
@@ -237,11 +240,12 @@ enum MachineBuilder {
         let disks: [VirtioBlockTransport]
         let networks: [VirtioNetTransport]
         let rng: VirtioRNGTransport?
+        let vsock: (VirtioVsockTransport, VsockUnixHost)?
     }
 
     /// The event loop, the run control and every device, attached in a fixed order: the legacy
     /// devices, then the virtio devices in one sequence of slots (disks in `--disk` order,
-    /// network interfaces in `--net` order, the rng).
+    /// network interfaces in `--net` order, the rng, vsock).
     static func createDevices(
         _ configuration: MachineConfiguration, vm: VirtualMachine, memory: GuestMemory, vcpus: [VCPU],
         rollback: BuildRollback, restoring saved: SnapshotState? = nil
@@ -298,10 +302,14 @@ enum MachineBuilder {
             try manager.attachNetwork(network, index: index, state: saved?.networkStates[index])
         }
         let rng = configuration.rng ? try manager.attachRNG(state: saved?.rngState) : nil
+        let vsock = try configuration.vsock.map { (vsock) throws(DeviceAttachError) in
+            try manager.attachVsock(vsock, state: saved?.vsockState)
+        }
+        if let host = vsock?.1 { rollback.add("vsock socket") { host.shutdown() } }
         return Devices(
             manager: manager, eventLoop: eventLoop, control: control, terminal: terminal, consoleWriter: consoleWriter,
             consoleInput: consoleInput, serial: serial, i8042: i8042, bootTimer: bootTimer, exitStatus: exitStatus, disks: disks,
-            networks: networks, rng: rng)
+            networks: networks, rng: rng, vsock: vsock)
     }
 }
 

@@ -38,10 +38,12 @@ package enum SeccompThreadKind: CaseIterable, Sendable {
 
 extension SystemCall {
     // The calls the allowlists name (x86_64 numbers from the kernel headers, via CHost).
+    static let accept4 = SystemCall(SWL_SYS_accept4)
     static let brk = SystemCall(SWL_SYS_brk)
     static let clockGetTime = SystemCall(SWL_SYS_clock_gettime)
     static let clockNanosleep = SystemCall(SWL_SYS_clock_nanosleep)
     static let close = SystemCall(SWL_SYS_close)
+    static let connect = SystemCall(SWL_SYS_connect)
     static let epollCtl = SystemCall(SWL_SYS_epoll_ctl)
     static let epollPWait = SystemCall(SWL_SYS_epoll_pwait)
     static let epollWait = SystemCall(SWL_SYS_epoll_wait)
@@ -78,6 +80,7 @@ extension SystemCall {
     static let pwrite64 = SystemCall(SWL_SYS_pwrite64)
     static let pwritev = SystemCall(SWL_SYS_pwritev)
     static let read = SystemCall(SWL_SYS_read)
+    static let recvfrom = SystemCall(SWL_SYS_recvfrom)
     static let readv = SystemCall(SWL_SYS_readv)
     static let restartSyscall = SystemCall(SWL_SYS_restart_syscall)
     static let rtSigaction = SystemCall(SWL_SYS_rt_sigaction)
@@ -85,6 +88,9 @@ extension SystemCall {
     static let rtSigreturn = SystemCall(SWL_SYS_rt_sigreturn)
     static let rtSigtimedwait = SystemCall(SWL_SYS_rt_sigtimedwait)
     static let schedYield = SystemCall(SWL_SYS_sched_yield)
+    static let sendto = SystemCall(SWL_SYS_sendto)
+    static let shutdown = SystemCall(SWL_SYS_shutdown)
+    static let socket = SystemCall(SWL_SYS_socket)
     static let statx = SystemCall(SWL_SYS_statx)
     static let tgkill = SystemCall(SWL_SYS_tgkill)
     static let timerfdSettime = SystemCall(SWL_SYS_timerfd_settime)
@@ -122,7 +128,7 @@ package enum SeccompAllowlists {
                 ] + ioctl(eventLoopRequests, context) + [
                     SeccompRule(.epollCtl), SeccompRule(.poll), SeccompRule(.ppoll), SeccompRule(.getrandom),
                     SeccompRule(.timerfdSettime), SeccompRule(.lseek), SeccompRule(.close),
-                ] + snapshotFiles
+                ] + snapshotFiles + vsockSockets
         case .consoleWriter:
             frequent = [SeccompRule(.poll), SeccompRule(.ppoll), SeccompRule(.write), SeccompRule(.futex)] + ioctl([], context)
         case .signalStopper:
@@ -169,6 +175,14 @@ package enum SeccompAllowlists {
     static let snapshotFiles: [SeccompRule] = [
         SeccompRule(.openat), SeccompRule(.open), SeccompRule(.mkdir), SeccompRule(.mkdirat), SeccompRule(.ftruncate),
         SeccompRule(.fstat), SeccompRule(.newfstatat), SeccompRule(.statx),
+    ]
+
+    /// The vsock host side (`VsockUnixHost`): accepting host programs on its listening socket,
+    /// connecting to `PATH_<port>` (Unix sockets only) for the guest, and the streams' data and
+    /// half closes. Binding and listening happen while the machine is built, unlinking when it ends.
+    static let vsockSockets: [SeccompRule] = [
+        SeccompRule(.accept4), SeccompRule(.socket, where: .argument(0, isOneOf: [UInt32(AF_UNIX)])),
+        SeccompRule(.connect), SeccompRule(.recvfrom), SeccompRule(.sendto), SeccompRule(.shutdown),
     ]
 
     /// A vCPU's requests: run it; the UART's interrupt line; its registers when it ends.

@@ -59,7 +59,9 @@ extension Machine {
                 vcpus: savedVCPUs, vm: try SavedVM(vm), serial: serial.saveState(), i8042: i8042.saveState(),
                 bootTimerState: bootTimer?.saveState(), exitStatus: exitStatus.saveState(),
                 diskStates: disks.map { $0.saveState() }, networkStates: networkInterfaces.map { $0.saveState() },
-                rngState: rng?.saveState())
+                rngState: rng?.saveState(),
+                vsock: configuration.vsock.map { SavedVsock(guestCID: $0.guestCID, udsPath: $0.udsPath) },
+                vsockState: vsock?.saveState())
         } catch {
             throw .kvm(error)
         }
@@ -118,18 +120,19 @@ extension Machine {
     /// the snapshot never changes and may be restored many times at once); devices are rebuilt
     /// from their saved state, with their host resources opened again: disk `i` from
     /// `diskPaths[i]` if given, else its saved path (and it must have its saved size); network
-    /// interface `i` on `taps[i]` if given, else its saved tap. With `privilegeDrop`, `start()`
+    /// interface `i` on `taps[i]` if given, else its saved tap; the vsock socket at `vsockPath` if
+    /// given, else its saved path (listened on again; the guest gets a transport reset). With `privilegeDrop`, `start()`
     /// changes to that user once everything is open, as for a booted machine (it is not part of
     /// the snapshot); `seccomp` is `MachineConfiguration.seccomp`. Fails, rolling back like any build, with a `MachineError` whose underlying
     /// error is a `SnapshotError` for a missing, truncated, corrupted or wrong-version file.
     public convenience init(
         restoringFrom directory: String, console: ConsoleConfiguration = .terminal, diskPaths: [String] = [],
-        taps: [String] = [], privilegeDrop: PrivilegeDrop? = nil, seccomp: Bool = true
+        taps: [String] = [], vsockPath: String? = nil, privilegeDrop: PrivilegeDrop? = nil, seccomp: Bool = true
     ) throws(MachineError) {
         self.init(
             parts: try MachineBuilder.restore(
-                directory: directory, console: console, diskPaths: diskPaths, taps: taps, privilegeDrop: privilegeDrop,
-                seccomp: seccomp))
+                directory: directory, console: console, diskPaths: diskPaths, taps: taps, vsockPath: vsockPath,
+                privilegeDrop: privilegeDrop, seccomp: seccomp))
     }
 
     /// Waits until the guest writes the boot-timer port, then pauses the machine (the vCPU
@@ -152,13 +155,13 @@ extension MachineBuilder {
     /// makes the restore fail right after that step (tests of the rollback).
     static func restore(
         directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String],
-        privilegeDrop: PrivilegeDrop? = nil, seccomp: Bool = true, failingAfter: BuildStep? = nil
+        vsockPath: String? = nil, privilegeDrop: PrivilegeDrop? = nil, seccomp: Bool = true, failingAfter: BuildStep? = nil
     ) throws(MachineError) -> MachineParts {
         let rollback = BuildRollback()
         do {
             return try restoreParts(
-                directory: directory, console: console, diskPaths: diskPaths, taps: taps, privilegeDrop: privilegeDrop,
-                seccomp: seccomp, steps: Steps(failingAfter: failingAfter),
+                directory: directory, console: console, diskPaths: diskPaths, taps: taps, vsockPath: vsockPath,
+                privilegeDrop: privilegeDrop, seccomp: seccomp, steps: Steps(failingAfter: failingAfter),
                 rollback: rollback)
         } catch {
             rollback.run()
@@ -176,7 +179,8 @@ extension MachineBuilder {
         }
         guard state.vcpus.count == state.vcpuCount, state.vcpuCount >= 1,
             state.diskStates.count == state.disks.count, state.networkStates.count == state.networks.count,
-            (state.rngState != nil) == state.rng, (state.bootTimerState != nil) == state.bootTimer
+            (state.rngState != nil) == state.rng, (state.bootTimerState != nil) == state.bootTimer,
+            (state.vsockState != nil) == (state.vsock != nil)
         else { throw .malformed(path: statePath, "device or vCPU counts disagree with the configuration") }
         let memoryPath = directory + "/" + SnapshotFile.memoryName
         let fd = open(memoryPath, O_RDONLY | O_CLOEXEC)
@@ -191,7 +195,7 @@ extension MachineBuilder {
     }
 
     private static func restoreParts(
-        directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String],
+        directory: String, console: ConsoleConfiguration, diskPaths: [String], taps: [String], vsockPath: String?,
         privilegeDrop: PrivilegeDrop?, seccomp: Bool, steps: Steps, rollback: BuildRollback
     ) throws(MachineError) -> MachineParts {
         let (state, memoryFile) = try steps.run(.readSnapshot) { () throws(SnapshotError) in
@@ -218,6 +222,11 @@ extension MachineBuilder {
             }
             for (index, path) in diskPaths.enumerated() { configuration.disks[index].path = path }
             for (index, tap) in taps.enumerated() { configuration.networks[index].tap = tap }
+        }
+        configuration.vsock = state.vsock.map { VsockConfiguration(guestCID: $0.guestCID, udsPath: vsockPath ?? $0.udsPath) }
+        if vsockPath != nil && state.vsock == nil {
+            throw MachineError(
+                step: .validateConfiguration, underlying: SnapshotError.tooManyOverrides(kind: "--vsock", given: 1, saved: 0))
         }
         configuration.privilegeDrop = privilegeDrop
         configuration.seccomp = seccomp
@@ -259,7 +268,8 @@ extension MachineBuilder {
             bootParams: nil, eventLoop: devices.eventLoop, control: devices.control, terminal: devices.terminal,
             consoleWriter: devices.consoleWriter, consoleInput: devices.consoleInput, serial: devices.serial,
             i8042: devices.i8042, bootTimer: devices.bootTimer, exitStatus: devices.exitStatus, disks: devices.disks,
-            networkInterfaces: devices.networks, rng: devices.rng, devices: devices.manager.attached,
+            networkInterfaces: devices.networks, rng: devices.rng, vsock: devices.vsock?.0, vsockHost: devices.vsock?.1,
+            devices: devices.manager.attached,
             dispatcher: ExitDispatcher(portIO: devices.manager.portIO, mmio: devices.manager.mmio))
     }
 }

@@ -62,7 +62,7 @@ enum SnapshotFile {
     /// `SWLTSNAP`.
     static let magic: [UInt8] = Array("SWLTSNAP".utf8)
     /// The format this build writes and reads.
-    static let version: UInt32 = 1
+    static let version: UInt32 = 2
     /// Magic, version, length, checksum.
     static let headerSize = 8 + 4 + 8 + 4
     /// The state file's name in a snapshot directory.

@@ -29,6 +29,15 @@ struct SnapshotState: Codable {
     var diskStates: [VirtioDeviceState<VirtioBlock>]
     var networkStates: [VirtioDeviceState<VirtioNet>]
     var rngState: VirtioDeviceState<VirtioRNG>?
+    /// The vsock device's configuration (its socket is listened on again on restore) and state.
+    var vsock: SavedVsock?
+    var vsockState: VirtioDeviceState<VirtioVsock>?
+}
+
+/// The vsock device's configuration.
+struct SavedVsock: Codable {
+    var guestCID: UInt64
+    var udsPath: String
 }
 
 /// `X86EntryMode` as plain fields.

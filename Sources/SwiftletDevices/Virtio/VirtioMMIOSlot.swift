@@ -32,3 +32,5 @@ public typealias VirtioBlockTransport = VirtioMMIOTransport<VirtioBlock>
 public typealias VirtioNetTransport = VirtioMMIOTransport<VirtioNet>
 /// A virtio-rng device on the MMIO bus.
 public typealias VirtioRNGTransport = VirtioMMIOTransport<VirtioRNG>
+/// A virtio-vsock device on its virtio-mmio transport.
+public typealias VirtioVsockTransport = VirtioMMIOTransport<VirtioVsock>

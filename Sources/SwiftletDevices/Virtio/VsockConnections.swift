@@ -128,6 +128,9 @@ public struct VsockConnections: Sendable {
     /// Whether the device may read another packet from the tx queue: its answer has room.
     public var acceptsGuestPackets: Bool { control.count - controlHead < Self.maximumControlPackets }
 
+    /// Whether `takeEvents()` has something.
+    public var hasPendingEvents: Bool { !events.isEmpty }
+
     /// The events since the last call, oldest first.
     public mutating func takeEvents() -> [HostEvent] {
         defer { events.removeAll(keepingCapacity: true) }
@@ -186,10 +189,10 @@ public struct VsockConnections: Sendable {
             return
         case .shutdown:
             connection.guestShutdown |= header.flags
-            if connection.phase == .closing
-                || connection.guestShutdown & (VsockPacketHeader.ShutdownFlag.receive | VsockPacketHeader.ShutdownFlag.send)
-                    == VsockPacketHeader.ShutdownFlag.receive | VsockPacketHeader.ShutdownFlag.send
-            {
+            let both = VsockPacketHeader.ShutdownFlag.receive | VsockPacketHeader.ShutdownFlag.send
+            // Guest data the host has not taken yet is still delivered: the connection closes
+            // once it is (`hostConsumed`).
+            if (connection.phase == .closing || connection.guestShutdown & both == both) && connection.toHost.isEmpty {
                 close(key, sendReset: true)
                 return
             }
@@ -249,6 +252,11 @@ public struct VsockConnections: Sendable {
         c.forwardCount &+= UInt32(n)
         let unadvertised = c.forwardCount &- c.advertisedForwardCount
         connections[key] = c
+        let both = VsockPacketHeader.ShutdownFlag.receive | VsockPacketHeader.ShutdownFlag.send
+        if c.toHost.isEmpty && (c.phase == .closing || c.guestShutdown & both == both) && c.guestShutdown != 0 {
+            close(key, sendReset: true)
+            return
+        }
         if unadvertised >= Self.bufferBytes / 4 || (c.toHost.isEmpty && unadvertised > 0) {
             queue(key, .creditUpdate)
         }

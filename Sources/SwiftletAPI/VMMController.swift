@@ -68,6 +68,7 @@ public final class VMMController: Sendable {
         var drives: [DriveModel] = []
         var networks: [NetworkInterfaceModel] = []
         var entropy: EntropyModel?
+        var vsock: VsockModel?
         var logger: LoggerModel?
         var metrics: MetricsModel?
         var microVM: (any MicroVM)?
@@ -88,8 +89,6 @@ public final class VMMController: Sendable {
     static let notAfterBoot = "The requested operation is not supported after starting the microVM."
     /// Message Firecracker gives for a post-boot request before boot.
     static let notBeforeBoot = "The requested operation is not supported before starting the microVM."
-    /// What `PUT /vsock` answers until vsock is in this build: the one place to wire it up.
-    static let vsockUnsupported = "vsock is not in this build"
 
     /// A controller for the instance `instanceID`, booting through `factory`.
     public init(instanceID: String, bootTimer: Bool = false, factory: any MicroVMFactory, log: APILog = APILog()) {
@@ -144,7 +143,7 @@ public final class VMMController: Sendable {
             }
             return decoded(NetworkInterfaceModel.self, body) { putNetwork($0, id: parts[1]) }
         case "vsock" where parts.count == 1:
-            return allow("PUT") ?? decoded(VsockModel.self, body) { _ in .badRequest(Self.vsockUnsupported) }
+            return allow("PUT") ?? decoded(VsockModel.self, body, putVsock)
         case "entropy" where parts.count == 1:
             return allow("PUT") ?? decoded(EntropyModel.self, body, putEntropy)
         case "actions" where parts.count == 1:
@@ -189,7 +188,7 @@ public final class VMMController: Sendable {
         state.withLock {
             FullConfigurationModel(
                 bootSource: $0.bootSource, drives: $0.drives, machineConfig: $0.machine, networkInterfaces: $0.networks,
-                logger: $0.logger, metrics: $0.metrics, entropy: $0.entropy)
+                vsock: $0.vsock, logger: $0.logger, metrics: $0.metrics, entropy: $0.entropy)
         }
     }
 
@@ -340,6 +339,15 @@ public final class VMMController: Sendable {
         }
     }
 
+    private func putVsock(_ model: VsockModel) -> APIResponse {
+        let configuration = VsockConfiguration(guestCID: UInt64(model.guestCID), udsPath: SnapshotPaths.absolute(model.udsPath))
+        do { try configuration.validate() } catch { return .badRequest("\(error)") }
+        return preBoot { state in
+            state.vsock = model
+            return .noContent
+        }
+    }
+
     private func putLogger(_ model: LoggerModel) -> APIResponse {
         if model.module != nil { return .badRequest("the logger's module filter is not supported by Swiftlet") }
         return state.withLock { state in
@@ -384,7 +392,10 @@ public final class VMMController: Sendable {
                     tap: $0.hostDevName, mac: $0.guestMac.flatMap { MACAddress(parsing: $0) },
                     receiveRateLimit: $0.rxRateLimiter?.rateLimit, transmitRateLimit: $0.txRateLimiter?.rateLimit)
             },
-            rng: state.entropy != nil, bootTimer: bootTimer)
+            rng: state.entropy != nil, bootTimer: bootTimer,
+            vsock: state.vsock.map {
+                VsockConfiguration(guestCID: UInt64($0.guestCID), udsPath: SnapshotPaths.absolute($0.udsPath))
+            })
         configuration.console = .terminal
         do { try configuration.validate() } catch { throw APIDecodingError("Start microvm error: \(error)") }
         return configuration
@@ -543,8 +554,9 @@ enum SnapshotPaths {
         return try restore(directory)
     }
 
-    private static func absolute(_ path: String) -> String {
-        if path.hasPrefix("/") { return path }
+    /// `path` made absolute against the working directory (the VMM may change it later).
+    static func absolute(_ path: String) -> String {
+        if path.isEmpty || path.hasPrefix("/") { return path }
         var buffer = [CChar](repeating: 0, count: 4097)
         guard getcwd(&buffer, 4096) != nil else { return path }
         let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }

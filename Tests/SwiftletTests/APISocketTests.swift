@@ -28,7 +28,7 @@ enum UnixHTTP {
             close(fd)
             throw TestFailure("connect \(path): errno \(errno)")
         }
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        var timeout = timeval(tv_sec: 30, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         return fd
     }
@@ -137,15 +137,19 @@ struct APISocketTests {
             #expect(try UnixHTTP.request(socket, "PUT", "/boot-source", #"{"kernel_image_path":"\#(guest)"}"#).status == 204)
             let drive = #"{"drive_id":"rootfs","path_on_host":"\#(disk.path)","is_root_device":true,"is_read_only":false}"#
             #expect(try UnixHTTP.request(socket, "PUT", "/drives/rootfs", drive).status == 204)
-            // network-interfaces needs a tap (root); vsock is answered 400 until it is in this build.
+            // network-interfaces needs a tap (root).
             if geteuid() == 0 {
                 let tap = "swlapi\(getpid() % 100000)"
                 let network = #"{"iface_id":"eth0","host_dev_name":"\#(tap)","guest_mac":"02:00:00:00:00:42"}"#
                 #expect(try UnixHTTP.request(socket, "PUT", "/network-interfaces/eth0", network).status == 204)
             }
-            #expect(try UnixHTTP.request(socket, "PUT", "/vsock", #"{"guest_cid":3,"uds_path":"/tmp/x.sock"}"#).status == 400)
+            let vsockPath = directory.path + "/v.sock"
+            let vsock = try UnixHTTP.request(socket, "PUT", "/vsock", #"{"guest_cid":3,"uds_path":"\#(vsockPath)"}"#)
+            #expect(vsock.status == 204, "\(vsock.body)")
+            #expect(try UnixHTTP.request(socket, "GET", "/vm/config").body.contains(#""guest_cid":3"#))
             let start = try UnixHTTP.request(socket, "PUT", "/actions", #"{"action_type":"InstanceStart"}"#)
             #expect(start.status == 204, "\(start.body)")
+            #expect(access(vsockPath, F_OK) == 0, "the vsock device's Unix socket is not listening")
             try TestSupport.waitUntil("the guest ticking", within: 30) { Self.ticks(in: outputText) >= 3 }
             #expect(try UnixHTTP.request(socket, "GET", "/").body.contains(#""state":"Running""#))
             #expect(try UnixHTTP.request(socket, "PUT", "/machine-config", #"{"vcpu_count":1,"mem_size_mib":64}"#).status == 400)
@@ -172,6 +176,7 @@ struct APISocketTests {
         }
         #expect(result.status == 128 + SIGTERM)
         #expect(access(socket, F_OK) != 0, "the socket was left behind")
+        #expect(access(directory.path + "/v.sock", F_OK) != 0, "the vsock socket was left behind")
     }
 
     @Test("malformed JSON, unknown fields, wrong methods and paths, oversized bodies, broken and concurrent clients")

@@ -16,7 +16,8 @@
 #   make test-run         swiftlet run against a busybox OCI bundle the check builds: output, env,
 #                         cwd, hostname, read-only root, uid/gid, exit status, default args
 #   make fuzz             fuzz the virtqueue walker and virtio-mmio transport (FUZZ_SECONDS=60;
-#                         FUZZ_TARGET=api: the API socket's request handling)
+#                         FUZZ_TARGET=api: the API socket's request handling; FUZZ_TARGET=vsock:
+#                         the virtio-vsock packet path)
 #   make build            debug build;  make release: the optimised build users install
 #   make install          make release, then install swiftlet and its helper executables into
 #                         $(DESTDIR)$(PREFIX)/bin (PREFIX=/usr/local)
@@ -157,15 +158,17 @@ bench: deps $(if $(LINUX),guest-kernel guest-initramfs test-kernel)
 # transport with a virtio-blk device, built with libFuzzer and AddressSanitizer in its own scratch
 # directory, run for FUZZ_SECONDS over a corpus kept in .build-fuzz/corpus. Prints how many inputs
 # ran and whether one crashed (the input is saved as .build-fuzz/crash-*; the target fails).
-# FUZZ_TARGET=api fuzzes the API's request handling instead (Sources/SwiftletAPIFuzz, its own corpus).
+# FUZZ_TARGET=api fuzzes the API's request handling instead (Sources/SwiftletAPIFuzz, its own corpus);
+# FUZZ_TARGET=vsock the virtio-vsock packet path (Sources/SwiftletFuzz/VsockFuzz.swift, built in
+# .build-fuzz-vsock with -DSWIFTLET_FUZZ_VSOCK, its own corpus and log).
 FUZZ_SECONDS ?= 60
 FUZZ_TARGET ?= virtio
-FUZZ_DIR := .build-fuzz
+FUZZ_DIR := .build-fuzz$(if $(filter vsock,$(FUZZ_TARGET)),-vsock)
 FUZZ_PRODUCT := $(if $(filter api,$(FUZZ_TARGET)),SwiftletAPIFuzz,SwiftletFuzz)
 FUZZ_CORPUS := $(FUZZ_DIR)/corpus$(if $(filter api,$(FUZZ_TARGET)),-api)
 fuzz: deps
 	$(SWIFT) build --scratch-path $(FUZZ_DIR) -c release --product $(FUZZ_PRODUCT) \
-	  -Xswiftc -sanitize=fuzzer,address -Xswiftc -DSWIFTLET_FUZZ
+	  -Xswiftc -sanitize=fuzzer,address -Xswiftc -DSWIFTLET_FUZZ $(if $(filter vsock,$(FUZZ_TARGET)),-Xswiftc -DSWIFTLET_FUZZ_VSOCK)
 	@mkdir -p $(FUZZ_CORPUS)
 	@$(FUZZ_DIR)/release/$(FUZZ_PRODUCT) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	  -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_CORPUS) > $(FUZZ_DIR)/fuzz.log 2>&1; status=$$?; \

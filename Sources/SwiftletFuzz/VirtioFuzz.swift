@@ -199,7 +199,12 @@ enum VirtioFuzz {
     /// libFuzzer calls this once per input.
     @_cdecl("LLVMFuzzerTestOneInput")
     public func fuzzVirtio(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
-        VirtioFuzz.run(UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size))
+        let input = UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size)
+        #if SWIFTLET_FUZZ_VSOCK
+            VsockFuzz.run(input)  // make fuzz FUZZ_TARGET=vsock
+        #else
+            VirtioFuzz.run(input)
+        #endif
         return 0
     }
 

@@ -45,10 +45,7 @@ package func installMainThreadFilter(_ machine: Machine) {
     do throws(SystemError) {
         try machine.installSeccompFilter(.main)
     } catch {
-        machine.stop()
-        _ = machine.wait()
-        writeAll("swiftlet: \(error)\n", to: STDERR_FILENO)
-        terminate(1)
+        stopAndTerminate(machine, message: "\(error)", code: 1)
     }
 }
 

@@ -140,19 +140,13 @@ extension Boot {
         do {
             try machine.snapshot(to: directory)
         } catch {
-            machine.stop()
-            _ = machine.wait()
-            writeAll("swiftlet: \(error)\n", to: STDERR_FILENO)
-            terminate(1)
+            stopAndTerminate(machine, message: "\(error)", code: 1)
         }
         if continueAfterSnapshot {
             machine.resume()
             return
         }
-        machine.stop()
-        _ = machine.wait()
-        writeAll("swiftlet: snapshot written to \(directory)\n", to: STDERR_FILENO)
-        terminate(0)
+        stopAndTerminate(machine, message: "snapshot written to \(directory)", code: 0)
     }
 }
 

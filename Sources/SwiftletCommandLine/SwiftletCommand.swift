@@ -339,3 +339,13 @@ func failToBuild(_ error: any Error) -> Never {
 
 /// Ends the process with `code` (the guest's exit status).
 func terminate(_ code: Int32) -> Never { Glibc.exit(code) }
+
+/// Stops `machine`, waits until its threads have ended, prints `swiftlet: <message>` on one line
+/// and exits with `code`: how the CLI ends a machine it started when it cannot go on (a failed
+/// snapshot or main-thread filter) or has done what was asked (a snapshot taken).
+func stopAndTerminate(_ machine: Machine, message: String, code: Int32) -> Never {
+    machine.stop()
+    _ = machine.wait()
+    writeAll("swiftlet: \(message)\n", to: STDERR_FILENO)
+    terminate(code)
+}

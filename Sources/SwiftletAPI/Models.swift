@@ -38,7 +38,7 @@ public struct APIDecodingError: Error, Equatable, Sendable, CustomStringConverti
         case .valueNotFound(let type, let context):
             return APIDecodingError("missing value at \(describe(context.codingPath)): expected \(typeName(type))")
         case .keyNotFound(let key, let context):
-            return missingField(key.stringValue, at: jsonPath(context.codingPath))
+            return missingField(key.stringValue, at: codingPathDescription(context.codingPath))
         case .dataCorrupted(let context):
             if context.codingPath.isEmpty {
                 return APIDecodingError("the body is not valid JSON: \(context.debugDescription)")
@@ -50,7 +50,7 @@ public struct APIDecodingError: Error, Equatable, Sendable, CustomStringConverti
     }
 
     private static func describe(_ path: [any CodingKey]) -> String {
-        let text = jsonPath(path)
+        let text = codingPathDescription(path)
         return text.isEmpty ? "the top level" : "`\(text)`"
     }
 
@@ -64,19 +64,6 @@ public struct APIDecodingError: Error, Equatable, Sendable, CustomStringConverti
         default: type is any Collection.Type ? "an array" : "an object"
         }
     }
-}
-
-/// `drives[0].rate_limiter` for a coding path.
-func jsonPath(_ codingPath: [any CodingKey]) -> String {
-    var text = ""
-    for key in codingPath {
-        if let index = key.intValue {
-            text += "[\(index)]"
-        } else {
-            text += text.isEmpty ? key.stringValue : ".\(key.stringValue)"
-        }
-    }
-    return text
 }
 
 /// A JSON object key of any name: lets `StrictObject` see every key an object has.
@@ -95,7 +82,7 @@ struct StrictObject<Keys: CodingKey & CaseIterable> {
 
     init(_ decoder: any Decoder) throws {
         let all = try decoder.container(keyedBy: AnyJSONKey.self)
-        path = jsonPath(decoder.codingPath)
+        path = codingPathDescription(decoder.codingPath)
         let known = Keys.allCases.map(\.stringValue)
         for key in all.allKeys where !known.contains(key.stringValue) {
             throw APIDecodingError.unknownField(key.stringValue, at: path, expected: known)

@@ -114,10 +114,11 @@ public struct ContainerBundle: Equatable, Sendable {
         switch error {
         case .dataCorrupted(let context):
             context.codingPath.isEmpty
-                ? "not JSON (\(context.debugDescription))" : "\(fieldPath(context.codingPath)): \(context.debugDescription)"
-        case .typeMismatch(_, let context): "\(fieldPath(context.codingPath)) has the wrong type"
-        case .valueNotFound(_, let context): "\(fieldPath(context.codingPath)) is null"
-        case .keyNotFound(let key, let context): "\(fieldPath(context.codingPath + [key])) is missing"
+                ? "not JSON (\(context.debugDescription))"
+                : "\(codingPathDescription(context.codingPath)): \(context.debugDescription)"
+        case .typeMismatch(_, let context): "\(codingPathDescription(context.codingPath)) has the wrong type"
+        case .valueNotFound(_, let context): "\(codingPathDescription(context.codingPath)) is null"
+        case .keyNotFound(let key, let context): "\(codingPathDescription(context.codingPath + [key])) is missing"
         @unknown default: "\(error)"
         }
     }

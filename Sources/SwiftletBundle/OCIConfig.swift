@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Swiftlet
 
 // The part of the OCI runtime spec (config.json, 1.x) that Swiftlet reads. Every object is
 // decoded through `FieldSet`, which refuses a field Swiftlet does not know or cannot honour with
@@ -23,7 +24,7 @@ struct FieldSet {
     /// `known` are the keys read; `refused` maps keys of the spec Swiftlet cannot honour to why.
     init(_ decoder: any Decoder, known: Set<String>, refused: [String: String] = [:]) throws {
         container = try decoder.container(keyedBy: AnyKey.self)
-        path = fieldPath(decoder.codingPath)
+        path = codingPathDescription(decoder.codingPath)
         for key in container.allKeys where !known.contains(key.stringValue) {
             let field = path.isEmpty ? key.stringValue : "\(path).\(key.stringValue)"
             throw BundleError.unsupportedField(field, refused[key.stringValue] ?? "not a field Swiftlet knows")
@@ -36,19 +37,6 @@ struct FieldSet {
 
     /// The path of `key` in the document, as errors name it: `process.user.uid`.
     func field(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
-}
-
-/// `process.rlimits[0].type` for a coding path.
-func fieldPath(_ codingPath: [any CodingKey]) -> String {
-    var text = ""
-    for key in codingPath {
-        if let index = key.intValue {
-            text += "[\(index)]"
-        } else {
-            text += text.isEmpty ? key.stringValue : ".\(key.stringValue)"
-        }
-    }
-    return text
 }
 
 /// config.json as Swiftlet reads it.

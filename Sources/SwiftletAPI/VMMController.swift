@@ -340,8 +340,7 @@ public final class VMMController: Sendable {
     }
 
     private func putVsock(_ model: VsockModel) -> APIResponse {
-        let configuration = VsockConfiguration(guestCID: UInt64(model.guestCID), udsPath: SnapshotPaths.absolute(model.udsPath))
-        do { try configuration.validate() } catch { return .badRequest("\(error)") }
+        do { try model.configuration.validate() } catch { return .badRequest("\(error)") }
         return preBoot { state in
             state.vsock = model
             return .noContent
@@ -393,9 +392,7 @@ public final class VMMController: Sendable {
                     receiveRateLimit: $0.rxRateLimiter?.rateLimit, transmitRateLimit: $0.txRateLimiter?.rateLimit)
             },
             rng: state.entropy != nil, bootTimer: bootTimer,
-            vsock: state.vsock.map {
-                VsockConfiguration(guestCID: UInt64($0.guestCID), udsPath: SnapshotPaths.absolute($0.udsPath))
-            })
+            vsock: state.vsock?.configuration)
         configuration.console = .terminal
         do { try configuration.validate() } catch { throw APIDecodingError("Start microvm error: \(error)") }
         return configuration
@@ -547,20 +544,11 @@ enum SnapshotPaths {
             rmdir(directory)
         }
         for (target, name) in [(state, "state"), (memory, "memory")] {
-            guard symlink(absolute(target), directory + "/" + name) == 0 else {
+            guard symlink(absolutePath(target), directory + "/" + name) == 0 else {
                 throw APIDecodingError("cannot link \(target): \(String(cString: strerror(errno)))")
             }
         }
         return try restore(directory)
-    }
-
-    /// `path` made absolute against the working directory (the VMM may change it later).
-    static func absolute(_ path: String) -> String {
-        if path.isEmpty || path.hasPrefix("/") { return path }
-        var buffer = [CChar](repeating: 0, count: 4097)
-        guard getcwd(&buffer, 4096) != nil else { return path }
-        let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
-        return String(decoding: bytes, as: UTF8.self) + "/" + path
     }
 
     private static func scratchDirectory(beside path: String) throws -> String {
@@ -577,5 +565,21 @@ enum SnapshotPaths {
             let why = errno == EXDEV ? "it must be on the same file system as snapshot_path" : String(cString: strerror(errno))
             throw APIDecodingError("cannot move the snapshot to \(to): \(why)")
         }
+    }
+}
+
+/// `path` made absolute against the working directory (the VMM may change it later).
+func absolutePath(_ path: String) -> String {
+    if path.isEmpty || path.hasPrefix("/") { return path }
+    var buffer = [CChar](repeating: 0, count: 4097)
+    guard getcwd(&buffer, 4096) != nil else { return path }
+    let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+    return String(decoding: bytes, as: UTF8.self) + "/" + path
+}
+
+extension VsockModel {
+    /// The library's vsock configuration for this body (the socket path made absolute).
+    var configuration: VsockConfiguration {
+        VsockConfiguration(guestCID: UInt64(guestCID), udsPath: absolutePath(udsPath))
     }
 }
